@@ -1,0 +1,27 @@
+"""Shared test set-up: float64 on, strict dtype promotion, an explicit PRNG key per test."""
+import os
+import zlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+import ntk_bridge  # noqa: E402,F401  (enables float64)
+
+settings.register_profile("ci", max_examples=25, deadline=None)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def key(request):
+    """A PRNG key derived from the test's name: reproducible, different per test."""
+    seed = zlib.crc32(request.node.nodeid.encode()) % (2**31)
+    return jax.random.PRNGKey(seed)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()) % (2**31))

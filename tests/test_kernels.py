@@ -1,0 +1,96 @@
+"""Kernels: the one-pass depths equal separate kernel_fn calls, exact diagonal identities, deep-limit
+facts, and analytic vs Monte Carlo kernels of finite networks (neural-tangents' own criterion)."""
+import math
+
+import jax
+import neural_tangents as nt
+import numpy as np
+import pytest
+from neural_tangents import stax
+
+from ntk_bridge.kernels import Architecture, kernels_all_depths, kernels_by_depth, kernels_of_network
+from ntk_bridge.tasks import _sphere
+
+
+@pytest.fixture
+def x(rng):
+    return _sphere(rng, (12,), 7)
+
+
+def test_one_pass_equals_kernel_fn_per_depth(x):
+    arch = Architecture()
+    depths, Th, K = kernels_all_depths(x, max_depth=6, architecture=arch)
+    assert list(depths) == [1, 2, 3, 4, 5, 6]
+    for i, L in enumerate(depths):
+        direct = kernels_of_network(arch.network(L)[2], x)
+        np.testing.assert_array_equal(Th[i], direct.ntk)
+        np.testing.assert_array_equal(K[i], direct.readout)
+
+
+def test_cross_kernels_and_selected_depths(x, rng):
+    x2 = _sphere(rng, (5,), 7)
+    ks = list(kernels_by_depth(x, x2, depths=[3, 1]))
+    assert [k.depth for k in ks] == [1, 3]
+    assert ks[1].ntk.shape == (12, 5)
+    direct = kernels_of_network(Architecture().network(3)[2], x, x2)
+    np.testing.assert_array_equal(ks[1].ntk, direct.ntk)
+
+
+def test_diagonal_identities(x):
+    depths, Th, K = kernels_all_depths(x, max_depth=40)
+    for i, L in enumerate(depths):
+        np.testing.assert_allclose(np.diag(Th[i]), L + 1, rtol=1e-12)  # Theta(x,x) = L+1
+        np.testing.assert_allclose(np.diag(K[i]), 1.0, rtol=1e-12)  # K(x,x) = 1
+        np.testing.assert_allclose(np.diag(K[i]) / np.diag(Th[i]), 1.0 / (L + 1), rtol=1e-12)
+    assert Th.dtype == np.float64 and K.dtype == np.float64
+
+
+def test_deep_limits(x):
+    # normalised NTK -> 1/4 off the diagonal (slowly); readout correlation -> 1 with 1 - rho ~ c / L^2.
+    ks = {k.depth: k for k in kernels_by_depth(x, depths=[4, 32, 256])}
+    off = ~np.eye(len(x), dtype=bool)
+    norm = {L: (k.ntk / np.diag(k.ntk)[0])[off] for L, k in ks.items()}
+    dist = {L: np.max(np.abs(v - 0.25)) for L, v in norm.items()}
+    assert dist[4] > dist[32] > dist[256]
+    assert dist[256] < 0.1
+    one_minus_rho = {L: np.max(1 - k.readout[off]) for L, k in ks.items()}
+    c = one_minus_rho[256] * 256**2
+    assert 0.3 * 9 * math.pi**2 / 2 < c < 3 * 9 * math.pi**2 / 2
+    assert one_minus_rho[4] > one_minus_rho[32] > one_minus_rho[256]
+    cond = {L: np.linalg.cond(k.readout[:4, :4]) for L, k in ks.items()}
+    assert cond[256] > cond[32] > cond[4]
+
+
+def test_body_kernel_is_ntk_minus_readout(x):
+    k = next(kernels_by_depth(x, depths=[2]))
+    np.testing.assert_array_equal(k.body, k.ntk - k.readout)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("get, width, n_samples", [("nngp", 1024, 400), ("ntk", 512, 32)])
+def test_analytic_vs_monte_carlo(depth, get, width, n_samples, rng):
+    # neural-tangents' own criterion (tests/stax_test.py): finite width, a few hundred samples,
+    # relative Frobenius and mean-absolute errors within 5%. 32 readout units (averaged by
+    # trace_axes) act as 32x the samples; the infinite-width kernels do not depend on k.
+    # The NNGP needs only forward passes, so it gets more samples than the NTK (Jacobians).
+    x = _sphere(rng, (6,), 7)
+    init_fn, apply_fn, kernel_fn = Architecture(width=width, n_outputs=32).network(depth)
+    mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(depth), n_samples=n_samples,
+                                  implementation=2, trace_axes=(-1,))
+    emp, exact = np.asarray(mc(x, None, get)), np.asarray(kernel_fn(x, None, get))
+    assert np.linalg.norm(emp - exact) / np.linalg.norm(exact) < 0.05
+    assert np.mean(np.abs(emp - exact)) / np.mean(np.abs(exact)) < 0.05
+
+
+def test_custom_architecture_and_errors(x):
+    hidden = stax.serial(stax.Dense(64, W_std=1.5, b_std=0.1), stax.Erf())
+    arch = Architecture.custom(hidden, stax.Dense(1, W_std=1.0, b_std=0.2))
+    ks = list(kernels_by_depth(x, max_depth=2, architecture=arch))
+    direct = kernels_of_network(arch.network(2)[2], x)
+    np.testing.assert_array_equal(ks[1].ntk, direct.ntk)
+    with pytest.raises(ValueError, match="max_depth"):
+        list(kernels_by_depth(x, max_depth=0))
+    with pytest.raises(ValueError, match="x1"):
+        list(kernels_by_depth(np.full((3, 2), np.nan), max_depth=1))
+    with pytest.raises(ValueError, match="width"):
+        Architecture(width=0)

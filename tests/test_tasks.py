@@ -1,0 +1,83 @@
+"""TaskSet validation, generators and the .npz schema."""
+import numpy as np
+import pytest
+
+from ntk_bridge.errors import UserError
+from ntk_bridge.tasks import (TaskSet, linear_tasks, load_tasks, make_tasks, sinusoid_tasks,
+                              subspace_tasks)
+
+
+@pytest.mark.parametrize("gen", [subspace_tasks, linear_tasks, sinusoid_tasks])
+def test_generators_shapes_sphere_and_determinism(gen):
+    t = gen(seed=4, n_train=3, n_test=2, n_support=4, n_query=5)
+    L = t.layout
+    assert (L.n_train, L.n_support, L.n_query, L.n_test, L.m_support, L.m_query) == (3, 4, 5, 2, 4, 5)
+    np.testing.assert_allclose(np.sum(t.all_points() ** 2, axis=1), t.dim, rtol=1e-12)
+    again = gen(seed=4, n_train=3, n_test=2, n_support=4, n_query=5)
+    assert t.fingerprint() == again.fingerprint()
+    assert gen(seed=5, n_train=3, n_test=2, n_support=4, n_query=5).fingerprint() != t.fingerprint()
+
+
+def test_subspace_tasks_share_a_low_rank_structure():
+    t = subspace_tasks(seed=0, n_train=30, n_test=1, n_support=40, n_query=40, dim=12, rank=2)
+    # least-squares teacher of each task lies in a common 2-d subspace
+    ws = np.stack([np.linalg.lstsq(t.train_support_x[i], t.train_support_y[i, :, 0], rcond=None)[0]
+                   for i in range(30)])
+    s = np.linalg.svd(ws, compute_uv=False)
+    assert s[2] < 1e-8 * s[0]
+    assert np.var(t.train_query_y) == pytest.approx(1.0, rel=0.5)
+
+
+def test_sinusoid_zero_predictor_mse():
+    t = sinusoid_tasks(seed=0, n_train=2000, n_test=1, n_support=5, n_query=10)
+    assert np.mean(t.train_query_y ** 2) == pytest.approx(4.25, rel=0.05)
+
+
+def test_npz_round_trip(tmp_path):
+    t = subspace_tasks(seed=1, n_train=2, n_test=2, n_support=2, n_query=3, dim=4)
+    t.save(tmp_path / "t.npz")
+    back = load_tasks(tmp_path / "t.npz")
+    assert back.fingerprint() == t.fingerprint()
+    # test_query_y is optional
+    arrays = {k: v for k, v in t.arrays().items() if k != "test_query_y"}
+    np.savez(tmp_path / "u.npz", **arrays)
+    assert load_tasks(tmp_path / "u.npz").test_query_y is None
+    # labels given as [tasks, points] are read as k = 1
+    arrays = {k: (v[..., 0] if k.endswith("_y") else v) for k, v in t.arrays().items()}
+    np.savez(tmp_path / "v.npz", **arrays)
+    assert load_tasks(tmp_path / "v.npz").fingerprint() == t.fingerprint()
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_tasks(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable"):
+        load_tasks(tmp_path / "junk.npz")
+    t = subspace_tasks(seed=1, n_train=2, n_test=2, n_support=2, n_query=3, dim=4)
+    arrays = t.arrays()
+    del arrays["train_query_y"]
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.raises(UserError, match="train_query_y"):
+        load_tasks(tmp_path / "m.npz")
+    with pytest.raises(UserError, match="unknown tasks"):
+        make_tasks("spiral")
+
+
+def _arrays():
+    return subspace_tasks(seed=2, n_train=3, n_test=2, n_support=2, n_query=3, dim=4).arrays()
+
+
+@pytest.mark.parametrize("mutate, word", [
+    (lambda a: a.update(train_query_x=a["train_query_x"][:2]), "train_query_x"),  # task count
+    (lambda a: a.update(train_support_y=a["train_support_y"][:, :1]), "train_support_y"),  # points
+    (lambda a: a.update(test_query_x=a["test_query_x"][..., :3]), "test_query_x"),  # dim
+    (lambda a: a.update(test_support_y=np.concatenate([a["test_support_y"]] * 2, -1)), "test_support_y"),
+    (lambda a: a["train_support_x"].__setitem__((0, 0, 0), np.nan), "train_support_x"),
+    (lambda a: a.update(test_support_x=a["test_support_x"][0]), "test_support_x"),  # rank
+])
+def test_validation_names_the_offending_argument(mutate, word):
+    a = _arrays()
+    mutate(a)
+    with pytest.raises(ValueError, match=word):
+        TaskSet(**a)
