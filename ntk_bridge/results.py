@@ -1,0 +1,141 @@
+"""Results tables: rate fits with confidence intervals, baseline comparisons, the run summary.
+
+Only rows whose ``status`` is ``ok`` enter fits and figures; the others are counted and reported.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["fit_power_law", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
+
+
+def fit_power_law(x, y) -> tuple[float, float, float, int]:
+    """Least squares of ``log y = a + b log x``: ``(b, ci95_low, ci95_high, n)``.
+
+    The 95% interval is ``b +- t_{0.975, n-2} * stderr(b)``; with fewer than three points (or
+    non-positive values) the interval is NaN.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    x, y = np.log(x[keep]), np.log(y[keep])
+    n = int(x.size)
+    if n < 2 or np.ptp(x) == 0:
+        return float("nan"), float("nan"), float("nan"), n
+    fit = stats.linregress(x, y)
+    if n < 3:
+        return float(fit.slope), float("nan"), float("nan"), n
+    half = stats.t.ppf(0.975, n - 2) * fit.stderr
+    return float(fit.slope), float(fit.slope - half), float(fit.slope + half), n
+
+
+GROUP = ["method", "width", "inner_time", "finetune_time", "outer_time", "mtl_data"]
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def flagged(df: pd.DataFrame) -> pd.Series:
+    """Counts of rows by non-ok status."""
+    bad = df[df["status"] != "ok"]
+    return bad["status"].value_counts()
+
+
+def depth_slopes(df: pd.DataFrame, column: str = "gap_to_mtl_rel") -> pd.DataFrame:
+    """Log-log slope of the per-depth median of ``column`` (over test tasks and networks) vs depth,
+    with its 95% CI, for every method but MTL and the baseline and every time setting."""
+    d = ok_rows(df)
+    d = d[~d["method"].isin(["mtl"])]
+    if "network" in d:
+        d = d[d["network"].astype(str) != "ensemble"]
+    med = d.groupby(GROUP + ["depth"], dropna=False)[column].median().reset_index()
+    rows = []
+    for key, g in med.groupby(GROUP, dropna=False):
+        slope, lo, hi, n = fit_power_law(g["depth"], g[column])
+        rows.append(dict(zip(GROUP, key), slope=slope, ci95_low=lo, ci95_high=hi, n_depths=n,
+                         first=float(g.sort_values("depth")[column].iloc[0]),
+                         last=float(g.sort_values("depth")[column].iloc[-1]),
+                         depth_min=int(g["depth"].min()), depth_max=int(g["depth"].max())))
+    return pd.DataFrame(rows)
+
+
+def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Median test MSE of each method vs the no-transfer baseline, at the shallowest and the deepest
+    depth, and the deepest depth at which the method still beats the baseline."""
+    d = ok_rows(df)
+    if "network" in d:
+        d = d[d["network"].astype(str).isin(["mean", "ensemble"])]
+    if d["test_mse"].isna().all():
+        return pd.DataFrame()
+    keys = ["width", "inner_time", "finetune_time", "outer_time", "mtl_data"]
+    med = d.groupby(keys + ["method", "depth"], dropna=False)["test_mse"].median().reset_index()
+    rows = []
+    for key, g in med.groupby(keys, dropna=False):
+        base = g[g["method"] == "baseline"].set_index("depth")["test_mse"]
+        for method, gm in g[g["method"] != "baseline"].groupby("method"):
+            s = gm.set_index("depth")["test_mse"]
+            common = s.index.intersection(base.index)
+            if len(common) == 0:
+                continue
+            beats = [dep for dep in common if s[dep] < base[dep]]
+            lo, hi = min(common), max(common)
+            rows.append(dict(zip(keys, key), method=method, depth_min=lo, mse_min_depth=s[lo],
+                             baseline_min_depth=base[lo], depth_max=hi, mse_max_depth=s[hi],
+                             baseline_max_depth=base[hi],
+                             deepest_beating_baseline=max(beats) if beats else float("nan"),
+                             beats_baseline_everywhere=len(beats) == len(common)))
+    return pd.DataFrame(rows)
+
+
+def _fmt(v, digits=3):
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(df: pd.DataFrame, command: str, config: dict) -> str:
+    """The run's ``summary.md``: slopes with CIs, baseline comparison, flagged rows."""
+    parts = ["# ntk-bridge sweep summary", "", f"Command: `{command}`", ""]
+    parts.append(f"Rows: {len(df)} ({df['status'].eq('ok').sum()} ok). Tasks: {config.get('tasks')}.")
+    bad = flagged(df)
+    if len(bad):
+        parts.append("Flagged rows (excluded from fits and figures): "
+                     + ", ".join(f"{k}: {v}" for k, v in bad.items()) + ".")
+    parts += ["", "## Gap to MTL vs depth: fitted log-log slopes (median over test tasks)", "",
+              "`gap_to_mtl_rel = ||F_method - F_MTL|| / ||F_MTL||` on each test task's query set. "
+              "The theory predicts O(lambda*tau + 1/L): a slope near -1 where the 1/L term dominates.", ""]
+    slopes = depth_slopes(df)
+    if len(slopes):
+        slopes = slopes[slopes["method"] != "baseline"]
+        parts.append(markdown_table(slopes, ["method", "width", "inner_time", "finetune_time", "outer_time",
+                                             "mtl_data", "slope", "ci95_low", "ci95_high", "n_depths",
+                                             "first", "last"]))
+    parts += ["", "## Against the no-transfer baseline (median test MSE)", "",
+              "Closeness is only interesting while the methods still beat a head fine-tuned on an "
+              "untrained body.", ""]
+    base = baseline_table(df)
+    if len(base):
+        parts.append(markdown_table(base, ["method", "width", "inner_time", "depth_min", "mse_min_depth",
+                                           "baseline_min_depth", "depth_max", "mse_max_depth",
+                                           "baseline_max_depth", "deepest_beating_baseline"]))
+    else:
+        parts.append("No test labels: test errors unavailable.")
+    parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,379 @@
+"""Sweeps over depth, width and times: the grid, the resumable cell cache and the executors.
+
+A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time,
+mtl_data)``. Its rows (one per method x test task, and per network for finite widths) are written
+atomically to ``<run>/cells/<key>.csv`` the moment they are computed, where ``key`` is a SHA-256 of
+the cell's full configuration (task data fingerprint, architecture, methods, package cache version).
+A rerun skips cells whose file exists, so an interrupted run resumes and never duplicates rows;
+``results.csv`` is rebuilt from the cell files of the current grid.
+
+Work is grouped into *units* that an executor runs: all infinite-width cells of one task set form one
+unit (one kernel pass gives every depth; predictors are vmapped over depths), each finite-width cell
+is its own unit. Units are pure functions of their description, so they can run in-process or on
+Dask workers (:mod:`ntk_bridge.distributed`); only the client writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ntk_bridge.errors import UserError, require
+from ntk_bridge.kernels import Architecture, kernels_by_depth
+from ntk_bridge.predictors import METHODS, PredictorConfig, predict_from_kernels, status_of
+from ntk_bridge.tasks import GENERATORS, TaskSet, load_tasks
+
+__all__ = ["SweepConfig", "Cell", "Unit", "plan", "compute_unit", "run_sweep", "COLUMNS", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+DEPTH_CHUNK = 16  # depths whose kernels are held in memory at once
+
+#: Columns of ``results.csv`` (documented in the README, "Results").
+COLUMNS = [
+    "method", "depth", "width", "inner_time", "finetune_time", "outer_time", "mtl_data", "seed",
+    "network", "test_task", "pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel",
+    "test_mse", "dist_to_infinite_rel", "dist_to_linearized_rel", "status", "ridge_rel",
+    "min_eig_rel", "cond", "tasks", "task_seed", "mode", "cell",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: the grid and everything that defines its cells.
+
+    ``tasks`` is a generator name (``subspace``, ``linear``, ``sinusoid``) or a ``.npz`` path;
+    the sizes apply to generators only. ``seeds`` is the number of independently initialised
+    networks per finite-width cell (infinite-width cells are the mean predictor: no seed).
+    """
+
+    depths: tuple[int, ...] = tuple(range(2, 33))
+    widths: tuple[float, ...] = (math.inf,)
+    inner_times: tuple[float, ...] = (0.01, 0.1, 1.0)
+    finetune_times: tuple[float, ...] = (1.0,)
+    outer_times: tuple[float, ...] = (math.inf,)
+    methods: tuple[str, ...] = ("mtl", "anil", "maml")
+    mtl_data: tuple[str, ...] = ("all",)
+    tasks: str = "subspace"
+    train_tasks: int = 10
+    support: int = 5
+    query: int = 10
+    test_tasks: int = 20
+    dim: int = 16
+    task_seed: int = 0
+    seeds: int = 1
+    finite_mode: str = "centred"
+    rcond: float = 1e-10
+
+    def __post_init__(self):
+        require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
+        require(len(self.widths) > 0 and all(w >= 1 for w in self.widths), "--width: widths must be >= 1")
+        bad = [m for m in self.methods if m not in METHODS]
+        require(not bad, f"--methods: unknown method(s) {', '.join(bad)}")
+        for name in ("train_tasks", "support", "query", "test_tasks", "dim", "seeds"):
+            require(int(getattr(self, name)) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+        require(self.finite_mode in ("centred", "raw"), "--finite-mode must be 'centred' or 'raw'")
+        if any(math.isfinite(w) for w in self.widths):
+            require(all(math.isfinite(t) for t in self.outer_times),
+                    "--outer-time must be finite when --width has finite widths (networks train for "
+                    "a finite number of steps)")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("widths", "inner_times", "finetune_times", "outer_times"):
+            d[k] = [_num(v) for v in d[k]]
+        return d
+
+    def load_tasks(self, seed: int | None = None) -> TaskSet:
+        """The task set of this sweep (generated with ``task_seed`` or read from the file)."""
+        if self.tasks in GENERATORS:
+            sizes = dict(n_train=self.train_tasks, n_test=self.test_tasks, n_support=self.support,
+                         n_query=self.query, dim=max(self.dim, 2) if self.tasks == "sinusoid" else self.dim)
+            return GENERATORS[self.tasks](seed=self.task_seed if seed is None else seed, **sizes)
+        return load_tasks(self.tasks)
+
+
+def _num(v: float):
+    """JSON-friendly number: ``inf`` as the string ``"inf"``."""
+    return "inf" if math.isinf(v) else v
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One grid point of a sweep."""
+
+    task_seed: int
+    width: float
+    depth: int
+    inner_time: float
+    finetune_time: float
+    outer_time: float
+    mtl_data: str
+
+    @property
+    def infinite(self) -> bool:
+        return math.isinf(self.width)
+
+    def predictor_config(self, rcond: float, steps: dict | None = None) -> PredictorConfig:
+        return PredictorConfig(inner_time=self.inner_time, finetune_time=self.finetune_time,
+                               outer_time=self.outer_time, mtl_data=self.mtl_data, rcond=rcond,
+                               **(steps or {}))
+
+    def key(self, context: dict) -> str:
+        payload = dict(dataclasses.asdict(self), **context)
+        payload = {k: (_num(v) if isinstance(v, float) else v) for k, v in payload.items()}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:20]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A unit of work: cells computed together (one kernel pass, or one finite-width cell)."""
+
+    config: SweepConfig
+    cells: tuple[Cell, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        c = self.cells[0]
+        if c.infinite:
+            return f"width inf, {len(self.cells)} cells"
+        return f"width {int(c.width)}, depth {c.depth}, s={c.inner_time:g}"
+
+
+def cell_context(config: SweepConfig, tasks: TaskSet) -> dict:
+    """What, besides the cell's own fields, determines its rows (part of the cache key)."""
+    return dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.methods),
+                architecture=Architecture().describe(), rcond=config.rcond, seeds=config.seeds,
+                finite_mode=config.finite_mode)
+
+
+def plan(config: SweepConfig) -> tuple[TaskSet, list[Cell], list[str]]:
+    """The task set, every cell of the grid and their cache keys."""
+    tasks = config.load_tasks()
+    cells = [Cell(config.task_seed, float(w), int(d), float(s), float(f), float(o), m)
+             for w in config.widths for s in config.inner_times for f in config.finetune_times
+             for o in config.outer_times for m in config.mtl_data for d in config.depths]
+    ctx = cell_context(config, tasks)
+    return tasks, cells, [c.key(ctx) for c in cells]
+
+
+def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) -> list[Unit]:
+    """Group pending cells into units: all infinite-width cells together, finite cells one each."""
+    inf = [(c, k) for c, k in zip(cells, keys) if c.infinite]
+    units = []
+    if inf:
+        units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf)))
+    units.extend(Unit(config, (c,), (k,)) for c, k in zip(cells, keys) if not c.infinite)
+    return units
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def _rel(a, b):
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float("nan")
+
+
+def metric_rows(preds: dict[str, np.ndarray], statuses: dict[str, str], tasks: TaskSet,
+                base: dict, diagnostics: dict | None = None) -> list[dict]:
+    """Tidy rows for one grid point: one per method x test task.
+
+    ``preds[method]`` is ``[M, m_q, k]``; ``preds`` must contain ``'mtl'`` and ``'baseline'``.
+    """
+    rows = []
+    mtl, basel = preds["mtl"], preds["baseline"]
+    y = tasks.test_query_y
+    for method, values in preds.items():
+        status = statuses[method]
+        if status == "ok" and statuses["mtl"] != "ok":  # the gap inherits MTL's trouble
+            status = f"mtl_{statuses['mtl']}"
+        diag = (diagnostics or {}).get(method)
+        for m in range(values.shape[0]):
+            v = values[m]
+            n = v.size
+            row = dict(base, method=method, test_task=m,
+                       pred_rms=float(np.linalg.norm(v) / math.sqrt(n)),
+                       gap_to_mtl_rel=_rel(v, mtl[m]),
+                       gap_to_mtl_abs=float(np.linalg.norm(v - mtl[m]) / math.sqrt(n)),
+                       gap_to_baseline_rel=_rel(v, basel[m]),
+                       test_mse=float(np.mean((v - y[m]) ** 2)) if y is not None else float("nan"),
+                       status=status)
+            if diag is not None:
+                row.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond)
+            if status in ("nan",):
+                for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse"):
+                    row[col] = float("nan")
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing units
+# ---------------------------------------------------------------------------------------------
+
+def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]:
+    """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass, predictors
+    vmapped over the depths of each chunk, for every time combination."""
+    cfg = unit.config
+    methods = tuple(dict.fromkeys(("mtl", "baseline") + tuple(cfg.methods)))
+    by_depth: dict[int, list[tuple[Cell, str]]] = {}
+    for c, k in zip(unit.cells, unit.keys):
+        by_depth.setdefault(c.depth, []).append((c, k))
+    depths = sorted(by_depth)
+    chunk: list = []
+
+    def flush(chunk):
+        Th = np.stack([k.ntk for k in chunk])
+        K = np.stack([k.readout for k in chunk])
+        combos = sorted({(c.inner_time, c.finetune_time, c.outer_time, c.mtl_data)
+                         for k in chunk for c, _ in by_depth[k.depth]})
+        for s, f, o, m in combos:
+            pcfg = PredictorConfig(inner_time=s, finetune_time=f, outer_time=o, mtl_data=m, rcond=cfg.rcond)
+            sel = [i for i, k in enumerate(chunk)
+                   if any((c.inner_time, c.finetune_time, c.outer_time, c.mtl_data) == (s, f, o, m)
+                          for c, _ in by_depth[k.depth])]
+            out = predict_from_kernels(Th[sel], K[sel], tasks, pcfg, methods)
+            for i, res in zip(sel, out):
+                depth = chunk[i].depth
+                for c, key in by_depth[depth]:
+                    if (c.inner_time, c.finetune_time, c.outer_time, c.mtl_data) != (s, f, o, m):
+                        continue
+                    base = dict(depth=depth, width=math.inf, inner_time=s, finetune_time=f,
+                                outer_time=o, mtl_data=m, seed=0, network="mean",
+                                dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"),
+                                tasks=tasks.name, task_seed=c.task_seed, mode="mean", cell=key)
+                    preds = {mt: p.values for mt, p in res.items()}
+                    statuses = {mt: status_of(p.diagnostics) for mt, p in res.items()}
+                    diags = {mt: p.diagnostics for mt, p in res.items()}
+                    yield key, metric_rows(preds, statuses, tasks, base, diags)
+
+    for k in kernels_by_depth(tasks.all_points(), depths=depths):
+        chunk.append(k)
+        if len(chunk) == DEPTH_CHUNK:
+            yield from flush(chunk)
+            chunk = []
+    if chunk:
+        yield from flush(chunk)
+
+
+def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]:
+    from ntk_bridge import finite
+
+    cfg = unit.config
+    (cell,), (key,) = unit.cells, unit.keys
+    methods = tuple(m for m in cfg.methods if m != "baseline")
+    if "mtl" not in methods:
+        methods = ("mtl",) + methods
+    df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.rcond),
+                            methods=methods, seed=0, n_networks=cfg.seeds, mode=cfg.finite_mode)
+    df = df.assign(tasks=tasks.name, task_seed=cell.task_seed, cell=key)
+    yield key, df.to_dict("records")
+
+
+def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, list[dict]]]:
+    """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes."""
+    tasks = tasks if tasks is not None else unit.config.load_tasks()
+    if unit.cells[0].infinite:
+        yield from _infinite_rows(unit, tasks)
+    else:
+        yield from _finite_rows(unit, tasks)
+
+
+def compute_unit(unit: Unit) -> list[tuple[str, list[dict]]]:
+    """A unit's results as a list (what a remote worker returns)."""
+    return list(iter_unit(unit))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache on disk
+# ---------------------------------------------------------------------------------------------
+
+def cell_path(run_dir: str, key: str) -> str:
+    return os.path.join(run_dir, "cells", f"{key}.csv")
+
+
+def write_cell(run_dir: str, key: str, rows: list[dict]) -> None:
+    """Write a cell's rows atomically (temporary file in the same folder, then ``os.replace``)."""
+    folder = os.path.join(run_dir, "cells")
+    os.makedirs(folder, exist_ok=True)
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            df.to_csv(fh, index=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, cell_path(run_dir, key))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_cells(run_dir: str, keys: Iterable[str]) -> pd.DataFrame:
+    frames = [pd.read_csv(cell_path(run_dir, k), keep_default_na=True) for k in keys
+              if os.path.exists(cell_path(run_dir, k))]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def sort_results(df: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(("mtl", "anil", "maml", "fomaml", "baseline"))}
+    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
+    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "depth",
+                         "_m", "_n", "test_task"], kind="stable")
+    return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
+
+
+def check_writable(run_dir: str) -> None:
+    """Create ``run_dir`` (and ``cells/``) and prove it is writable, or raise ``UserError``."""
+    try:
+        os.makedirs(os.path.join(run_dir, "cells"), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"--out: cannot write to {run_dir} ({exc.strerror or exc})") from None
+
+
+def run_sweep(config: SweepConfig, run_dir: str, executor=None,
+              on_start: Callable[[int, int], None] | None = None,
+              on_cell: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
+
+    Args:
+      executor: ``None`` for in-process, else an object with ``map_units(units) -> iterator of
+        (key, rows)`` (see :mod:`ntk_bridge.distributed`).
+      on_start: called with ``(total cells, already done)`` before work starts.
+      on_cell: called with each finished cell's key (progress).
+    """
+    tasks, cells, keys = plan(config)
+    check_writable(run_dir)
+    done = {k for k in keys if os.path.exists(cell_path(run_dir, k))}
+    pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
+    if on_start:
+        on_start(len(cells), len(done))
+    units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
+    if executor is None:
+        stream = (item for u in units for item in iter_unit(u, tasks))
+    else:
+        stream = executor.map_units(units)
+    wanted = set(keys)
+    for key, rows in stream:
+        if key in wanted and not os.path.exists(cell_path(run_dir, key)):
+            write_cell(run_dir, key, rows)
+        if on_cell:
+            on_cell(key)
+    df = sort_results(read_cells(run_dir, dict.fromkeys(keys)))
+    return df
