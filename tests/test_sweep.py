@@ -1,0 +1,129 @@
+"""The sweep: cache (atomic cells, resume, no duplicates), determinism, CSV schema, and the
+closed-form numbers it writes."""
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ntk_bridge import sweep as sw
+from ntk_bridge.predictors import PredictorConfig, predict
+from ntk_bridge.results import depth_slopes, fit_power_law
+
+SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), train_tasks=3, test_tasks=2, support=3,
+             query=4, dim=5)
+
+
+def csv_text(run_dir):
+    df = sw.sort_results(sw.read_cells(run_dir, os.listdir(os.path.join(run_dir, "cells"))
+                                       and [f[:-4] for f in os.listdir(os.path.join(run_dir, "cells"))
+                                            if f.endswith(".csv")]))
+    return df.to_csv(index=False)
+
+
+def test_schema_and_values_match_predictors(tmp_path):
+    cfg = sw.SweepConfig(**SMALL)
+    df = sw.run_sweep(cfg, str(tmp_path))
+    assert list(df.columns) == sw.COLUMNS
+    # 4 depths x 2 inner times x 4 methods (mtl, anil, maml, baseline) x 2 test tasks
+    assert len(df) == 4 * 2 * 4 * 2
+    assert set(df["status"]) == {"ok"}
+    tasks = cfg.load_tasks()
+    out = predict(tasks, 3, PredictorConfig(inner_time=1.0))
+    row = df[(df.depth == 3) & (df.inner_time == 1.0) & (df.method == "anil") & (df.test_task == 1)].iloc[0]
+    f, g = out["anil"].values[1], out["mtl"].values[1]
+    assert row.gap_to_mtl_rel == pytest.approx(np.linalg.norm(f - g) / np.linalg.norm(g), rel=1e-12)
+    assert row.gap_to_mtl_abs == pytest.approx(np.linalg.norm(f - g) / np.sqrt(f.size), rel=1e-12)
+    assert row.test_mse == pytest.approx(np.mean((f - tasks.test_query_y[1]) ** 2), rel=1e-12)
+    assert row.pred_rms == pytest.approx(np.linalg.norm(f) / np.sqrt(f.size), rel=1e-12)
+    b = out["baseline"].values[1]
+    assert row.gap_to_baseline_rel == pytest.approx(np.linalg.norm(f - b) / np.linalg.norm(b), rel=1e-12)
+    assert (df[df.method == "mtl"]["gap_to_mtl_rel"] == 0).all()
+
+
+def test_rerun_skips_finished_cells_and_is_deterministic(tmp_path, monkeypatch):
+    cfg = sw.SweepConfig(**SMALL)
+    first = sw.run_sweep(cfg, str(tmp_path / "a"))
+    calls = []
+    monkeypatch.setattr(sw, "write_cell", lambda *a, **k: calls.append(a))
+    again = sw.run_sweep(cfg, str(tmp_path / "a"))
+    assert calls == []  # nothing recomputed or rewritten
+    pd.testing.assert_frame_equal(first, again)
+    monkeypatch.undo()
+    other = sw.run_sweep(cfg, str(tmp_path / "b"))
+    assert first.drop(columns=[]).to_csv(index=False) == other.to_csv(index=False)  # same seed, same numbers
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
+    cfg = sw.SweepConfig(**SMALL)
+    real_write = sw.write_cell
+    written = []
+
+    def flaky(run_dir, key, rows):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the 4th cell is being written
+        real_write(run_dir, key, rows)
+        written.append(key)
+
+    monkeypatch.setattr(sw, "write_cell", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sw.run_sweep(cfg, str(tmp_path))
+    monkeypatch.undo()
+    cells = [f for f in os.listdir(tmp_path / "cells")]
+    assert len(cells) == 3 and all(f.endswith(".csv") for f in cells)  # no partial files left
+    resumed = sw.run_sweep(cfg, str(tmp_path))
+    assert len(os.listdir(tmp_path / "cells")) == 8
+    key_cols = ["method", "depth", "inner_time", "test_task", "network"]
+    assert not resumed.duplicated(key_cols).any()
+    fresh = sw.run_sweep(cfg, str(tmp_path / "fresh"))
+    assert resumed.to_csv(index=False) == fresh.to_csv(index=False)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    with pytest.raises(OSError):
+        sw.write_cell(str(tmp_path), "abc", [dict(method="mtl")])
+    assert os.listdir(tmp_path / "cells") == []
+
+
+def test_changing_the_grid_reuses_common_cells(tmp_path):
+    cfg = sw.SweepConfig(**SMALL)
+    sw.run_sweep(cfg, str(tmp_path))
+    bigger = sw.SweepConfig(**dict(SMALL, depths=(1, 2, 3, 5, 8)))
+    _, cells, keys = sw.plan(bigger)
+    done = [k for k in keys if os.path.exists(sw.cell_path(str(tmp_path), k))]
+    assert len(done) == 8 and len(keys) == 10
+    df = sw.run_sweep(bigger, str(tmp_path))
+    assert sorted(df.depth.unique()) == [1, 2, 3, 5, 8]
+    # a different task set gives different keys
+    other = sw.SweepConfig(**dict(SMALL, task_seed=1))
+    assert set(sw.plan(other)[2]).isdisjoint(keys)
+
+
+def test_flagged_rows_are_reported_not_hidden(tmp_path):
+    # MAML with query = support at s = inf has Phi = 0: the solve needs a ridge / is degenerate.
+    from ntk_bridge.tasks import subspace_tasks
+    t = subspace_tasks(seed=0, n_train=3, n_test=2, n_support=4, n_query=4, dim=5)
+    same = type(t)(t.train_support_x, t.train_support_y, t.train_support_x, t.train_support_y,
+                   t.test_support_x, t.test_support_y, t.test_query_x, t.test_query_y)
+    path = tmp_path / "same.npz"
+    same.save(path)
+    cfg = sw.SweepConfig(depths=(1, 2), inner_times=(math.inf,), tasks=str(path))
+    df = sw.run_sweep(cfg, str(tmp_path / "run"))
+    maml = df[df.method == "maml"]
+    assert (maml.status != "ok").all()
+    assert set(maml.status) <= {"ridge", "not_psd", "nonfinite"}
+    slopes = depth_slopes(df)
+    assert slopes.empty or "maml" not in set(slopes["method"])  # flagged rows never enter fits
+
+
+def test_fit_power_law_recovers_exponent(rng):
+    x = np.geomspace(2, 64, 12)
+    y = 3.0 * x ** -0.7 * np.exp(0.01 * rng.standard_normal(12))
+    b, lo, hi, n = fit_power_law(x, y)
+    assert n == 12 and lo < -0.7 < hi and hi - lo < 0.05
+    assert math.isnan(fit_power_law([1, 2], [1, 2])[1])
