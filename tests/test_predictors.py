@@ -224,4 +224,4 @@ def test_nan_kernel_is_flagged(small):
     Th = Th.copy()
     Th[0, 0] = np.nan
     out = predict_from_kernels(Th, K, tasks, methods=("maml",))
-    assert status_of(out["maml"].diagnostics) == "nan"
+    assert status_of(out["maml"].diagnostics) == "nonfinite"

@@ -11,7 +11,7 @@ from ntk_bridge import sweep as sw
 from ntk_bridge.predictors import PredictorConfig, predict
 from ntk_bridge.results import depth_slopes, fit_power_law
 
-SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), train_tasks=3, test_tasks=2, support=3,
+SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2, support=3,
              query=4, dim=5)
 
 
