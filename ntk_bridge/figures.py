@@ -1,7 +1,9 @@
-"""Figures, drawn only from stored results tables (``results.csv`` and the CSVs in ``figures/``).
+"""Figures, drawn only from stored tables.
 
-One fixed style (:data:`STYLE`), labelled axes, sized for a paper column. Rows whose ``status`` is
-not ``ok`` are never plotted; the caller reports them.
+Each figure has a ``*_table`` function that turns tidy results (``results.csv`` rows) into the small
+table that is actually drawn (saved as the figure's CSV), and a ``plot_*`` function that draws from
+that table alone. One fixed style (:data:`STYLE`), labelled axes, sized for a paper column. Rows
+whose ``status`` is not ``ok`` never reach a table; the caller reports them.
 """
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ import pandas as pd  # noqa: E402
 
 from ntk_bridge.results import fit_power_law, ok_rows  # noqa: E402
 
-__all__ = ["STYLE", "plot_gap_vs_depth", "save", "depth_axis"]
+__all__ = [
+    "STYLE", "save", "depth_axis", "summarise",
+    "gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth",
+    "gap_vs_inner_time_table", "plot_gap_vs_inner_time",
+    "distance_vs_width_table", "plot_distance_vs_width",
+    "plot_kernel_degeneracy",
+]
 
 STYLE = {
     "figure.dpi": 110,
@@ -37,102 +45,250 @@ STYLE = {
 }
 COLORS = {"mtl": "#1b9e77", "anil": "#d95f02", "maml": "#7570b3", "fomaml": "#e7298a", "baseline": "#444444"}
 LABELS = {"mtl": "MTL", "anil": "ANIL", "maml": "MAML", "fomaml": "FO-MAML", "baseline": "no-transfer baseline"}
+DATA_TITLES = {"query": "gap to MTL trained on the queries", "all": "gap to MTL trained on all points"}
+LINESTYLES = ["-", "--", ":", "-."]
 
 
-def save(fig, path_prefix: str) -> list[str]:
-    """Save ``fig`` as PNG and PDF next to each other; returns the paths."""
+def save(fig, path_prefix: str, table: pd.DataFrame | None = None) -> list[str]:
+    """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``; returns the paths."""
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     paths = [f"{path_prefix}.png", f"{path_prefix}.pdf"]
     for p in paths:
         fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.endswith(".pdf") else None)
     plt.close(fig)
+    if table is not None:
+        table.to_csv(f"{path_prefix}.csv", index=False, float_format="%.6g")
+        paths.append(f"{path_prefix}.csv")
     return paths
 
 
-def depth_axis(ax, depths) -> None:
-    """Log-scaled depth axis with plain integer ticks at powers of two."""
+def depth_axis(ax, values, label: str = "depth $L$ (hidden layers)") -> None:
+    """Log-scaled axis with plain integer ticks at powers of two."""
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     ax.set_xscale("log")
-    lo, hi = min(depths), max(depths)
-    ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if lo <= t <= hi] or [lo, hi]
+    lo, hi = min(values), max(values)
+    ticks = [t for t in 2 ** np.arange(0, 16) if lo <= t <= hi] or [lo, hi]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
 
 
-def _band(ax, g, x, column, color, label, marker="o", linestyle="-"):
-    q = g.groupby(x)[column].quantile([0.25, 0.5, 0.75]).unstack()
-    ax.plot(q.index, q[0.5], marker=marker, linestyle=linestyle, color=color, label=label)
-    ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, linewidth=0)
+def summarise(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Quartiles ``<col>_q25/_q50/_q75`` of ``columns`` over the rows of each ``by`` group, and ``n``."""
+    g = df.groupby(by, dropna=False)
+    parts = {}
+    for c in columns:
+        q = g[c].quantile([0.25, 0.5, 0.75]).unstack()
+        q.columns = [f"{c}_q25", f"{c}_q50", f"{c}_q75"]
+        parts[c] = q
+    out = pd.concat(parts.values(), axis=1)
+    out["n"] = g.size()
+    return out.reset_index()
 
 
-def _gap_panel(ax, d, title):
-    styles = ["-", "--", ":", "-."]
-    times = sorted(d["inner_time"].unique())
-    for method in [m for m in ("anil", "maml", "fomaml") if m in set(d["method"])]:
+def _band(ax, t: pd.DataFrame, x: str, col: str, color, label, marker="o", linestyle="-"):
+    t = t.sort_values(x)
+    ax.plot(t[x], t[f"{col}_q50"], marker=marker, linestyle=linestyle, color=color, label=label)
+    ax.fill_between(t[x], t[f"{col}_q25"], t[f"{col}_q75"], color=color, alpha=0.15, linewidth=0)
+
+
+def _closed_form_rows(df: pd.DataFrame, width=math.inf) -> pd.DataFrame:
+    d = ok_rows(df)
+    return d[(d["width"] == width) & d["network"].astype(str).isin(["mean", "ensemble"])]
+
+
+# -- gap and test error vs depth ---------------------------------------------------------------
+
+def gap_vs_depth_table(df: pd.DataFrame, width=math.inf) -> pd.DataFrame:
+    """Quartiles over test tasks of the gap to MTL and of the test MSE, per method, MTL training
+    set, inner time and depth."""
+    d = _closed_form_rows(df, width)
+    return summarise(d, ["method", "mtl_data", "inner_time", "finetune_time", "outer_time", "depth"],
+                     ["gap_to_mtl_rel", "test_mse"])
+
+
+def _gap_panel(ax, t: pd.DataFrame, title: str):
+    times = sorted(t["inner_time"].unique())
+    for method in [m for m in ("anil", "maml", "fomaml") if m in set(t["method"])]:
         for i, s in enumerate(times):
-            g = d[(d["method"] == method) & (d["inner_time"] == s)]
+            g = t[(t["method"] == method) & (t["inner_time"] == s)]
             if g.empty:
                 continue
-            med = g.groupby("depth")["gap_to_mtl_rel"].median()
-            slope, lo, hi, _ = fit_power_law(med.index, med.values)
+            slope, lo, hi, _ = fit_power_law(g["depth"], g["gap_to_mtl_rel_q50"])
             _band(ax, g, "depth", "gap_to_mtl_rel", COLORS[method],
                   f"{LABELS[method]}, $\\lambda\\tau$={s:g}: slope {slope:.2f} [{lo:.2f}, {hi:.2f}]",
-                  linestyle=styles[i % 4])
-    ref = d[d["method"] != "mtl"].groupby("depth")["gap_to_mtl_rel"].median()
+                  linestyle=LINESTYLES[i % 4])
+    ref = t[t["method"] != "mtl"].groupby("depth")["gap_to_mtl_rel_q50"].median()
     if len(ref):
-        depths = np.array(sorted(d["depth"].unique()), float)
-        c = float(ref.iloc[0] * ref.index[0])
-        ax.plot(depths, c / depths, color="k", linewidth=0.8, linestyle=(0, (1, 2)), label="$\\propto 1/L$")
-    depth_axis(ax, d["depth"].unique())
+        depths = np.array(ref.index, float)
+        ax.plot(depths, float(ref.iloc[0] * ref.index[0]) / depths, color="k", linewidth=0.8,
+                linestyle=(0, (1, 2)), label="$\\propto 1/L$")
+    depth_axis(ax, t["depth"].unique())
     ax.set_yscale("log")
-    ax.set_xlabel("depth $L$ (hidden layers)")
     ax.set_ylabel(r"$\|F_{\rm method}-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
     ax.set_title(title)
     ax.legend(loc="lower left", frameon=False)
 
 
-DATA_TITLES = {"query": "gap to MTL trained on the queries", "all": "gap to MTL trained on all points"}
+def _test_error_panel(ax, t: pd.DataFrame):
+    times = sorted(t["inner_time"].unique())
+    datas = [m for m in ("query", "all") if m in set(t["mtl_data"])]
+    if not times or t["test_mse_q50"].isna().all():
+        ax.text(0.5, 0.5, "no test labels", ha="center", transform=ax.transAxes)
+        return
+    s0 = times[0]
+    g0 = t[t["inner_time"] == s0]
+    for method in ("anil", "maml", "fomaml"):
+        g = g0[(g0["method"] == method) & (g0["mtl_data"] == datas[0])]
+        if not g.empty:
+            _band(ax, g, "depth", "test_mse", COLORS[method], LABELS[method])
+    for i, m in enumerate(datas):
+        g = g0[(g0["method"] == "mtl") & (g0["mtl_data"] == m)]
+        if not g.empty:
+            _band(ax, g, "depth", "test_mse", COLORS["mtl"], f"MTL ({m})", linestyle=["-", "-."][i % 2],
+                  marker=["o", "s"][i % 2])
+    g = g0[(g0["method"] == "baseline") & (g0["mtl_data"] == datas[0])]
+    if not g.empty:
+        _band(ax, g, "depth", "test_mse", COLORS["baseline"], LABELS["baseline"], linestyle="--")
+    depth_axis(ax, t["depth"].unique())
+    ax.set_ylabel("test MSE on query sets")
+    ax.set_title(f"test error ($\\lambda\\tau$={s0:g}): real or trivial closeness?")
+    ax.legend(frameon=False)
 
 
-def plot_gap_vs_depth(df: pd.DataFrame, path_prefix: str, width=math.inf) -> list[str]:
-    """One panel per MTL training set (``mtl_data``): log-log gap to MTL vs depth per method and
-    inner time (median, band = interquartile range over test tasks), fitted slope and 95% CI in the
-    legend, a 1/L guide. Last panel: test MSE of every method and of the no-transfer baseline vs
-    depth, at the smallest inner time."""
-    d = ok_rows(df)
-    d = d[(d["width"] == width) & d["network"].astype(str).isin(["mean", "ensemble"])]
-    datas = [m for m in ("query", "all") if m in set(d["mtl_data"])]
+def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """One panel per MTL training set: log-log gap to MTL vs depth per method and inner time
+    (median, band = interquartile range over test tasks), fitted slope and 95% CI in the legend,
+    a 1/L guide; last panel: test MSE of every method and of the baseline (smallest inner time)."""
+    datas = [m for m in ("query", "all") if m in set(table["mtl_data"])]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(datas) + 1, figsize=(3.4 * (len(datas) + 1), 3.0), squeeze=False)
-        axes = axes[0]
-        for ax, m in zip(axes, datas):
-            _gap_panel(ax, d[d["mtl_data"] == m], DATA_TITLES[m])
-        ax2 = axes[-1]
-        times = sorted(d["inner_time"].unique())
-        if d["test_mse"].notna().any() and times:
-            s0 = times[0]
-            g0 = d[d["inner_time"] == s0]
-            for method in ("anil", "maml", "fomaml"):
-                g = g0[(g0["method"] == method) & (g0["mtl_data"] == datas[0])]
-                if not g.empty:
-                    _band(ax2, g, "depth", "test_mse", COLORS[method], LABELS[method])
-            for i, m in enumerate(datas):
-                g = g0[(g0["method"] == "mtl") & (g0["mtl_data"] == m)]
-                if not g.empty:
-                    _band(ax2, g, "depth", "test_mse", COLORS["mtl"], f"MTL ({m})",
-                          linestyle=["-", "-."][i % 2], marker=["o", "s"][i % 2])
-            g = g0[(g0["method"] == "baseline") & (g0["mtl_data"] == datas[0])]
-            if not g.empty:
-                _band(ax2, g, "depth", "test_mse", COLORS["baseline"], LABELS["baseline"], linestyle="--")
-            depth_axis(ax2, d["depth"].unique())
-            ax2.set_xlabel("depth $L$ (hidden layers)")
-            ax2.set_ylabel("test MSE on query sets")
-            ax2.set_title(f"test error ($\\lambda\\tau$={s0:g}): real or trivial closeness?")
-            ax2.legend(frameon=False)
-        else:
-            ax2.text(0.5, 0.5, "no test labels", ha="center", transform=ax2.transAxes)
+        for ax, m in zip(axes[0], datas):
+            _gap_panel(ax, table[table["mtl_data"] == m], DATA_TITLES[m])
+        _test_error_panel(axes[0][-1], table)
         fig.tight_layout()
-        return save(fig, path_prefix)
+        return save(fig, path_prefix, table)
+
+
+def plot_test_error_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Test MSE of every method and of the no-transfer baseline vs depth (a gap_vs_depth table)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(3.4, 2.8))
+        _test_error_panel(ax, table)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
+
+
+# -- gap vs inner time ---------------------------------------------------------------------------
+
+def gap_vs_inner_time_table(df: pd.DataFrame) -> pd.DataFrame:
+    d = _closed_form_rows(df)
+    d = d[d["method"].isin(["anil", "maml"])]
+    return summarise(d, ["method", "mtl_data", "depth", "inner_time"], ["gap_to_mtl_rel"])
+
+
+def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Gap to MTL vs inner time ``lambda*tau`` at a few depths (the ``lambda*tau`` term)."""
+    depths = sorted(table["depth"].unique())
+    cmap = plt.get_cmap("viridis")
+    with plt.rc_context(STYLE):
+        methods = [m for m in ("anil", "maml") if m in set(table["method"])]
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.4 * len(methods), 2.9), squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            for i, L in enumerate(depths):
+                for j, m in enumerate(sorted(table["mtl_data"].unique(), reverse=True)):
+                    g = table[(table["method"] == method) & (table["depth"] == L) & (table["mtl_data"] == m)]
+                    g = g[g["inner_time"] > 0]
+                    if not g.empty:
+                        _band(ax, g, "inner_time", "gap_to_mtl_rel", cmap(i / max(1, len(depths) - 1) * 0.85),
+                              f"L={L}, MTL on {m}", linestyle=LINESTYLES[j % 4], marker="os"[j % 2])
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(r"inner time $\lambda\tau$ (learning rate $\times$ steps)")
+            ax.set_ylabel(r"$\|F-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
+            ax.set_title(f"{LABELS[method]}: gap to MTL vs inner time")
+            ax.legend(frameon=False, ncol=1)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
+
+
+# -- finite width ----------------------------------------------------------------------------------
+
+def distance_vs_width_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Quartiles over test tasks and networks of the distance to the infinite-width predictor, per
+    method, depth and width (finite widths only; individual networks, not the ensemble mean), and
+    of the ensemble mean's distance."""
+    d = ok_rows(df)
+    d = d[np.isfinite(d["width"].astype(float))]
+    single = d[~d["network"].astype(str).isin(["ensemble", "mean"])].assign(kind="network")
+    ens = d[d["network"].astype(str) == "ensemble"].assign(kind="ensemble")
+    parts = [summarise(x, ["kind", "method", "depth", "width"], ["dist_to_infinite_rel", "dist_to_linearized_rel"])
+             for x in (single, ens) if len(x)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Log-log distance to the infinite-width predictor vs width per method (one panel per depth),
+    with the fitted exponent and its 95% CI (theory: about -1/2)."""
+    depths = sorted(table["depth"].unique())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(depths), figsize=(2.6 * len(depths) + 0.6, 2.8), squeeze=False)
+        for ax, L in zip(axes[0], depths):
+            for method in [m for m in ("mtl", "anil", "maml", "fomaml") if m in set(table["method"])]:
+                for kind, ls in (("network", "-"), ("ensemble", ":")):
+                    g = table[(table["depth"] == L) & (table["method"] == method) & (table["kind"] == kind)]
+                    if g.empty:
+                        continue
+                    slope, lo, hi, _ = fit_power_law(g["width"], g["dist_to_infinite_rel_q50"])
+                    label = f"{LABELS[method]}: {slope:.2f} [{lo:.2f}, {hi:.2f}]" if kind == "network" \
+                        else f"{LABELS[method]} ensemble"
+                    _band(ax, g, "width", "dist_to_infinite_rel", COLORS[method], label, linestyle=ls)
+            w = np.array(sorted(table["width"].unique()), float)
+            ref = table[(table["depth"] == L) & (table["kind"] == "network")]
+            if len(ref):
+                c = float(ref.sort_values("width")["dist_to_infinite_rel_q50"].iloc[0]) * math.sqrt(w[0])
+                ax.plot(w, c / np.sqrt(w), color="k", linewidth=0.8, linestyle=(0, (1, 2)), label=r"$\propto h^{-1/2}$")
+            depth_axis(ax, w, "width $h$")
+            ax.set_yscale("log")
+            ax.set_ylabel(r"$\|F_h - F_\infty\| / \|F_\infty\|$")
+            ax.set_title(f"depth {L}: finite vs infinite width")
+            ax.legend(frameon=False)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
+
+
+# -- kernel degeneracy -----------------------------------------------------------------------------
+
+def plot_kernel_degeneracy(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Four panels from :func:`ntk_bridge.diagnostics.kernel_degeneracy_table`: ``K/Theta`` on the
+    diagonal vs ``1/(L+1)``; the normalised NTK off the diagonal vs its limit 1/4; ``1 - rho`` of
+    the readout kernel times ``L^2`` (tends to a constant near ``9 pi^2 / 2``); condition numbers."""
+    t = table.sort_values("depth")
+    L = t["depth"].to_numpy(float)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(1, 4, figsize=(10.0, 2.5))
+        ax[0].plot(L, t["k_over_theta_diag"], "o", color=COLORS["anil"], label="$K(x,x)/\\Theta(x,x)$")
+        ax[0].plot(L, 1 / (L + 1), "-", color="k", linewidth=0.8, label="$1/(L+1)$")
+        ax[0].set_yscale("log")
+        ax[0].set_title("readout share of the NTK")
+        ax[1].plot(L, t["ntk_offdiag_normalised_mean"], "o-", color=COLORS["maml"], label="mean off-diagonal")
+        ax[1].fill_between(L, t["ntk_offdiag_normalised_min"], t["ntk_offdiag_normalised_max"],
+                           color=COLORS["maml"], alpha=0.15, linewidth=0, label="min..max")
+        ax[1].axhline(0.25, color="k", linewidth=0.8, linestyle="--", label="1/4")
+        ax[1].set_title(r"$\Theta(x,x')/\Theta(x,x)$")
+        ax[2].plot(L, t["one_minus_rho_times_L2"], "o-", color=COLORS["mtl"], label=r"$(1-\rho_K) L^2$ (median)")
+        ax[2].axhline(9 * math.pi ** 2 / 2, color="k", linewidth=0.8, linestyle="--", label=r"$9\pi^2/2$")
+        ax[2].set_title("readout correlation $\\rho_K \\to 1$")
+        ax[3].plot(L, t["cond_support_K_median"], "o-", color=COLORS["anil"], label="$K(X',X')$ (ANIL inner)")
+        ax[3].plot(L, t["cond_support_theta_median"], "s-", color=COLORS["maml"], label="$\\Theta(X',X')$ (MAML inner)")
+        ax[3].plot(L, L ** 2, color="k", linewidth=0.8, linestyle=":", label="$L^2$")
+        ax[3].set_yscale("log")
+        ax[3].set_title("condition number of support kernels")
+        for a in ax:
+            depth_axis(a, L)
+            a.legend(frameon=False)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
