@@ -14,6 +14,7 @@ Dask workers (:mod:`ntk_bridge.distributed`); only the client writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -351,10 +352,12 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None,
     else:
         stream = executor.map_units(units)
     wanted = set(keys)
-    for key, rows in stream:
-        if key in wanted and not os.path.exists(cell_path(run_dir, key)):
-            write_cell(run_dir, key, rows)
-        if on_cell:
-            on_cell(key)
+    # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
+    with contextlib.closing(stream):
+        for key, rows in stream:
+            if key in wanted and not os.path.exists(cell_path(run_dir, key)):
+                write_cell(run_dir, key, rows)
+            if on_cell:
+                on_cell(key)
     df = sort_results(read_cells(run_dir, dict.fromkeys(keys)))
     return df
