@@ -147,9 +147,10 @@ def sweep(
     inner_time: str = typer.Option("0.01,0.1,1", help="Inner-loop time lambda*tau of ANIL/MAML "
                                                       "meta-training (comma list)."),
     finetune_time: str = typer.Option("1", help="Test-time fine-tuning time s_hat (comma list)."),
-    outer_time: str = typer.Option("auto", help="Outer (meta-)training time eta*t; 'inf' = trained to "
-                                                "convergence. 'auto': inf for infinite width, the finite "
-                                                "default of ntk_bridge.finite for finite widths."),
+    outer_time: str = typer.Option("auto", help="Outer (meta-)training time eta*t; 'inf' (= 'auto') trains "
+                                                "to convergence: closed forms at t = inf, finite networks "
+                                                "for a fixed number of steps of size 1/lambda_max "
+                                                "(ntk_bridge.finite.TrainingConfig)."),
     methods: str = typer.Option("mtl,anil,maml", help="Methods among mtl, anil, maml (the no-transfer "
                                                       "baseline is always computed)."),
     mtl_data: str = typer.Option("all,query", help="MTL training data: 'all' (support+query merged, the "
@@ -183,11 +184,7 @@ def sweep(
     widths = parse_widths(width)
     has_finite = any(math.isfinite(w) for w in widths)
     if outer_time == "auto":
-        if has_finite:
-            from ntk_bridge import finite
-            outer_times = [float(finite.DEFAULT_OUTER_TIME)]
-        else:
-            outer_times = [math.inf]
+        outer_times = [math.inf]
     else:
         outer_times = parse_floats(outer_time, "--outer-time", positive=True)
     method_list = parse_choices(methods, "--methods", ("mtl", "anil", "maml", "fomaml"))

@@ -24,7 +24,7 @@ __all__ = ["FIGURES", "make_figures", "grids"]
 class Grids:
     depth: SweepConfig
     inner_time: SweepConfig
-    width: dict  # SweepConfig arguments; the outer time comes from ntk_bridge.finite
+    width: dict  # SweepConfig arguments (finite widths)
     degeneracy_depths: tuple[int, ...]
     fewshot: dict
 
@@ -46,12 +46,6 @@ def grids(quick: bool) -> Grids:
                  dict(dataset="kanji", budget_minutes=12.0, test_episodes=1000, shots="1,5"))
 
 
-def _finite_outer_time() -> float:
-    from ntk_bridge import finite
-
-    return float(finite.DEFAULT_OUTER_TIME)
-
-
 def _fig_gap_vs_depth(g: Grids, run_root: str, out: str, log) -> list[str]:
     df = run_sweep(g.depth, os.path.join(run_root, "gap_vs_depth"))
     table = figs.gap_vs_depth_table(df)
@@ -66,7 +60,7 @@ def _fig_gap_vs_inner_time(g: Grids, run_root: str, out: str, log) -> list[str]:
 
 
 def _fig_distance_vs_width(g: Grids, run_root: str, out: str, log) -> list[str]:
-    config = SweepConfig(outer_times=(_finite_outer_time(),), **g.width)
+    config = SweepConfig(**g.width)
     df = run_sweep(config, os.path.join(run_root, "distance_vs_width"))
     return figs.plot_distance_vs_width(figs.distance_vs_width_table(df), os.path.join(out, "distance_vs_width"))
 
