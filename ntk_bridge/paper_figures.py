@@ -37,7 +37,8 @@ def grids(quick: bool) -> Grids:
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                      mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2)
         return Grids(depth, inner, width, tuple(range(1, 65)),
-                     dict(dataset="digits", budget_minutes=0.6, test_episodes=300, shots="1,5"))
+                     dict(dataset="kanji", budget_minutes=1.0, test_episodes=200, shots="1,5",
+                          extra={"max-classes": 300, "val-episodes": 30, "checkpoints": 6}))
     depth = SweepConfig(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
     inner = SweepConfig(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0, 1024.0), inner_times=(0.5,),
@@ -73,10 +74,32 @@ def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str, log) -> list[str]:
 
 
 def _fig_fewshot(g: Grids, run_root: str, out: str, log) -> list[str]:
-    from ntk_bridge.fewshot import figure as fewshot_figure
+    """Run ``ntk-bridge fewshot`` (once; its run folder is reused) and copy its accuracy-vs-time
+    figure and the tables it is drawn from into ``out``."""
+    import shutil
+    from pathlib import Path
 
-    return fewshot_figure.make_figure(run_dir=os.path.join(run_root, "fewshot"), out_prefix=os.path.join(out, "fewshot_accuracy_vs_time"),
-                                      **g.fewshot)
+    import typer
+
+    from ntk_bridge.cli import app
+    from ntk_bridge.fewshot.report import plot_accuracy_vs_time
+
+    run_dir = Path(run_root) / "fewshot"
+    if not (run_dir / "results.csv").exists():
+        args = ["fewshot", "--dataset", g.fewshot["dataset"], "--shots", g.fewshot["shots"],
+                "--budget-minutes", str(g.fewshot["budget_minutes"]),
+                "--test-episodes", str(g.fewshot["test_episodes"]), "--out", str(run_dir)]
+        args += [x for k, v in g.fewshot.get("extra", {}).items() for x in (f"--{k}", str(v))]
+        typer.main.get_command(app)(args, standalone_mode=False)
+    paths = [str(p) for p in plot_accuracy_vs_time(run_dir)]
+    written = []
+    for src in paths + [str(run_dir / "curves.csv"), str(run_dir / "results.csv")]:
+        base = os.path.basename(src)
+        name = {"curves.csv": "fewshot_accuracy_vs_time.csv", "results.csv": "fewshot_results.csv"}.get(
+            base, base.replace("accuracy_vs_time", "fewshot_accuracy_vs_time"))
+        shutil.copyfile(src, os.path.join(out, name))
+        written.append(os.path.join(out, name))
+    return written
 
 
 FIGURES: dict[str, Callable] = {
