@@ -282,7 +282,7 @@ def figures_command(
     from ntk_bridge.sweep import check_writable
 
     names = parse_choices(only, "--only", tuple(FIGURES)) if only else None
-    check_writable(out)
+    check_writable(out, cells=False)
     started = time.time()
     written = make_figures(out=out, quick=quick, only=names, run_root=runs,
                            log=lambda m: console.print(f"[bold]{m}[/]"))

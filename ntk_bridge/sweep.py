@@ -320,10 +320,11 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
 
 
-def check_writable(run_dir: str) -> None:
-    """Create ``run_dir`` (and ``cells/``) and prove it is writable, or raise ``UserError``."""
+def check_writable(run_dir: str, cells: bool = True) -> None:
+    """Create ``run_dir`` (and, for a run folder, ``cells/``) and prove it is writable, or raise
+    ``UserError``."""
     try:
-        os.makedirs(os.path.join(run_dir, "cells"), exist_ok=True)
+        os.makedirs(os.path.join(run_dir, "cells") if cells else run_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")
         os.close(fd)
         os.unlink(tmp)
