@@ -62,7 +62,7 @@ def plot_accuracy_vs_time(out: Path) -> list[Path]:
         ax.set_xlabel(f"training time ({'wall-clock' if clock == 'wall' else 'CPU'} seconds)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     paths = [out / "accuracy_vs_time.png", out / "accuracy_vs_time.pdf"]
     for path in paths:
