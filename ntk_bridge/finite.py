@@ -81,6 +81,7 @@ import pandas as pd
 import scipy.stats
 from neural_tangents import stax
 
+from ntk_bridge.results import fit_power_law  # noqa: F401  (re-exported)
 from ntk_bridge.errors import require
 from ntk_bridge.kernels import Architecture, DepthKernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, inner_operator, predict_from_kernels, status_of
@@ -892,28 +893,6 @@ def finite_cell(
 # ---------------------------------------------------------------------------------------------
 # Rates
 # ---------------------------------------------------------------------------------------------
-
-def fit_power_law(x, y) -> tuple[float, float, float, int]:
-    """Fit ``y = c x^p`` by least squares on ``log y`` vs ``log x`` (``scipy.stats.linregress``).
-
-    Non-finite and non-positive points are dropped. Returns ``(p, ci95_low, ci95_high, n)`` with the
-    t-based 95% interval ``p +- t_{0.975, n-2} stderr`` (NaN bounds for ``n < 3``; all NaN for
-    ``n < 2`` or a single distinct ``x``).
-    """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    require(x.shape == y.shape, f"x and y must have the same size, got {x.size} and {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    x, y = np.log(x[keep]), np.log(y[keep])
-    n = int(x.size)
-    if n < 2 or np.unique(x).size < 2:
-        return math.nan, math.nan, math.nan, n
-    fit = scipy.stats.linregress(x, y)
-    if n < 3:
-        return float(fit.slope), math.nan, math.nan, n
-    half = scipy.stats.t.ppf(0.975, n - 2) * fit.stderr
-    return float(fit.slope), float(fit.slope - half), float(fit.slope + half), n
-
 
 def width_exponents(rows: pd.DataFrame, metric: str = "dist_to_infinite_rel",
                     by: Sequence[str] = ("method", "depth", "mode")) -> pd.DataFrame:

@@ -10,24 +10,29 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ntk_bridge.errors import require
+
 __all__ = ["fit_power_law", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
-    """Least squares of ``log y = a + b log x``: ``(b, ci95_low, ci95_high, n)``.
+    """Fit ``y = c x^p`` by least squares on ``log y`` vs ``log x`` (``scipy.stats.linregress``).
 
-    The 95% interval is ``b +- t_{0.975, n-2} * stderr(b)``; with fewer than three points (or
-    non-positive values) the interval is NaN.
+    Non-finite and non-positive points are dropped. Returns ``(p, ci95_low, ci95_high, n)`` with the
+    t-based 95% interval ``p +- t_{0.975, n-2} stderr`` (NaN bounds for ``n < 3``; all NaN for
+    ``n < 2`` or a single distinct ``x``).
     """
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    require(x.shape == y.shape, f"x and y must have the same size, got {x.size} and {y.size}")
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     x, y = np.log(x[keep]), np.log(y[keep])
     n = int(x.size)
-    if n < 2 or np.ptp(x) == 0:
-        return float("nan"), float("nan"), float("nan"), n
+    if n < 2 or np.unique(x).size < 2:
+        return math.nan, math.nan, math.nan, n
     fit = stats.linregress(x, y)
     if n < 3:
-        return float(fit.slope), float("nan"), float("nan"), n
+        return float(fit.slope), math.nan, math.nan, n
     half = stats.t.ppf(0.975, n - 2) * fit.stderr
     return float(fit.slope), float(fit.slope - half), float(fit.slope + half), n
 
