@@ -121,6 +121,8 @@ def fewshot_command(
     """Compare first-order MTL with ANIL and MAML on N-way K-shot classification (accuracy vs training time)."""
     started = time.perf_counter()
     console = Console()
+    if not console.is_terminal:  # logs and pipes: no reason to squeeze the tables into 80 columns
+        console.width = max(console.width, 110)
     if quick:
         budget_minutes, test_episodes, val_episodes, checkpoints = (
             QUICK["budget_minutes"], QUICK["test_episodes"], QUICK["val_episodes"], QUICK["checkpoints"])
