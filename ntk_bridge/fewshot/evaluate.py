@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from ntk_bridge.fewshot.episodes import Episodes
-from ntk_bridge.fewshot.methods import anil_query_logits, maml_query_logits
+from ntk_bridge.fewshot.methods import accuracy, anil_query_logits, maml_query_logits
 from ntk_bridge.fewshot.models import FewShotNet, Params
 
 BASELINE = "nn-pixels"
@@ -113,7 +113,7 @@ def episode_scorer(net: FewShotNet, adaptation: Adaptation) -> Callable[[Params,
 
     def correct(params, support_x, support_y, query_x, query_y):
         logits = query_logits(net, params, support_x, support_y, query_x, adaptation.inner_lr, adaptation.test_inner_steps)
-        return jnp.mean((logits.argmax(-1) == query_y).astype(jnp.float32))
+        return accuracy(logits, query_y)
 
     if adaptation.method == "anil":
         batched = jax.jit(jax.vmap(correct, in_axes=(None, 0, 0, 0, 0)))

@@ -53,7 +53,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose argmax equals the label."""
-    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+    return jnp.mean((jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels).astype(jnp.float32))
 
 
 def head_rows(head: Params, classes: jax.Array) -> Params:
