@@ -12,7 +12,7 @@ Two kinds of runs of ``ntk-bridge sweep --depth 2..32 --out <fresh tmp dir>``, e
   ``jax.monitoring`` events), metric rows, cell files, read-back, results/config/summary, figures and
   the console report. Times are exclusive (a nested stage is not counted twice).
 
-Goal (issue 8): under 60 s on 2 cores, start-up included. Writes ``benchmarks/results/sweep_time.csv``
+Goal: under 60 s on 2 cores, start-up included. Writes ``benchmarks/results/sweep_time.csv``
 (one row per stage, plus the plain runs' totals).
 """
 from __future__ import annotations

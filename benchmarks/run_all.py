@@ -24,7 +24,7 @@ STEPS = [
     (["bench_sweep.py"], True),
     (["bench_sweep.py", "--patch", "blas1", "--patch", "defer_tf", "--patch", "jax_cache", "--patch", "lean_wrapper",
       "--compare-unpatched"], True),
-    (["bench_finite.py"], False),  # another engineer's; its own defaults
+    (["bench_finite.py"], False),  # its own defaults
 ]
 
 

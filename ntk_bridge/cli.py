@@ -168,12 +168,19 @@ def sweep(
                                       "ensemble-mean row is added)."),
     finite_mode: str = typer.Option("centred", help="Finite networks: 'centred' (f - f0 vs the mean "
                                                     "predictor) or 'raw' (f vs the full-f0 closed form)."),
+    outer_steps: int = typer.Option(300, help="Finite networks with an infinite outer time: outer gradient "
+                                              "steps of size 1/lambda_max(Theta) (the closed forms they are "
+                                              "compared with take the same steps)."),
+    finite_dtype: str = typer.Option("float64", help="Finite networks: 'float64' (exact comparisons) or "
+                                                     "'float32' (faster matrix products; the closed forms "
+                                                     "stay float64)."),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
                                                "cells/ cache). Rerunning resumes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "
                                                        "run grid cells on."),
     workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
-    figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (and distance_vs_width for finite widths)."),
+    figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (finite widths: distance_vs_width and "
+                                                "finite_gap_vs_depth)."),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     from ntk_bridge.ranges import parse_choices, parse_floats, parse_int_range, parse_widths
@@ -205,7 +212,8 @@ def sweep(
         outer_times=tuple(outer_times), methods=tuple(method_list),
         mtl_data=tuple(parse_choices(mtl_data, "--mtl-data", ("all", "query"))),
         tasks=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
-        dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode)
+        dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode, outer_steps=outer_steps,
+        finite_dtype=finite_dtype)
     # validate the tasks (a malformed file fails here, before anything is written), then the folder
     config.load_tasks()
     check_writable(out)
@@ -261,9 +269,9 @@ def write_outputs(df, config, run_dir: str, command: str, started: float, figure
             table = figs.distance_vs_width_table(finite)
             if len(table) and table["width"].nunique() > 1:
                 figs.plot_distance_vs_width(table, os.path.join(run_dir, "distance_vs_width"))
-            if finite["depth"].nunique() > 1:
-                figs.plot_gap_vs_depth(figs.gap_vs_depth_table(finite, width=finite["width"].max()),
-                                       os.path.join(run_dir, "gap_vs_depth_finite"))
+            gap = figs.finite_gap_vs_depth_table(finite)
+            if len(gap) and gap["depth"].nunique() > 1:
+                figs.plot_finite_gap_vs_depth(gap, os.path.join(run_dir, "finite_gap_vs_depth"))
 
 
 @app.command("figures")

@@ -70,7 +70,8 @@ def _combo(cell) -> tuple:
 
 def split_units(units: Iterable[Unit], min_units: int = 1) -> list[Unit]:
     """Split infinite-width units: one unit per time combination, and per contiguous depth range
-    when fewer than ``min_units`` units would result. Finite-width units (one cell each) are kept.
+    when fewer than ``min_units`` units would result. Finite-width units (the cells of one width and
+    depth, which share training runs) are kept.
 
     Each split unit still computes its kernels in one pass over its depths (up to its deepest).
     """
@@ -109,7 +110,9 @@ def unit_label(unit: Unit) -> str:
         span = f"depth {depths[0]}" if len(depths) == 1 else f"depths {depths[0]}..{depths[-1]}"
         combos = {_combo(x) for x in unit.cells}
         return f"width inf, {span}, " + (times if len(combos) == 1 else f"{len(combos)} time combinations")
-    return f"width {int(c.width)}, depth {c.depth}, {times}"
+    if len(unit.cells) == 1:
+        return f"width {int(c.width)}, depth {c.depth}, {times}"
+    return f"width {int(c.width)}, depth {c.depth}, {len(unit.cells)} cells"
 
 
 # ---------------------------------------------------------------------------------------------

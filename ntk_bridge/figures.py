@@ -24,6 +24,7 @@ __all__ = [
     "gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth",
     "gap_vs_inner_time_table", "plot_gap_vs_inner_time",
     "distance_vs_width_table", "plot_distance_vs_width",
+    "finite_gap_vs_depth_table", "plot_finite_gap_vs_depth",
     "plot_kernel_degeneracy",
 ]
 
@@ -256,6 +257,67 @@ def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
             ax.set_ylabel(r"$\|F_h - F_\infty\| / \|F_\infty\|$")
             ax.set_title(f"depth {L}: finite vs infinite width")
             ax.legend(frameon=False)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
+
+
+def finite_gap_vs_depth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The finite-width gap to MTL against depth, per width, beside the infinite-width gap under the
+    same discrete schedule (``infinite_gap_to_mtl_rel``).
+
+    Quartiles over networks (not the ensemble) and test tasks, per method, MTL training set, inner
+    time, width and depth; the infinite-width quartiles are over test tasks.
+    """
+    d = ok_rows(df)
+    d = d[np.isfinite(d["width"].astype(float)) & ~d["network"].astype(str).isin(["ensemble", "mean"])]
+    d = d[d["method"] != "mtl"]
+    if d.empty:
+        return pd.DataFrame()
+    by = ["method", "mtl_data", "inner_time", "finetune_time", "outer_time", "depth"]
+    finite = summarise(d, by + ["width"], ["gap_to_mtl_rel"])
+    # the closed forms do not depend on the network: one value per test task
+    inf = d.drop_duplicates(by + ["test_task"])
+    inf = summarise(inf, by, ["infinite_gap_to_mtl_rel"])
+    return finite.merge(inf.drop(columns="n"), on=by, how="left")
+
+
+def plot_finite_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Finite-width gap to MTL vs depth, one line per width (median over networks and test tasks),
+    drawn over the infinite-width closed forms' gap under the same discrete schedule (black): one
+    panel per method and (inner time, MTL training set)."""
+    combos = table[["inner_time", "mtl_data"]].drop_duplicates().sort_values(["inner_time", "mtl_data"])
+    methods = [m for m in ("anil", "maml", "fomaml") if m in set(table["method"])]
+    widths = sorted(table["width"].unique())
+    shades = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, max(len(widths), 1)))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(combos), len(methods), squeeze=False,
+                                 figsize=(2.9 * len(methods) + 0.4, 2.5 * len(combos) + 0.2))
+        for row, (_, combo) in enumerate(combos.iterrows()):
+            for col, method in enumerate(methods):
+                ax = axes[row][col]
+                t = table[(table["method"] == method) & (table["inner_time"] == combo["inner_time"])
+                          & (table["mtl_data"] == combo["mtl_data"])]
+                for w, shade in zip(widths, shades):
+                    g = t[t["width"] == w].sort_values("depth")
+                    if g.empty:
+                        continue
+                    if w == widths[-1]:  # quartile band for the widest networks only (readability)
+                        _band(ax, g, "depth", "gap_to_mtl_rel", shade, f"width {int(w)} (IQR)", marker="o")
+                    else:
+                        ax.plot(g["depth"], g["gap_to_mtl_rel_q50"], marker="o", color=shade, linewidth=0.9,
+                                label=f"width {int(w)}")
+                inf = t.drop_duplicates("depth").sort_values("depth")
+                if len(inf):
+                    ax.plot(inf["depth"], inf["infinite_gap_to_mtl_rel_q50"], color="k", marker="s",
+                            linewidth=1.4, label="infinite width, same steps (IQR)")
+                    ax.fill_between(inf["depth"], inf["infinite_gap_to_mtl_rel_q25"],
+                                    inf["infinite_gap_to_mtl_rel_q75"], color="k", alpha=0.1, linewidth=0)
+                depth_axis(ax, t["depth"].unique() if len(t) else [1, 2])
+                ax.set_yscale("log")
+                ax.set_ylabel(rf"$\|F_{{\rm {LABELS[method]}}}-F_{{\rm MTL}}\| / \|F_{{\rm MTL}}\|$")
+                ax.set_title(f"{LABELS[method]}, $\\lambda\\tau$={combo['inner_time']:g}, "
+                             f"MTL on {combo['mtl_data']}")
+                ax.legend(frameon=False)
         fig.tight_layout()
         return save(fig, path_prefix, table)
 

@@ -35,14 +35,16 @@ def grids(quick: bool) -> Grids:
         depth = SweepConfig(depths=tuple(range(2, 33)), inner_times=(0.01, 0.1, 1.0))
         inner = SweepConfig(depths=(2, 8, 32), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 9), 6)))
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
-                     mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2)
+                     mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
+                     outer_steps=100)
         return Grids(depth, inner, width, tuple(range(1, 65)),
                      dict(dataset="kanji", budget_minutes=1.0, test_episodes=200, shots="1,5",
                           extra={"max-classes": 300, "val-episodes": 30, "checkpoints": 6}))
     depth = SweepConfig(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
     inner = SweepConfig(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0, 1024.0), inner_times=(0.5,),
-                 mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=4)
+                 mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
+                 outer_steps=100)
     return Grids(depth, inner, width, tuple(range(1, 257)),
                  dict(dataset="kanji", budget_minutes=12.0, test_episodes=1000, shots="1,5"))
 
@@ -61,9 +63,14 @@ def _fig_gap_vs_inner_time(g: Grids, run_root: str, out: str, log) -> list[str]:
 
 
 def _fig_distance_vs_width(g: Grids, run_root: str, out: str, log) -> list[str]:
-    config = SweepConfig(**g.width)
-    df = run_sweep(config, os.path.join(run_root, "distance_vs_width"))
+    """The width sweep (cached; shared with finite_gap_vs_depth)."""
+    df = run_sweep(SweepConfig(**g.width), os.path.join(run_root, "distance_vs_width"))
     return figs.plot_distance_vs_width(figs.distance_vs_width_table(df), os.path.join(out, "distance_vs_width"))
+
+
+def _fig_finite_gap_vs_depth(g: Grids, run_root: str, out: str, log) -> list[str]:
+    df = run_sweep(SweepConfig(**g.width), os.path.join(run_root, "distance_vs_width"))
+    return figs.plot_finite_gap_vs_depth(figs.finite_gap_vs_depth_table(df), os.path.join(out, "finite_gap_vs_depth"))
 
 
 def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str, log) -> list[str]:
@@ -107,6 +114,7 @@ FIGURES: dict[str, Callable] = {
     "gap_vs_inner_time": _fig_gap_vs_inner_time,
     "kernel_degeneracy": _fig_kernel_degeneracy,
     "distance_vs_width": _fig_distance_vs_width,
+    "finite_gap_vs_depth": _fig_finite_gap_vs_depth,
     "fewshot": _fig_fewshot,
 }
 

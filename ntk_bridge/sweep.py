@@ -33,7 +33,7 @@ from ntk_bridge.tasks import GENERATORS, TaskSet, load_tasks
 
 __all__ = ["SweepConfig", "Cell", "Unit", "plan", "compute_unit", "run_sweep", "COLUMNS", "CACHE_VERSION"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Columns of ``results.csv`` (documented in the README, "Results").
 COLUMNS = [
@@ -43,7 +43,7 @@ COLUMNS = [
     "min_eig_rel", "cond", "tasks", "task_seed", "mode", "cell",
     # finite widths only: the discrete schedule followed and training diagnostics
     "inner_steps", "finetune_steps", "outer_steps", "outer_time_used", "linearized_to_infinite_rel",
-    "train_loss_rel",
+    "infinite_gap_to_mtl_rel", "train_loss_rel", "dtype",
 ]
 
 
@@ -53,7 +53,9 @@ class SweepConfig:
 
     ``tasks`` is a generator name (``subspace``, ``linear``, ``sinusoid``) or a ``.npz`` path;
     the sizes apply to generators only. ``seeds`` is the number of independently initialised
-    networks per finite-width cell (infinite-width cells are the mean predictor: no seed).
+    networks per finite-width cell (infinite-width cells are the mean predictor: no seed);
+    ``outer_steps`` and ``finite_dtype`` set how finite networks are trained
+    (:class:`ntk_bridge.finite.TrainingConfig`) when the outer time is infinite.
     """
 
     depths: tuple[int, ...] = tuple(range(2, 33))
@@ -72,6 +74,8 @@ class SweepConfig:
     task_seed: int = 0
     seeds: int = 1
     finite_mode: str = "centred"
+    outer_steps: int = 300
+    finite_dtype: str = "float64"
     rcond: float = 1e-10
 
     def __post_init__(self):
@@ -82,6 +86,14 @@ class SweepConfig:
         for name in ("train_tasks", "support", "query", "test_tasks", "dim", "seeds"):
             require(int(getattr(self, name)) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         require(self.finite_mode in ("centred", "raw"), "--finite-mode must be 'centred' or 'raw'")
+        require(int(self.outer_steps) >= 1, "--outer-steps must be >= 1")
+        require(self.finite_dtype in ("float64", "float32"), "--finite-dtype must be 'float64' or 'float32'")
+
+    def training(self):
+        """How finite networks are trained (:class:`ntk_bridge.finite.TrainingConfig`)."""
+        from ntk_bridge.finite import TrainingConfig
+
+        return TrainingConfig(outer_steps=int(self.outer_steps), dtype=self.finite_dtype)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,7 +145,8 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """A unit of work: cells computed together (one kernel pass, or one finite-width cell)."""
+    """A unit of work: cells computed together (one kernel pass for every infinite-width cell, or
+    every finite-width cell of one width and depth, which share their training runs)."""
 
     config: SweepConfig
     cells: tuple[Cell, ...]
@@ -144,14 +157,17 @@ class Unit:
         c = self.cells[0]
         if c.infinite:
             return f"width inf, {len(self.cells)} cells"
-        return f"width {int(c.width)}, depth {c.depth}, s={c.inner_time:g}"
+        return f"width {int(c.width)}, depth {c.depth}, {len(self.cells)} cells"
 
 
-def cell_context(config: SweepConfig, tasks: TaskSet) -> dict:
-    """What, besides the cell's own fields, determines its rows (part of the cache key)."""
-    return dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.methods),
-                architecture=Architecture().describe(), rcond=config.rcond, seeds=config.seeds,
-                finite_mode=config.finite_mode)
+def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> dict:
+    """What, besides the cell's own fields, determines its rows (part of the cache key); finite-width
+    cells also depend on how their networks are trained."""
+    ctx = dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.methods),
+               architecture=Architecture().describe(), rcond=config.rcond)
+    if finite:
+        ctx.update(seeds=config.seeds, finite_mode=config.finite_mode, training=config.training().to_dict())
+    return ctx
 
 
 def plan(config: SweepConfig) -> tuple[TaskSet, list[Cell], list[str]]:
@@ -160,17 +176,22 @@ def plan(config: SweepConfig) -> tuple[TaskSet, list[Cell], list[str]]:
     cells = [Cell(config.task_seed, float(w), int(d), float(s), float(f), float(o), m)
              for w in config.widths for s in config.inner_times for f in config.finetune_times
              for o in config.outer_times for m in config.mtl_data for d in config.depths]
-    ctx = cell_context(config, tasks)
-    return tasks, cells, [c.key(ctx) for c in cells]
+    ctx = {False: cell_context(config, tasks), True: cell_context(config, tasks, finite=True)}
+    return tasks, cells, [c.key(ctx[not c.infinite]) for c in cells]
 
 
 def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) -> list[Unit]:
-    """Group pending cells into units: all infinite-width cells together, finite cells one each."""
+    """Group pending cells into units: all infinite-width cells together; the finite-width cells of
+    each (task set, width, depth) together, so that they share kernels and training runs."""
     inf = [(c, k) for c, k in zip(cells, keys) if c.infinite]
     units = []
     if inf:
         units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf)))
-    units.extend(Unit(config, (c,), (k,)) for c, k in zip(cells, keys) if not c.infinite)
+    groups: dict[tuple, list] = {}
+    for c, k in zip(cells, keys):
+        if not c.infinite:
+            groups.setdefault((c.task_seed, c.width, c.depth), []).append((c, k))
+    units.extend(Unit(config, tuple(c for c, _ in g), tuple(k for _, k in g)) for g in groups.values())
     return units
 
 
@@ -251,17 +272,25 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]
     from ntk_bridge import finite
 
     cfg = unit.config
-    (cell,), (key,) = unit.cells, unit.keys
     methods = tuple(m for m in cfg.methods if m != "baseline")
     if "mtl" not in methods:
         methods = ("mtl",) + methods
-    df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.rcond),
-                            methods=methods, seed=0, n_networks=cfg.seeds, mode=cfg.finite_mode)
-    # finite networks train for finite steps: an infinite outer time becomes a fixed number of steps
-    # (ntk_bridge.finite.discretise). Keep the cell's nominal times so rows group with their grid point.
-    df = df.assign(outer_time_used=df["outer_time"], outer_time=cell.outer_time, inner_time=cell.inner_time,
-                   finetune_time=cell.finetune_time, tasks=tasks.name, task_seed=cell.task_seed, cell=key)
-    yield key, df.to_dict("records")
+    first = unit.cells[0]
+    require(all((c.width, c.depth) == (first.width, first.depth) for c in unit.cells),
+            "a finite-width unit holds cells of one width and depth")
+    arch = Architecture(width=int(first.width), n_outputs=tasks.n_outputs)
+    kernels = next(kernels_by_depth(tasks.all_points(), depths=[first.depth], architecture=arch))
+    shared: dict = {}  # training runs shared by the cells of this unit (finite.finite_cell's cache)
+    for cell, key in zip(unit.cells, unit.keys):
+        df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.rcond),
+                                methods=methods, seed=0, n_networks=cfg.seeds, mode=cfg.finite_mode,
+                                training=cfg.training(), kernels=kernels, cache=shared)
+        # finite networks train for finite steps: an infinite outer time becomes a fixed number of
+        # steps (ntk_bridge.finite.discretise). Keep the cell's nominal times so rows group with their
+        # grid point.
+        df = df.assign(outer_time_used=df["outer_time"], outer_time=cell.outer_time, inner_time=cell.inner_time,
+                       finetune_time=cell.finetune_time, tasks=tasks.name, task_seed=cell.task_seed, cell=key)
+        yield key, df.to_dict("records")
 
 
 def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, list[dict]]]:

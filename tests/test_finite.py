@@ -228,6 +228,19 @@ def test_float32_training_is_float32_and_close_to_float64(small_tasks):
     assert res.predictions.dtype == jnp.float32 and res.history.dtype == jnp.float32
 
 
+def test_vmap_and_map_batching_train_the_same_networks(small_tasks):
+    kern = next(kernels_by_depth(small_tasks.all_points(), depths=[1]))
+    cfg = finite.discretise(PredictorConfig(), kern.ntk, small_tasks, finite.TrainingConfig(outer_steps=5))
+    out = {}
+    for batching in ("vmap", "map"):
+        training = finite.TrainingConfig(outer_steps=5, linearized=False, batching=batching)
+        out[batching] = finite.train_networks(small_tasks, 1, 16, cfg, ("mtl", "maml"), n_networks=2,
+                                              training=training)
+    for method in ("mtl", "maml"):
+        np.testing.assert_allclose(out["vmap"].finite[method], out["map"].finite[method], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(out["vmap"].history[method], out["map"].history[method], rtol=1e-10)
+
+
 def test_fit_power_law_matches_scipy_and_recovers_a_known_exponent(rng):
     x = np.repeat([64.0, 128, 256, 512, 1024], 8)
     y = 3.0 * x ** -0.5 * np.exp(0.1 * rng.standard_normal(x.size))
@@ -251,3 +264,36 @@ def test_bad_arguments_raise_user_errors(small_tasks):
         finite.finite_cell(small_tasks, 1, 16, mode="uncentred")
     with pytest.raises(UserError):
         finite.train_networks(small_tasks, 1, 16, PredictorConfig())  # not discrete
+
+
+def test_cells_sharing_a_cache_equal_fresh_cells_and_train_fewer_runs(small_tasks, monkeypatch):
+    """finite_cell's cache: MTL ignores the inner time, ANIL/MAML ignore mtl_data, the baseline
+    both; shared runs must give exactly the rows of cells computed alone."""
+    trained = []
+    real = finite.train_networks
+
+    def counting(*args, **kwargs):
+        trained.extend(args[4] if len(args) > 4 else kwargs["methods"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finite, "train_networks", counting)
+    training = finite.TrainingConfig(outer_steps=10)
+    grid = [PredictorConfig(inner_time=s, mtl_data=d) for s in (0.1, 1.0) for d in ("all", "query")]
+    kw = dict(methods=("mtl", "anil", "maml"), n_networks=2, training=training)
+    alone = [finite.finite_cell(small_tasks, 1, 24, cfg, **kw) for cfg in grid]
+    n_alone, trained[:] = len(trained), []
+    cache: dict = {}
+    shared = [finite.finite_cell(small_tasks, 1, 24, cfg, cache=cache, **kw) for cfg in grid]
+    assert n_alone == 4 * 4  # every cell trains mtl, baseline, anil and maml
+    assert sorted(trained) == sorted(["mtl"] * 2 + ["baseline"] + ["anil"] * 2 + ["maml"] * 2)
+    for a, b in zip(alone, shared):
+        pd.testing.assert_frame_equal(a, b)
+    # the infinite-width gap column is the closed forms' gap under the same discrete schedule
+    kern = next(kernels_by_depth(small_tasks.all_points(), depths=[1]))
+    cfg = finite.discretise(grid[3], kern.ntk, small_tasks, training)
+    out = predict_from_kernels(kern.ntk, kern.readout, small_tasks, cfg, ("mtl", "anil"))
+    f, g = out["anil"].values, out["mtl"].values
+    expect = np.linalg.norm((f - g).reshape(len(f), -1), axis=1) / np.linalg.norm(g.reshape(len(g), -1), axis=1)
+    rows = shared[3][(shared[3]["method"] == "anil") & (shared[3]["network"] == 0)]
+    np.testing.assert_allclose(rows["infinite_gap_to_mtl_rel"], expect, rtol=1e-10)
+    assert np.all(shared[3][shared[3]["method"] == "mtl"]["infinite_gap_to_mtl_rel"] == 0)

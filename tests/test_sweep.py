@@ -127,3 +127,23 @@ def test_fit_power_law_recovers_exponent(rng):
     b, lo, hi, n = fit_power_law(x, y)
     assert n == 12 and lo < -0.7 < hi and hi - lo < 0.05
     assert math.isnan(fit_power_law([1, 2], [1, 2])[1])
+
+
+def test_finite_cells_of_one_width_and_depth_share_runs_and_match_cells_run_alone(tmp_path):
+    small = dict(SMALL, depths=(1, 2), widths=(24.0,), methods=("mtl", "anil"), mtl_data=("all", "query"),
+                 seeds=2, outer_steps=10)
+    cfg = sw.SweepConfig(**small)
+    tasks, cells, keys = sw.plan(cfg)
+    units = sw.make_units(cfg, cells, keys)
+    assert len(units) == 2 and all(len(u.cells) == 4 for u in units)  # one unit per depth
+    together = sw.run_sweep(cfg, str(tmp_path / "a"))
+    assert set(together["status"]) == {"ok"} and set(together["dtype"]) == {"float64"}
+    alone = [sw.run_sweep(sw.SweepConfig(**dict(small, inner_times=(s,), mtl_data=(d,))), str(tmp_path / f"{s}{d}"))
+             for s in small["inner_times"] for d in small["mtl_data"]]
+    alone = sw.sort_results(pd.concat(alone, ignore_index=True))
+    pd.testing.assert_frame_equal(together, alone)
+    # the training settings are part of a finite cell's key, not of an infinite cell's
+    other = sw.plan(sw.SweepConfig(**dict(small, outer_steps=11, widths=(24.0, math.inf))))[2]
+    assert not set(keys) & set(other)
+    inf_a = sw.plan(sw.SweepConfig(**dict(SMALL, outer_steps=11)))[2]
+    assert inf_a == sw.plan(sw.SweepConfig(**SMALL))[2]
