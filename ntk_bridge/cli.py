@@ -9,9 +9,7 @@ import functools
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ntk_bridge.errors import UserError
+from ntk_bridge.provenance import provenance
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Check, by computation, that MTL and gradient-based meta-learning (ANIL, MAML) "
@@ -51,30 +50,6 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def _provenance() -> dict:
-    from importlib import metadata
-
-    versions = {}
-    for dist in ("ntk-bridge", "jax", "jaxlib", "neural-tangents", "numpy", "scipy", "pandas", "optax"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    commit = None
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        if commit and dirty:
-            commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return dict(versions=versions, git_commit=commit, python=platform.python_version(),
-                platform=platform.platform())
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -174,6 +149,9 @@ def sweep(
     finite_dtype: str = typer.Option("float64", help="Finite networks: 'float64' (exact comparisons) or "
                                                      "'float32' (faster matrix products; the closed forms "
                                                      "stay float64)."),
+    linearized: bool = typer.Option(True, help="Finite networks: also train each network's linearised twin "
+                                               "(dist_to_linearized_rel, linearized_to_infinite_rel; about "
+                                               "doubles the cost)."),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
                                                "cells/ cache). Rerunning resumes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "
@@ -213,7 +191,7 @@ def sweep(
         mtl_data=tuple(parse_choices(mtl_data, "--mtl-data", ("all", "query"))),
         tasks=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
         dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode, outer_steps=outer_steps,
-        finite_dtype=finite_dtype)
+        finite_dtype=finite_dtype, linearized=linearized)
     # validate the tasks (a malformed file fails here, before anything is written), then the folder
     config.load_tasks()
     check_writable(out)
@@ -255,7 +233,7 @@ def write_outputs(df, config, run_dir: str, command: str, started: float, figure
         df.to_csv(fh, index=False)
     os.replace(tmp, os.path.join(run_dir, "results.csv"))
     write_json_atomic(os.path.join(run_dir, "config.json"),
-                      dict(config=config.to_dict(), command=command, **_provenance(),
+                      dict(config=config.to_dict(), command=command, **provenance(),
                            seconds=round(time.time() - started, 2), rows=len(df)))
     write_text_atomic(os.path.join(run_dir, "summary.md"), summary_markdown(df, command, config.to_dict()))
     if figures:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ntk_bridge.results import fit_power_law, ok_rows  # noqa: E402
+from ntk_bridge.results import fit_power_law, ok_rows, width_exponents  # noqa: E402
 
 __all__ = [
     "STYLE", "save", "depth_axis", "summarise",
@@ -221,31 +221,46 @@ def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
 def distance_vs_width_table(df: pd.DataFrame) -> pd.DataFrame:
     """Quartiles over test tasks and networks of the distance to the infinite-width predictor, per
     method, depth and width (finite widths only; individual networks, not the ensemble mean), and
-    of the ensemble mean's distance."""
+    of the ensemble mean's distance; with the fitted width exponent of individual networks
+    (:func:`ntk_bridge.results.width_exponents`) and its 95% CI."""
     d = ok_rows(df)
     d = d[np.isfinite(d["width"].astype(float))]
     single = d[~d["network"].astype(str).isin(["ensemble", "mean"])].assign(kind="network")
     ens = d[d["network"].astype(str) == "ensemble"].assign(kind="ensemble")
     parts = [summarise(x, ["kind", "method", "depth", "width"], ["dist_to_infinite_rel", "dist_to_linearized_rel"])
              for x in (single, ens) if len(x)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    # the exponent over individual networks (one point per network and width: its mean over test
+    # tasks), as results.width_exponents fits it; repeated on the group's rows, NaN for ensembles
+    fits = width_exponents(single, by=("method", "depth")).rename(columns={
+        "exponent": "exponent", "ci95_low": "exponent_ci95_low", "ci95_high": "exponent_ci95_high",
+        "n": "exponent_n"}).assign(kind="network")
+    return table.merge(fits, on=["kind", "method", "depth"], how="left")
 
 
 def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Log-log distance to the infinite-width predictor vs width per method (one panel per depth),
-    with the fitted exponent and its 95% CI (theory: about -1/2)."""
+    with the fitted exponent over individual networks and its 95% CI (theory: about -1/2)."""
     depths = sorted(table["depth"].unique())
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(depths), figsize=(2.6 * len(depths) + 0.6, 2.8), squeeze=False)
-        for ax, L in zip(axes[0], depths):
+        cols = min(2, len(depths))
+        rows = -(-len(depths) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols + 0.4, 3.7 * rows), squeeze=False)
+        for ax in axes.ravel()[len(depths):]:
+            ax.set_visible(False)
+        for ax, L in zip(axes.ravel(), depths):
             for method in [m for m in ("mtl", "anil", "maml", "fomaml") if m in set(table["method"])]:
                 for kind, ls in (("network", "-"), ("ensemble", ":")):
                     g = table[(table["depth"] == L) & (table["method"] == method) & (table["kind"] == kind)]
                     if g.empty:
                         continue
-                    slope, lo, hi, _ = fit_power_law(g["width"], g["dist_to_infinite_rel_q50"])
-                    label = f"{LABELS[method]}: {slope:.2f} [{lo:.2f}, {hi:.2f}]" if kind == "network" \
-                        else f"{LABELS[method]} ensemble"
+                    if kind == "network":
+                        slope, lo, hi = g[["exponent", "exponent_ci95_low", "exponent_ci95_high"]].iloc[0]
+                        label = f"{LABELS[method]}: {slope:.2f} [{lo:.2f}, {hi:.2f}]"
+                    else:
+                        label = f"{LABELS[method]} ensemble"
                     _band(ax, g, "width", "dist_to_infinite_rel", COLORS[method], label, linestyle=ls)
             w = np.array(sorted(table["width"].unique()), float)
             ref = table[(table["depth"] == L) & (table["kind"] == "network")]
@@ -256,7 +271,7 @@ def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
             ax.set_yscale("log")
             ax.set_ylabel(r"$\|F_h - F_\infty\| / \|F_\infty\|$")
             ax.set_title(f"depth {L}: finite vs infinite width")
-            ax.legend(frameon=False)
+            ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=2)
         fig.tight_layout()
         return save(fig, path_prefix, table)
 

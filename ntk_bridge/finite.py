@@ -79,10 +79,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.stats
 from neural_tangents import stax
 
-from ntk_bridge.results import fit_power_law  # noqa: F401  (re-exported)
+from ntk_bridge.results import fit_power_law, width_exponents  # noqa: F401  (re-exported)
 from ntk_bridge.errors import require
 from ntk_bridge.kernels import Architecture, DepthKernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, inner_operator, predict_from_kernels, status_of
@@ -936,26 +935,3 @@ def finite_cell(
     for name, value in constants.items():
         out[name] = value
     return out[list(COLUMNS)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rates
-# ---------------------------------------------------------------------------------------------
-
-def width_exponents(rows: pd.DataFrame, metric: str = "dist_to_infinite_rel",
-                    by: Sequence[str] = ("method", "depth", "mode")) -> pd.DataFrame:
-    """Fit ``metric ~ width^p`` per group from :func:`finite_cell` rows.
-
-    Each network (not the ensemble) contributes one point per width: its mean of ``metric`` over
-    test tasks (test tasks of one network are not independent samples). Returns columns
-    ``by + [exponent, ci95_low, ci95_high, n]``.
-    """
-    keep = rows[(rows["network"] != "ensemble") & (rows["status"] != "diverged")]
-    per_net = (keep.groupby(list(by) + ["width", "seed", "network"], dropna=False)[metric]
-               .mean().reset_index())
-    out = []
-    for key, group in per_net.groupby(list(by), dropna=False):
-        p, lo, hi, n = fit_power_law(group["width"], group[metric])
-        out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)),
-                        exponent=p, ci95_low=lo, ci95_high=hi, n=n))
-    return pd.DataFrame(out, columns=list(by) + ["exponent", "ci95_low", "ci95_high", "n"])

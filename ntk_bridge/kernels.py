@@ -41,6 +41,7 @@ __all__ = [
     "kernels_by_depth",
     "kernels_all_depths",
     "kernels_of_network",
+    "empirical_kernels",
 ]
 
 
@@ -214,3 +215,21 @@ def kernels_of_network(kernel_fn, x1, x2=None, depth: int | None = None) -> Dept
     out = kernel_fn(x1, x2, ("ntk", "nngp"))
     return DepthKernels(-1 if depth is None else int(depth), np.asarray(out.ntk, np.float64),
                         np.asarray(out.nngp, np.float64))
+
+
+def empirical_kernels(apply_fn, params, x1, x2=None) -> DepthKernels:
+    """``(Theta, K)`` of one *finite* network at its parameters ``params`` (a stax list whose last
+    entry is the readout): the empirical NTK over every parameter and the readout gradient kernel
+    (the NTK over the readout's parameters alone), via ``neural_tangents.empirical_ntk_fn``.
+
+    The closed forms with these kernels are exactly what the network's linearisation trains to
+    (THEORY.md §4, rung 2). Returns ``DepthKernels`` with ``depth = -1``, float64 arrays.
+    """
+    import neural_tangents as nt
+
+    x1 = _check_points(x1, "x1")
+    x2 = None if x2 is None else _check_points(x2, "x2")
+    params = list(params)
+    theta = nt.empirical_ntk_fn(apply_fn, implementation=2)(x1, x2, params)
+    K = nt.empirical_ntk_fn(lambda head, x: apply_fn(params[:-1] + [head], x), implementation=1)(x1, x2, params[-1])
+    return DepthKernels(-1, np.asarray(theta, np.float64), np.asarray(K, np.float64))

@@ -5,6 +5,7 @@ Only rows whose ``status`` is ``ok`` enter fits and figures; the others are coun
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from scipy import stats
 
 from ntk_bridge.errors import require
 
-__all__ = ["fit_power_law", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
+__all__ = ["fit_power_law", "width_exponents", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
@@ -48,6 +49,27 @@ def flagged(df: pd.DataFrame) -> pd.Series:
     """Counts of rows by non-ok status."""
     bad = df[df["status"] != "ok"]
     return bad["status"].value_counts()
+
+
+def width_exponents(rows: pd.DataFrame, metric: str = "dist_to_infinite_rel",
+                    by: Sequence[str] = ("method", "depth", "mode")) -> pd.DataFrame:
+    """Fit ``metric ~ width^p`` per group from finite-width rows (:func:`ntk_bridge.finite.finite_cell`
+    or a sweep's ``results.csv``; rows whose status is not ``ok`` are left out).
+
+    Each network (not the ensemble) contributes one point per width: its mean of ``metric`` over
+    test tasks (test tasks of one network are not independent samples). Returns columns
+    ``by + [exponent, ci95_low, ci95_high, n]``.
+    """
+    keep = ok_rows(rows)
+    keep = keep[~keep["network"].astype(str).isin(["ensemble", "mean"])]
+    per_net = (keep.groupby(list(by) + ["width", "seed", "network"], dropna=False)[metric]
+               .mean().reset_index())
+    out = []
+    for key, group in per_net.groupby(list(by), dropna=False):
+        p, lo, hi, n = fit_power_law(group["width"], group[metric])
+        out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)),
+                        exponent=p, ci95_low=lo, ci95_high=hi, n=n))
+    return pd.DataFrame(out, columns=list(by) + ["exponent", "ci95_low", "ci95_high", "n"])
 
 
 def depth_slopes(df: pd.DataFrame, column: str = "gap_to_mtl_rel") -> pd.DataFrame:

@@ -54,8 +54,9 @@ class SweepConfig:
     ``tasks`` is a generator name (``subspace``, ``linear``, ``sinusoid``) or a ``.npz`` path;
     the sizes apply to generators only. ``seeds`` is the number of independently initialised
     networks per finite-width cell (infinite-width cells are the mean predictor: no seed);
-    ``outer_steps`` and ``finite_dtype`` set how finite networks are trained
-    (:class:`ntk_bridge.finite.TrainingConfig`) when the outer time is infinite.
+    ``outer_steps`` (when the outer time is infinite), ``finite_dtype`` and ``linearized`` (also
+    train every network's linearised twin) set how finite networks are trained
+    (:class:`ntk_bridge.finite.TrainingConfig`).
     """
 
     depths: tuple[int, ...] = tuple(range(2, 33))
@@ -76,6 +77,7 @@ class SweepConfig:
     finite_mode: str = "centred"
     outer_steps: int = 300
     finite_dtype: str = "float64"
+    linearized: bool = True
     rcond: float = 1e-10
 
     def __post_init__(self):
@@ -93,7 +95,8 @@ class SweepConfig:
         """How finite networks are trained (:class:`ntk_bridge.finite.TrainingConfig`)."""
         from ntk_bridge.finite import TrainingConfig
 
-        return TrainingConfig(outer_steps=int(self.outer_steps), dtype=self.finite_dtype)
+        return TrainingConfig(outer_steps=int(self.outer_steps), dtype=self.finite_dtype,
+                              linearized=bool(self.linearized))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

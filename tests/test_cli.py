@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -41,7 +42,10 @@ def test_sweep_on_a_tasks_file(runner, tmp_path):
     res = runner.invoke(app, ["sweep", "--depth", "1,3", "--tasks", str(path), "--inner-time", "0.5",
                               "--out", str(tmp_path / "run"), "--no-figures"])
     assert res.exit_code == 0, res.output
-    assert "tasks: t" in (tmp_path / "run" / "summary.md").read_text().lower() or True
+    assert f"Tasks: {path}." in (tmp_path / "run" / "summary.md").read_text()
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert set(results["tasks"]) == {"t"}  # a task file is named by its stem
+    assert set(results["test_task"]) == {0, 1} and set(results["depth"]) == {1, 3}
 
 
 BAD = [
@@ -55,6 +59,8 @@ BAD = [
     (["--mtl-data", "support"], "--mtl-data"),
     (["--tasks", "missing.npz"], "not found"),
     (["--tasks", "spiral"], "--tasks"),
+    (["--width", "64", "--finite-dtype", "float16"], "--finite-dtype"),
+    (["--width", "64", "--outer-steps", "0"], "--outer-steps"),
 ]
 
 

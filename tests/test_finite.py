@@ -18,7 +18,7 @@ import scipy.stats
 
 from ntk_bridge import finite
 from ntk_bridge.errors import UserError
-from ntk_bridge.kernels import Architecture, kernels_by_depth
+from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import subspace_tasks
 
@@ -96,13 +96,6 @@ def test_discretise_follows_the_documented_step_rule(small_tasks):
 # Rung 2 through this module: trained linearised networks == discrete closed forms, empirical kernels
 # ---------------------------------------------------------------------------------------------
 
-def _empirical_kernels(apply_fn, params, x):
-    theta = nt.empirical_ntk_fn(apply_fn, implementation=2)(x, None, params)
-    K = nt.empirical_ntk_fn(lambda head, x_: apply_fn(list(params[:-1]) + [head], x_),
-                            implementation=1)(x, None, params[-1])
-    return np.asarray(theta), np.asarray(K)
-
-
 @pytest.mark.parametrize("mode", ["raw", "centred"])
 def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, mode):
     t, depth, width = small_tasks, 2, 48
@@ -113,7 +106,7 @@ def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, m
     run = finite.train_networks(t, depth, width, cfg, ALL, seed=3, n_networks=2, mode=mode)
     for j in range(2):
         params = jax.tree_util.tree_map(lambda a: a[j], run.params0)
-        theta, K = _empirical_kernels(apply_fn, params, x)
+        _, theta, K = empirical_kernels(apply_fn, params, x)
         f0 = run.f0[j] if mode == "raw" else None
         closed = {m: p.values for m, p in
                   predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline"), f0=f0).items()}

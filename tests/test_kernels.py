@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from neural_tangents import stax
 
-from ntk_bridge.kernels import Architecture, kernels_all_depths, kernels_by_depth, kernels_of_network
+from ntk_bridge.kernels import (Architecture, empirical_kernels, kernels_all_depths, kernels_by_depth,
+                                 kernels_of_network)
 from ntk_bridge.tasks import _sphere
 
 
@@ -94,3 +95,21 @@ def test_custom_architecture_and_errors(x):
         list(kernels_by_depth(np.full((3, 2), np.nan), max_depth=1))
     with pytest.raises(ValueError, match="width"):
         Architecture(width=0)
+
+
+def test_empirical_kernels_are_jacobian_gram_matrices(x):
+    """Theta = sum over parameters of J J^T and K = the readout block, from jax.jacobian directly."""
+    init_fn, apply_fn, _ = Architecture(width=24).network(2)
+    _, params = init_fn(jax.random.PRNGKey(5), (-1, x.shape[1]))
+    xs = x[:6]
+    out = empirical_kernels(apply_fn, params, xs)
+    jac = jax.jacobian(lambda p: apply_fn(p, xs)[:, 0])(params)
+    flat = [np.asarray(j).reshape(xs.shape[0], -1) for j in jax.tree_util.tree_leaves(jac)]
+    theta = sum(j @ j.T for j in flat)
+    head = [np.asarray(j).reshape(xs.shape[0], -1) for j in jax.tree_util.tree_leaves(
+        jax.jacobian(lambda h: apply_fn(list(params[:-1]) + [h], xs)[:, 0])(params[-1]))]
+    K = sum(j @ j.T for j in head)
+    assert out.depth == -1 and out.ntk.dtype == np.float64
+    np.testing.assert_allclose(out.ntk, theta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out.readout, K, rtol=1e-10, atol=1e-12)
+    assert np.all(np.linalg.eigvalsh(out.ntk - out.readout) > -1e-10)  # the body's kernel is PSD

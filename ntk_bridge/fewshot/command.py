@@ -9,11 +9,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ntk_bridge.errors import UserError
+from ntk_bridge.provenance import provenance
 from ntk_bridge.fewshot.data import DATASETS, NATIVE_SIZE, load_dataset
 from ntk_bridge.fewshot.experiment import ExperimentConfig, check_methods, run_experiment
 from ntk_bridge.fewshot.models import ModelConfig
@@ -64,23 +62,6 @@ def apply_overrides(configs: list[MethodConfig], settings: list[str]) -> list[Me
         for i in hits:
             configs[i] = dataclasses.replace(configs[i], **{name: cast})
     return configs
-
-
-def provenance() -> dict:
-    """Package versions, git commit, machine and load (for ``config.json``)."""
-    versions = {}
-    for package in ("jax", "jaxlib", "neural-tangents", "optax", "numpy", "scikit-learn", "pillow", "kanjivg"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit, "python": sys.version.split()[0],
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
 
 
 def fewshot_command(
