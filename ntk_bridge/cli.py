@@ -80,7 +80,7 @@ def _fmt(v) -> str:
 
 def print_report(df, run_dir: str) -> None:
     """Console report: slopes with CIs, standing against the baseline, flagged rows."""
-    from ntk_bridge.results import baseline_table, depth_slopes, flagged
+    from ntk_bridge.results import baseline_table, depth_slopes, finite_width_fits, flagged
 
     slopes = depth_slopes(df)
     slopes = slopes[slopes["method"] != "baseline"] if len(slopes) else slopes
@@ -104,6 +104,15 @@ def print_report(df, run_dir: str) -> None:
                       f"{_fmt(r['mse_min_depth'])} / {_fmt(r['baseline_min_depth'])}", str(r["depth_max"]),
                       f"{_fmt(r['mse_max_depth'])} / {_fmt(r['baseline_max_depth'])}",
                       "all" if r["beats_baseline_everywhere"] else _fmt(r["deepest_beating_baseline"]))
+        console.print(t)
+    fits = finite_width_fits(df)
+    if len(fits):
+        t = Table(title="distance to the infinite-width predictor vs width: fitted exponent (95% CI; theory about -1/2)")
+        for col in ("method", "depth", "inner time", "MTL data", "exponent", "95% CI", "points"):
+            t.add_column(col, justify="right" if col != "method" else "left")
+        for _, r in fits.iterrows():
+            t.add_row(r["method"], str(r["depth"]), _fmt(r["inner_time"]), str(r["mtl_data"]), _fmt(r["exponent"]),
+                      f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]", str(r["n"]))
         console.print(t)
     bad = flagged(df)
     if len(bad):

@@ -68,8 +68,12 @@ def depth_axis(ax, values, label: str = "depth $L$ (hidden layers)") -> None:
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     ax.set_xscale("log")
-    lo, hi = min(values), max(values)
-    ticks = [t for t in 2 ** np.arange(0, 16) if lo <= t <= hi] or [lo, hi]
+    values = sorted(set(float(v) for v in values))
+    lo, hi = values[0], values[-1]
+    if len(values) <= 8:  # few values: a tick at each (depths 1, 2, 3, 4)
+        ticks = values
+    else:
+        ticks = [t for t in 2 ** np.arange(0, 16) if lo <= t <= hi] or [lo, hi]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())

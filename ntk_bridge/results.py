@@ -13,7 +13,7 @@ from scipy import stats
 
 from ntk_bridge.errors import require
 
-__all__ = ["fit_power_law", "width_exponents", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
+__all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
@@ -164,5 +164,22 @@ def summary_markdown(df: pd.DataFrame, command: str, config: dict) -> str:
                                            "baseline_max_depth", "deepest_beating_baseline"]))
     else:
         parts.append("No test labels: test errors unavailable.")
+    fits = finite_width_fits(df)
+    if len(fits):
+        parts += ["", "## Finite widths: distance to the infinite-width predictor vs width", "",
+                  "`dist_to_infinite_rel ~ width^p`, one point per network and width (its mean over test "
+                  "tasks); NTK theory: p about -1/2.", ""]
+        parts.append(markdown_table(fits, ["method", "depth", "inner_time", "mtl_data", "exponent", "ci95_low",
+                                           "ci95_high", "n"]))
     parts.append("")
     return "\n".join(parts)
+
+
+def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`width_exponents` of ``dist_to_infinite_rel`` per method, depth, inner time and MTL data
+    for the finite widths of a sweep (empty unless there are at least two finite widths)."""
+    finite = df[np.isfinite(df["width"].astype(float))]
+    if finite["width"].nunique() < 2:
+        return pd.DataFrame()
+    finite = finite[finite["method"] != "baseline"]
+    return width_exponents(finite, by=("method", "depth", "inner_time", "mtl_data"))

@@ -100,3 +100,21 @@ def test_help_documents_every_option(runner):
                 "--mtl-data", "--tasks", "--train-tasks", "--support", "--query", "--test-tasks", "--dim",
                 "--seeds", "--out"):
         assert opt in res.output
+
+
+def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp_path):
+    out = tmp_path / "run"
+    args = ["sweep", "--width", "16,32,64", "--depth", "1,2", "--seeds", "2", "--outer-steps", "5", "--methods",
+            "mtl,anil", "--inner-time", "0.1", "--mtl-data", "query", "--no-linearized", "--out", str(out), *SMALL]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "fitted exponent" in res.output
+    for name in ("distance_vs_width.png", "finite_gap_vs_depth.png", "finite_gap_vs_depth.csv"):
+        assert (out / name).is_file(), name
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["width"]) == {16, 32, 64} and set(results["outer_steps"]) == {5}
+    assert results["dist_to_linearized_rel"].isna().all()  # --no-linearized
+    summary = (out / "summary.md").read_text()
+    assert "Finite widths" in summary and "exponent" in summary
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["outer_steps"] == 5 and cfg["linearized"] is False and cfg["finite_dtype"] == "float64"
