@@ -808,8 +808,8 @@ def _train_shared(cache: dict | None, tasks: TaskSet, depth: int, width: int, cf
     inputs are the same, so a reused run is bit-identical to a fresh one."""
     if cache is None:
         return train_networks(tasks, depth, width, cfg, methods, seed, n_networks, mode, arch, training)
-    common = (tasks.fingerprint(), json.dumps(arch.describe(), sort_keys=True, default=str), int(depth), int(width), int(seed), int(n_networks), mode,
-              training)
+    common = (tasks.fingerprint(), json.dumps(arch.describe(), sort_keys=True, default=str), int(depth),
+              int(width), int(seed), int(n_networks), mode, training)
 
     def key(method):
         fields = _DEPENDS_ON.get(method, _GBML_DEPENDS_ON)
