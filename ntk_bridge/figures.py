@@ -285,7 +285,8 @@ def finite_gap_vs_depth_table(df: pd.DataFrame) -> pd.DataFrame:
     same discrete schedule (``infinite_gap_to_mtl_rel``).
 
     Quartiles over networks (not the ensemble) and test tasks, per method, MTL training set, inner
-    time, width and depth; the infinite-width quartiles are over test tasks.
+    time, width and depth; the infinite-width quartiles are over test tasks (and, for raw networks,
+    whose closed forms use each network's own ``f0``, over networks).
     """
     d = ok_rows(df)
     d = d[np.isfinite(d["width"].astype(float)) & ~d["network"].astype(str).isin(["ensemble", "mean"])]
@@ -294,8 +295,10 @@ def finite_gap_vs_depth_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     by = ["method", "mtl_data", "inner_time", "finetune_time", "outer_time", "depth"]
     finite = summarise(d, by + ["width"], ["gap_to_mtl_rel"])
-    # the closed forms do not depend on the network: one value per test task
-    inf = d.drop_duplicates(by + ["test_task"])
+    # centred networks share one closed form (the mean predictor): one value per test task; raw
+    # networks each have their own (full-f0 form with the network's f0): every network counts
+    centred = d["mode"].astype(str) == "centred"
+    inf = pd.concat([d[centred].drop_duplicates(by + ["test_task"]), d[~centred]])
     inf = summarise(inf, by, ["infinite_gap_to_mtl_rel"])
     return finite.merge(inf.drop(columns="n"), on=by, how="left")
 
