@@ -12,8 +12,7 @@
   Peak RSS only grows, so the increase at a stage is the memory that stage needed beyond the earlier
   peak. One BLAS thread (so the run is short on a shared machine; memory is not affected).
 
-``--full`` repeats both with the ``defer_tf`` fix (``benchmarks/proposed_fixes.py``): the share of
-TensorFlow, which ``neural_tangents`` imports and ntk_bridge never uses.
+``--full`` repeats the sweep three times.
 
 Writes ``benchmarks/results/memory.csv``.
 """
@@ -37,10 +36,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def child(patches: list[str], n_train: int, depth: int) -> None:
-    sys.path.insert(0, HERE)
-    import proposed_fixes
-
+def child(n_train: int, depth: int) -> None:
     stages = [("python start", rss_mib(), 0.0)]
     t = time.perf_counter()
 
@@ -49,18 +45,15 @@ def child(patches: list[str], n_train: int, depth: int) -> None:
         stages.append((name, rss_mib(), time.perf_counter() - t))
         t = time.perf_counter()
 
-    for p in patches:
-        if p in proposed_fixes.PRE_IMPORT:
-            proposed_fixes.apply(p)
-    import numpy as np
-
     import ntk_bridge  # noqa: F401
     from ntk_bridge import predictors as P
+    from ntk_bridge import runtime
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.tasks import subspace_tasks
 
-    proposed_fixes.blas1()
-    mark("imports (numpy, jax, neural_tangents" + (")" if "defer_tf" in patches else " + TensorFlow)"))
+    limit = runtime.blas_threads(1)
+    limit.__enter__()
+    mark("imports (numpy, jax, neural_tangents)")
     tasks = subspace_tasks(seed=0, n_train=n_train, n_test=20, n_support=5, n_query=10, dim=16)
     (k,) = list(kernels_by_depth(tasks.all_points(), depths=[depth]))
     Th, K = k.ntk, k.readout
@@ -74,28 +67,22 @@ def child(patches: list[str], n_train: int, depth: int) -> None:
     print("BENCH_JSON " + json.dumps(dict(stages=stages, n_points=int(Th.shape[0]), meta_kernel=int(phi.shape[0]))))
 
 
-def run_child(patches, n_train, depth) -> dict:
+def run_child(n_train, depth) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--n-train", str(n_train), "--depth", str(depth)]
-    cmd += sum((["--patch", p] for p in patches), [])
-    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    p = subprocess.run(cmd, capture_output=True, text=True)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
     if p.returncode != 0 or not line:
         raise RuntimeError(f"memory child failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return json.loads(line[-1][len("BENCH_JSON "):])
 
 
-def run_sweep(patches) -> dict:
+def run_sweep() -> dict:
     with tempfile.TemporaryDirectory(prefix="ntkb-bench-mem-") as tmp:
         out = os.path.join(tmp, "run")
-        if patches:
-            cmd = [sys.executable, os.path.join(HERE, "bench_sweep.py"), "--child", out, "--no-instrument"]
-            cmd += sum((["--patch", p] for p in patches), [])
-        else:
-            cmd = [os.path.join(VENV_BIN, "ntk-bridge"), "sweep", "--depth", "2..32", "--out", out]
+        cmd = [os.path.join(VENV_BIN, "ntk-bridge"), "sweep", "--depth", "2..32", "--out", out]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if p.returncode != 0:
@@ -107,28 +94,28 @@ def run_sweep(patches) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="also with TensorFlow's import deferred")
+    ap.add_argument("--full", action="store_true", help="the sweep three times")
     ap.add_argument("--quick", action="store_true", help="(default)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--patch", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--depth", type=int, default=4)
     args = ap.parse_args(argv)
     if args.child:
-        return child(args.patch, args.n_train, args.depth)
+        return child(args.n_train, args.depth)
 
     import _common as C
 
-    variants = [[]] + ([["defer_tf"]] if args.full else [])
     rows = []
-    for patches in variants:
-        label = "+".join(patches) or "as is"
-        s = run_sweep(patches)
+    for repeat in range(3 if args.full else 1):
+        label = f"run {repeat + 1}"
+        s = run_sweep()
         rows.append(dict(what="default sweep: ntk-bridge sweep --depth 2..32", variant=label,
                          stage="whole run (/usr/bin/time -v)", peak_rss_mib=s["max_rss_mib"],
                          rusage_children_peak_rss_mib=s["rusage_children_max_rss_mib"], seconds=s["wall_s"]))
         print(f"sweep ({label}): {s['max_rss_mib']:.0f} MiB peak RSS", flush=True)
-        d = run_child(patches, args.n_train, args.depth)
+        if repeat:
+            continue
+        d = run_child(args.n_train, args.depth)
         prev = 0.0
         for name, rss, secs in d["stages"]:
             rows.append(dict(what=f"{args.n_train}-task meta-kernel and predictors ({d['n_points']} points, "

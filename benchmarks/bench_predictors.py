@@ -23,7 +23,7 @@ product of the same size, ``U phi(m) U^T`` (numpy and jitted JAX, same process, 
 time (first call minus a warm call; and JAX's own compile events) is reported separately. Everything
 in item 3 runs twice: with OpenBLAS's default thread count and with one BLAS thread
 (``threadpoolctl``), because the default collapses on a shared machine (README). A sub-step profile
-(jitted pieces timed alone) and the proposed ``outer_matvec`` fix are measured in the same loop.
+(jitted pieces timed alone) is measured in the same loop.
 
 Writes ``benchmarks/results/predictors_vs_loop.csv``, ``predictors_vs_floor.csv`` and
 ``predictors_profile.csv``.
@@ -150,7 +150,6 @@ def main(argv=None):
     import numpy as np
 
     import ntk_bridge  # noqa: F401  (float64)
-    import proposed_fixes
     import reference as ref
     from ntk_bridge import predictors as P
     from ntk_bridge.tasks import subspace_tasks
@@ -183,7 +182,7 @@ def main(argv=None):
                 dyn_inner = P.Dynamics(cfg.inner_time)
 
                 @jax.jit
-                def meta_kernel_jit(th, g):  # proposed: the public meta_kernel, jitted
+                def meta_kernel_jit(th, g):  # the public meta_kernel's body, jitted
                     A, _ = P._adapt_train(g, layout, dyn_inner, None, cfg.rcond)
                     phi = P._meta_kernel_blocks(th, A, layout).reshape(nq, nq)
                     return 0.5 * (phi + phi.T)
@@ -249,26 +248,17 @@ def main(argv=None):
                 return (U * (1.0 / m)) @ U.T
 
             # the library's jitted function, called directly (no Python pre/post-processing)
-            f0s, f0q, f0ts, f0tq = P._split_f0(None, layout, tasks.n_outputs)
-            data = P._Data(jnp.asarray(tasks.train_support_y), jnp.asarray(tasks.train_query_y),
-                           jnp.asarray(tasks.test_support_y), f0s, f0q, f0ts, f0tq)
-            times = jnp.asarray([[cfg.inner_time, cfg.finetune_time, cfg.outer_time]], jnp.float64)
-            ThB, KB = jnp.asarray(Th)[None], jnp.asarray(K)[None]
-            static = P._normalise_config(cfg)
+            P_ = tasks.layout.n_points
+            data = P._Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
+                           *P._split_f0(np.zeros((P_, tasks.n_outputs)), layout))
+            times = np.asarray([[cfg.inner_time, cfg.finetune_time, cfg.outer_time]], np.float64)
+            ThB, KB = np.asarray(Th)[None], np.asarray(K)[None]
+            static = P._static_config(cfg, method)
 
             def raw_call():
-                return P._predict_batched(ThB, KB, data, times, layout, static, (method,))
+                return P._predict_batched(ThB, KB, data, times, layout, static, method)
 
-            # proposed fix: outer solve as U (phi * U^T r)
-            def all_methods_matvec(Theta, Kk, d, tt):
-                gm = Kk if method == "anil" else Theta
-                return {method: proposed_fixes.gbml_matvec(Theta, gm, d, layout, static, tt)}
-
-            matvec_call = jax.jit(jax.vmap(all_methods_matvec, in_axes=(0, 0, None, 0)))
-            with events, blas_context(1):
-                t_cold_matvec, out_mv = C.timed(lambda: matvec_call(ThB, KB, data, times))
-            out_lib = raw_call()
-            matvec_diff = C.max_rel(out_mv[method][0], out_lib[method][0])
+            raw_call()
             jax_floor(jphi)
 
             big = nq >= 1000  # default BLAS threads take minutes there on a shared machine: --full only
@@ -276,22 +266,17 @@ def main(argv=None):
             for threads in settings:
                 fns = {
                     "predict": lambda: P.predict_from_kernels(Th, K, tasks, cfg, (method,)),
-                    "lean_wrapper_fix": lambda: proposed_fixes.lean_predict_from_kernels(Th, K, tasks, cfg,
-                                                                                        (method,)),
                     "raw_jit_call": raw_call,
-                    "matvec_fix": lambda: matvec_call(ThB, KB, data, times),
                     "np_eigh": lambda: np.linalg.eigh(phi),
                     "np_floor": np_floor,
                     "jax_floor": lambda: jax_floor(jphi),
                 }
                 if threads is None and big:
-                    for name in ("lean_wrapper_fix", "raw_jit_call", "matvec_fix"):
-                        fns.pop(name)
+                    fns.pop("raw_jit_call")
                 with blas_context(threads):
                     t = C.interleaved(fns, reps[N], warmup=False)  # all compiled above
                 med = {k: C.median(v) for k, v in t.items()}
-                for name in ("lean_wrapper_fix", "raw_jit_call", "matvec_fix"):
-                    med.setdefault(name, float("nan"))
+                med.setdefault("raw_jit_call", float("nan"))
                 floor_rows.append(dict(
                     N=N, method=method, meta_kernel_size=nq, repeats=reps[N],
                     blas_threads=nthreads if threads is None else threads,
@@ -302,14 +287,8 @@ def main(argv=None):
                     ratio_predict_over_jax_floor=med["predict"] / med["jax_floor"],
                     ratio_of_minima_predict_over_np_floor=min(t["predict"]) / min(t["np_floor"]),
                     ratio_raw_jit_over_np_floor=med["raw_jit_call"] / med["np_floor"],
-                    lean_wrapper_fix_s=med["lean_wrapper_fix"],
-                    ratio_lean_wrapper_fix_over_np_floor=med["lean_wrapper_fix"] / med["np_floor"],
-                    matvec_fix_s=med["matvec_fix"], ratio_matvec_fix_over_np_floor=med["matvec_fix"] / med["np_floor"],
-                    speedup_matvec_fix=med["raw_jit_call"] / med["matvec_fix"], maxrel_matvec_fix=matvec_diff,
                     first_call_minus_warm_s=(t_cold - med["predict"]) if threads == 1 else float("nan"),
                     compile_events_s=compile_events,
-                    first_call_minus_warm_s_matvec_fix=(t_cold_matvec - med["matvec_fix"]) if threads == 1
-                    else float("nan"),
                     spread_predict=C.spread(t["predict"]), spread_np_floor=C.spread(t["np_floor"])))
                 r = floor_rows[-1]
                 print(f"  {method}, BLAS threads {r['blas_threads']}: predictor / floor "
@@ -385,8 +364,6 @@ def main(argv=None):
         for threads in (None, 1):
             with blas_context(threads):
                 t = C.interleaved({"predict": lambda: P.predict_from_kernels(Th, K, tasks, cfg, allm),
-                                   "lean_wrapper_fix": lambda: proposed_fixes.lean_predict_from_kernels(
-                                       Th, K, tasks, cfg, allm),
                                    "np_floor": np_floor_all}, 15)
             med = {k: C.median(v) for k, v in t.items()}
             floor_rows.append(dict(
@@ -395,8 +372,6 @@ def main(argv=None):
                 floor_np_eigh_plus_product_s=med["np_floor"],
                 ratio_predict_over_np_floor=med["predict"] / med["np_floor"],
                 ratio_of_minima_predict_over_np_floor=min(t["predict"]) / min(t["np_floor"]),
-                lean_wrapper_fix_s=med["lean_wrapper_fix"],
-                ratio_lean_wrapper_fix_over_np_floor=med["lean_wrapper_fix"] / med["np_floor"],
                 first_call_minus_warm_s=(t_cold - med["predict"]) if threads == 1 else float("nan"),
                 compile_events_s=ce))
 
@@ -413,7 +388,6 @@ def main(argv=None):
                                    "floor_np_eigh_plus_product_s", "ratio_predict_over_np_floor",
                                    "ratio_predict_over_jax_floor", "ratio_of_minima_predict_over_np_floor",
                                    "ratio_raw_jit_over_np_floor",
-                                   "ratio_lean_wrapper_fix_over_np_floor", "ratio_matvec_fix_over_np_floor",
                                    "compile_events_s", "first_call_minus_warm_s"])
         C.write_csv("predictors_vs_floor", floor_rows)
     if prof_rows:

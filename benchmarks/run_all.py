@@ -1,7 +1,7 @@
 """Run every benchmark in turn (each in its own process, so none disturbs another's timings).
 
-    /work/venv/bin/python benchmarks/run_all.py            # --quick (about 10-15 min on 2 busy cores)
-    /work/venv/bin/python benchmarks/run_all.py --full     # (about 30-40 min)
+    python benchmarks/run_all.py            # --quick (about 10-15 min on 2 busy cores)
+    python benchmarks/run_all.py --full     # (about 30-40 min)
 
 Each script prints its tables and writes CSVs under ``benchmarks/results/``; see ``benchmarks/README.md``.
 ``benchmarks/bench_finite.py`` (finite-network time per outer step) is run too when it exists.
@@ -21,9 +21,7 @@ STEPS = [
     (["bench_predictors.py", "--skip-floor"], True),
     (["bench_predictors.py", "--skip-loop"], True),
     (["bench_memory.py"], True),
-    (["bench_sweep.py"], True),
-    (["bench_sweep.py", "--patch", "blas1", "--patch", "defer_tf", "--patch", "jax_cache", "--patch", "lean_wrapper",
-      "--compare-unpatched"], True),
+    (["bench_sweep.py"], False),
     (["bench_finite.py"], False),  # its own defaults
 ]
 

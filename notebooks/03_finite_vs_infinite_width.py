@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -30,6 +32,8 @@
 # network, its twin and the closed form separates the two errors.
 
 # %%
+import dataclasses
+import os
 import tempfile
 
 import jax
@@ -46,7 +50,10 @@ from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import subspace_tasks
 
 METHODS = ("mtl", "anil", "maml")
-print("JAX float64:", jax.config.jax_enable_x64)
+# The test suite runs every notebook with NTK_BRIDGE_QUICK=1: fewer outer steps and networks, the
+# same checks. Unset, the notebook runs the sizes its text describes.
+QUICK = os.environ.get("NTK_BRIDGE_QUICK") == "1"
+print("JAX float64:", jax.config.jax_enable_x64, "| quick mode:", QUICK)
 
 # %% [markdown]
 # ## The linearised network is the closed form with its own kernel
@@ -116,7 +123,7 @@ exact
 # * four training tasks (4 support and 6 query points each, `d = 8`) and four unseen test tasks
 #   (the task sizes of `ntk-bridge figures --quick`);
 # * inner time `lambda*tau = 0.5`, fine-tuning time 1, MTL trained on the queries;
-# * `outer_time = inf` becomes 300 outer steps (`TrainingConfig`'s default).
+# * `outer_time = inf` becomes 300 outer steps (`TrainingConfig`'s default; 100 in quick mode).
 #
 # `finite_cell` trains every network and its twin, computes the closed form with the same schedule,
 # and returns one row per (method, network, test task). It adds rows for the ensemble mean of the
@@ -127,8 +134,9 @@ tasks = subspace_tasks(seed=0, n_train=4, n_test=4, n_support=4, n_query=6, dim=
 config = PredictorConfig(inner_time=0.5, finetune_time=1.0, mtl_data="query")
 kernels = next(kernels_by_depth(tasks.all_points(), depths=[1]))  # shared by every width
 widths, n_networks = (64, 128, 256, 512), 4
-rows = pd.concat([finite_cell(tasks, 1, w, config, METHODS, seed=0, n_networks=n_networks, kernels=kernels)
-                  for w in widths], ignore_index=True)
+training = TrainingConfig(outer_steps=100 if QUICK else 300)
+rows = pd.concat([finite_cell(tasks, 1, w, config, METHODS, seed=0, n_networks=n_networks, kernels=kernels,
+                              training=training) for w in widths], ignore_index=True)
 schedule = rows.iloc[0]
 print(len(rows), "rows;", rows["status"].value_counts().to_dict())
 print(f"schedule: {schedule.inner_steps} inner steps, {schedule.finetune_steps} fine-tuning steps,"
@@ -211,20 +219,21 @@ med.round(3)
 # zero-mean fluctuations it would be about `1/sqrt(4) = 0.5`. With four test tasks and four networks,
 # single values of the ratio are noisy.
 #
-# To see the averaging law more directly, we train 16 ANIL networks at widths 128 and 512 and
+# To see the averaging law more directly, we train 16 ANIL networks (8 in quick mode) at widths 128 and 512 and
 # measure the distance of the mean of `k` of them: the mean over the disjoint groups of `k`
 # networks, relative Frobenius norm over all test queries.
 
 # %%
-anil_cfg = discretise(config, kernels.ntk, tasks)
+anil_cfg = discretise(config, kernels.ntk, tasks, training)
 ensemble_rows = []
+n_ensemble = 8 if QUICK else 16
 for w in (128, 512):
-    run = train_networks(tasks, 1, w, anil_cfg, ("anil",), seed=1, n_networks=16,
-                         training=TrainingConfig(linearized=False))
+    run = train_networks(tasks, 1, w, anil_cfg, ("anil",), seed=1, n_networks=n_ensemble,
+                         training=dataclasses.replace(training, linearized=False))
     target = infinite_predictions(kernels, tasks, anil_cfg, ("anil",), "centred", run.f0)[0]["anil"][0]
     F = run.finite["anil"]
-    for k in (1, 2, 4, 8, 16):
-        groups = [F[i:i + k].mean(0) for i in range(0, 16, k)]
+    for k in (1, 2, 4, 8, 16)[:5 if n_ensemble == 16 else 4]:
+        groups = [F[i:i + k].mean(0) for i in range(0, n_ensemble, k)]
         d = np.mean([np.linalg.norm(g - target) / np.linalg.norm(target) for g in groups])
         ensemble_rows.append({"width": w, "k": k, "distance": d, "distance * sqrt(k)": d * np.sqrt(k)})
 pd.DataFrame(ensemble_rows).pivot(index="k", columns="width").round(3)
@@ -235,7 +244,7 @@ pd.DataFrame(ensemble_rows).pivot(index="k", columns="width").round(3)
 # the product grows at large `k`, the ensemble is approaching that bias: averaging more networks
 # of this width helps less and less. A bias of order `1/h` is reached at smaller `k` in narrower networks,
 # so compare the two widths. Until the floor, a handful of narrow networks averaged together can be
-# as close to the infinite-width predictor as one much wider network. Compare the `k = 16` row at
+# as close to the infinite-width predictor as one much wider network. Compare the largest `k` row at
 # width 128 with the `k = 1` row at width 512.
 #
 # **Summary.** The closed forms are exact for linearised networks. Trained nonlinear networks

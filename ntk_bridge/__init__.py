@@ -8,19 +8,16 @@ task sets (``ntk_bridge.tasks``), finite networks trained by gradient descent
 
 Importing the package enables float64 in JAX (``jax_enable_x64``): every kernel computation here
 is done in float64, because the gaps of interest are below float32 noise. Code that wants float32
-(the few-shot networks) asks for it explicitly.
+(the few-shot networks) asks for it explicitly. It also keeps neural-tangents from importing
+TensorFlow, which nothing here uses (:mod:`ntk_bridge.runtime`). Importing the package itself is
+cheap: JAX is imported by the modules that compute.
 """
-import os as _os
+from ntk_bridge import runtime as _runtime
 
-# TensorFlow comes with neural-tangents; keep its start-up chatter off the console.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_runtime.prepare()
 
-import jax as _jax
-
-_jax.config.update("jax_enable_x64", True)
-
-from ntk_bridge.errors import NumericalWarning, UserError  # noqa: E402
+from ntk_bridge.errors import UserError  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["UserError", "NumericalWarning", "__version__"]
+__all__ = ["UserError", "__version__"]

@@ -1,36 +1,54 @@
-"""The ``ntk-bridge`` command line: a thin layer over the library.
+"""The ``ntk-bridge`` command line: it parses options, calls the library and prints.
 
-User errors (bad ranges, missing files, malformed task files, unwritable folders) print one line
-``error: ...`` and exit with code 2.
+User errors (bad ranges, bad choices, missing files, malformed task files, unwritable folders) print
+one line ``error: ...`` on stderr and exit with code 2. Progress goes to stderr, the report to
+stdout. Commands import what they compute with only when they run, so ``ntk-bridge --help`` and a
+bad option answer without loading JAX.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shlex
 import sys
-import tempfile
-import time
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+import ntk_bridge
 from ntk_bridge.errors import UserError
-from ntk_bridge.provenance import provenance
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Check, by computation, that MTL and gradient-based meta-learning (ANIL, MAML) "
                        "predict alike for wide, deep ReLU networks.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+
+#: Methods ``sweep --methods`` accepts (kept equal to ``ntk_bridge.sweep.METHODS`` by a test).
+SWEEP_METHODS = ("mtl", "anil", "maml", "fomaml")
+
+
+def _consoles():
+    from rich.console import Console
+
+    out = Console(stderr=False)
+    if not out.is_terminal:  # logs and pipes: no reason to squeeze the tables into 80 columns
+        out.width = max(out.width, 130)
+    return out, Console(stderr=True)
+
+
+def _print_error(message: str) -> None:
+    print(f"error: {message.replace('Value error, ', '')}", file=sys.stderr, flush=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ntk-bridge {ntk_bridge.__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
     """ntk-bridge: closed-form NTK predictors of MTL, ANIL and MAML, finite networks, sweeps,
     few-shot training and figures."""
 
@@ -43,87 +61,65 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            _print_error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: finished cells are saved; rerun the same command to resume.")
+            print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
+def print_tables(console, tables) -> None:
+    """Render :class:`ntk_bridge.report.ReportTable` s with rich."""
+    from rich.table import Table
+
+    from ntk_bridge.report import fmt
+
+    for t in tables:
+        table = Table(title=t.title, caption=t.note or None, caption_justify="left")
+        for col, head in t.columns.items():
+            table.add_column(head, justify="left" if col == "method" else "right")
+        for _, r in t.frame.iterrows():
+            table.add_row(*(fmt(r[c]) for c in t.columns))
+        console.print(table)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+class _SweepProgress:
+    """A rich progress bar on stderr: computed / cached cells and an ETA."""
+
+    def __init__(self, console):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+                            TextColumn("{task.fields[note]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                            TimeElapsedColumn(), console=console, transient=False)
+        self.task = None
+
+    def start(self, total: int, cached: int, damaged: int) -> None:
+        note = f"({cached} cached" + (f", {damaged} damaged files recomputed" if damaged else "") + ")"
+        self.task = self.bar.add_task("sweep", total=total, completed=cached, note=note)
+        self.bar.start()
+
+    def cell(self, key: str) -> None:
+        self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.3g}"
-    return str(v)
-
-
-def print_report(df, run_dir: str) -> None:
-    """Console report: slopes with CIs, standing against the baseline, flagged rows."""
-    from ntk_bridge.results import baseline_table, depth_slopes, finite_width_fits, flagged
-
-    slopes = depth_slopes(df)
-    slopes = slopes[slopes["method"] != "baseline"] if len(slopes) else slopes
-    if len(slopes):
-        t = Table(title="gap to MTL vs depth: log-log slope of the median over test tasks (95% CI)")
-        for col in ("method", "width", "inner time", "slope", "95% CI", "depths", "gap first", "gap last"):
-            t.add_column(col, justify="right" if col not in ("method",) else "left")
-        for _, r in slopes.iterrows():
-            t.add_row(r["method"], _fmt(r["width"]), _fmt(r["inner_time"]), _fmt(r["slope"]),
-                      f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]",
-                      f"{r['depth_min']}..{r['depth_max']} ({r['n_depths']})", _fmt(r["first"]), _fmt(r["last"]))
-        console.print(t)
-    base = baseline_table(df)
-    if len(base):
-        t = Table(title="median test MSE against the no-transfer baseline (head fine-tuned on an untrained body)")
-        for col in ("method", "width", "inner time", "shallowest", "MSE / baseline", "deepest", "MSE / baseline",
-                    "beats baseline up to depth"):
-            t.add_column(col, justify="right" if col != "method" else "left")
-        for _, r in base.iterrows():
-            t.add_row(r["method"], _fmt(r["width"]), _fmt(r["inner_time"]), str(r["depth_min"]),
-                      f"{_fmt(r['mse_min_depth'])} / {_fmt(r['baseline_min_depth'])}", str(r["depth_max"]),
-                      f"{_fmt(r['mse_max_depth'])} / {_fmt(r['baseline_max_depth'])}",
-                      "all" if r["beats_baseline_everywhere"] else _fmt(r["deepest_beating_baseline"]))
-        console.print(t)
-    fits = finite_width_fits(df)
-    if len(fits):
-        t = Table(title="distance to the infinite-width predictor vs width: fitted exponent (95% CI; theory about -1/2)")
-        for col in ("method", "depth", "inner time", "MTL data", "exponent", "95% CI", "points"):
-            t.add_column(col, justify="right" if col != "method" else "left")
-        for _, r in fits.iterrows():
-            t.add_row(r["method"], str(r["depth"]), _fmt(r["inner_time"]), str(r["mtl_data"]), _fmt(r["exponent"]),
-                      f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]", str(r["n"]))
-        console.print(t)
-    bad = flagged(df)
-    if len(bad):
-        console.print("[yellow]flagged rows (excluded from fits and figures):[/] "
-                      + ", ".join(f"{k}: {v}" for k, v in bad.items()))
-    console.print(f"results: {os.path.join(run_dir, 'results.csv')}  summary: {os.path.join(run_dir, 'summary.md')}")
+def _command_line(ctx: typer.Context) -> str:
+    """The command as the user typed it (recorded in ``config.json`` and ``summary.md``)."""
+    argv = (ctx.obj or {}).get("argv")
+    return "ntk-bridge " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
 @app.command()
 @user_errors
 def sweep(
+    ctx: typer.Context,
     depth: str = typer.Option("2..32", help="Depths (hidden layers): '2..32', '1..128:x2' (geometric), "
                                             "'1..10:3' (step), or '1,2,4,8'."),
     width: str = typer.Option("inf", help="Widths: 'inf' (closed-form infinite-width predictors) and/or "
@@ -135,11 +131,12 @@ def sweep(
                                                 "to convergence: closed forms at t = inf, finite networks "
                                                 "for a fixed number of steps of size 1/lambda_max "
                                                 "(ntk_bridge.finite.TrainingConfig)."),
-    methods: str = typer.Option("mtl,anil,maml", help="Methods among mtl, anil, maml (the no-transfer "
-                                                      "baseline is always computed)."),
-    mtl_data: str = typer.Option("all,query", help="MTL training data: 'all' (support+query merged, the "
-                                                   "paper's MTL), 'query' (the same data as ANIL's outer "
-                                                   "loss), or both."),
+    methods: str = typer.Option("mtl,anil,maml", help="Comma list of methods among "
+                                f"{', '.join(SWEEP_METHODS)} (fomaml: finite widths only); the no-transfer "
+                                "baseline is always computed."),
+    mtl_data: str = typer.Option("all,query", help="MTL training data, comma list of: 'all' (support+query "
+                                                   "merged, the paper's MTL), 'query' (the same data as "
+                                                   "ANIL's outer loss)."),
     tasks: str = typer.Option("subspace", help="Task family: subspace (shared low-rank teachers), linear "
                                                "(independent teachers), sinusoid, or a .npz task file."),
     train_tasks: int = typer.Option(10, help="Number of training tasks N (generated tasks)."),
@@ -150,40 +147,35 @@ def sweep(
     task_seed: int = typer.Option(0, help="Seed of the generated task set."),
     seeds: int = typer.Option(1, help="Networks per finite-width cell (independent initialisations; an "
                                       "ensemble-mean row is added)."),
-    finite_mode: str = typer.Option("centred", help="Finite networks: 'centred' (f - f0 vs the mean "
-                                                    "predictor) or 'raw' (f vs the full-f0 closed form)."),
+    finite_mode: Literal["centred", "raw"] = typer.Option(
+        "centred", help="Finite networks: 'centred' (f - f0 vs the mean predictor) or 'raw' (f vs the full-f0 "
+                        "closed form)."),
     outer_steps: int = typer.Option(300, help="Finite networks with an infinite outer time: outer gradient "
                                               "steps of size 1/lambda_max(Theta) (the closed forms they are "
                                               "compared with take the same steps)."),
-    finite_dtype: str = typer.Option("float64", help="Finite networks: 'float64' (exact comparisons) or "
-                                                     "'float32' (faster matrix products; the closed forms "
-                                                     "stay float64)."),
+    finite_dtype: Literal["float64", "float32"] = typer.Option(
+        "float64", help="Finite networks: 'float64' (exact comparisons) or 'float32' (faster matrix products; "
+                        "the closed forms stay float64)."),
     linearized: bool = typer.Option(True, help="Finite networks: also train each network's linearised twin "
                                                "(dist_to_linearized_rel, linearized_to_infinite_rel; about "
                                                "doubles the cost)."),
+    blas_threads: int = typer.Option(1, help="Threads of the BLAS/LAPACK behind the dense solves (part of "
+                                             "every cell's cache key: results are exact for one count)."),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
                                                "cells/ cache). Rerunning resumes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "
                                                        "run grid cells on."),
     workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
     figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (finite widths: distance_vs_width and "
-                                                "finite_gap_vs_depth)."),
+                                            "finite_gap_vs_depth)."),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     from ntk_bridge.ranges import parse_choices, parse_floats, parse_int_range, parse_widths
-    from ntk_bridge.sweep import SweepConfig, check_writable, run_sweep
 
-    started = time.time()
     depths = parse_int_range(depth, "--depth")
     widths = parse_widths(width)
-    has_finite = any(math.isfinite(w) for w in widths)
-    if outer_time == "auto":
-        outer_times = [math.inf]
-    else:
-        outer_times = parse_floats(outer_time, "--outer-time", positive=True)
-    method_list = parse_choices(methods, "--methods", ("mtl", "anil", "maml", "fomaml"))
-    if "fomaml" in method_list and not has_finite:
-        raise UserError("--methods: fomaml exists for finite widths only (its infinite-width kernel is not MAML's)")
+    outer_times = [math.inf] if outer_time == "auto" else parse_floats(outer_time, "--outer-time", positive=True)
+    method_list = parse_choices(methods, "--methods", SWEEP_METHODS)
     if tasks not in ("subspace", "linear", "sinusoid") and not os.path.isfile(tasks):
         if tasks.endswith(".npz") or os.sep in tasks:
             raise UserError(f"--tasks: file not found: {tasks}")
@@ -192,6 +184,8 @@ def sweep(
         raise UserError("--workers must be >= 0")
     if scheduler and workers:
         raise UserError("give either --scheduler or --workers, not both")
+    from ntk_bridge.sweep import SweepConfig, run_sweep
+
     config = SweepConfig(
         depths=tuple(depths), widths=tuple(widths),
         inner_times=tuple(parse_floats(inner_time, "--inner-time")),
@@ -200,65 +194,33 @@ def sweep(
         mtl_data=tuple(parse_choices(mtl_data, "--mtl-data", ("all", "query"))),
         tasks=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
         dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode, outer_steps=outer_steps,
-        finite_dtype=finite_dtype, linearized=linearized)
-    # validate the tasks (a malformed file fails here, before anything is written), then the folder
-    config.load_tasks()
-    check_writable(out)
+        finite_dtype=finite_dtype, linearized=linearized, blas_threads=blas_threads)
+    config.load_tasks()  # a malformed task file fails here, before anything is written
 
     executor = None
     if scheduler or workers:
         from ntk_bridge.distributed import DaskExecutor
         executor = DaskExecutor(address=scheduler, n_workers=workers)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    command = "ntk-bridge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task_id = progress.add_task("cells", total=None)
-
-        def on_start(total, done):
-            progress.update(task_id, total=total, completed=done)
-
-        def on_cell(_key):
-            progress.advance(task_id)
-
+    out_console, err_console = _consoles()
+    progress = _SweepProgress(err_console)
+    command = _command_line(ctx)
+    try:
         try:
-            df = run_sweep(config, out, executor=executor, on_start=on_start, on_cell=on_cell)
+            df = run_sweep(config, out, executor=executor, progress=progress, figures=figures, command=command,
+                           release_memory=True)
         finally:
-            if executor is not None:
-                executor.close()
+            progress.stop()
+    finally:
+        if executor is not None:
+            executor.close()
 
-    write_outputs(df, config, out, command, started, figures)
-    print_report(df, out)
+    from ntk_bridge.report import flagged_line, sweep_tables
 
-
-def write_outputs(df, config, run_dir: str, command: str, started: float, figures: bool = True) -> None:
-    """results.csv, config.json, summary.md and figures of a finished sweep."""
-    from ntk_bridge.results import summary_markdown
-
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-results-", suffix=".csv")
-    with os.fdopen(fd, "w", newline="") as fh:
-        df.to_csv(fh, index=False)
-    os.replace(tmp, os.path.join(run_dir, "results.csv"))
-    write_json_atomic(os.path.join(run_dir, "config.json"),
-                      dict(config=config.to_dict(), command=command, **provenance(),
-                           seconds=round(time.time() - started, 2), rows=len(df)))
-    write_text_atomic(os.path.join(run_dir, "summary.md"), summary_markdown(df, command, config.to_dict()))
-    if figures:
-        from ntk_bridge import figures as figs
-
-        infinite = df[df["width"] == math.inf]
-        if infinite["depth"].nunique() > 1:
-            figs.plot_gap_vs_depth(figs.gap_vs_depth_table(infinite), os.path.join(run_dir, "gap_vs_depth"))
-        finite = df[df["width"] < math.inf]
-        if len(finite):
-            table = figs.distance_vs_width_table(finite)
-            if len(table) and table["width"].nunique() > 1:
-                figs.plot_distance_vs_width(table, os.path.join(run_dir, "distance_vs_width"))
-            gap = figs.finite_gap_vs_depth_table(finite)
-            if len(gap) and gap["depth"].nunique() > 1:
-                figs.plot_finite_gap_vs_depth(gap, os.path.join(run_dir, "finite_gap_vs_depth"))
+    print_tables(out_console, sweep_tables(df))
+    line = flagged_line(df)
+    if line:
+        out_console.print(f"[yellow]{line}[/]")
+    out_console.print(f"results: {os.path.join(out, 'results.csv')}  summary: {os.path.join(out, 'summary.md')}")
 
 
 @app.command("figures")
@@ -267,42 +229,79 @@ def figures_command(
     quick: bool = typer.Option(False, "--quick", help="Small grids (about 3 minutes on 2 cores) instead of the "
                                                       "full ones (within 30 minutes)."),
     out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them."),
-    only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all)."),
+    only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
+                                                  "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
+                                                  "finite_gap_vs_depth, fewshot."),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps "
                                                   "(default runs/figures/quick or runs/figures/full)."),
 ):
     """Regenerate every figure in figures/ (PNG, PDF and the CSV each is drawn from)."""
+    import time
+
     from ntk_bridge.paper_figures import FIGURES, make_figures
     from ntk_bridge.ranges import parse_choices
-    from ntk_bridge.sweep import check_writable
+    from ntk_bridge.runs import RunFolder
 
     names = parse_choices(only, "--only", tuple(FIGURES)) if only else None
-    check_writable(out, cells=False)
+    RunFolder(out).check_writable()
+    out_console, err_console = _consoles()
     started = time.time()
     written = make_figures(out=out, quick=quick, only=names, run_root=runs,
-                           log=lambda m: console.print(f"[bold]{m}[/]"))
+                           log=lambda m: err_console.print(f"[bold]{m}[/]"))
     for name, paths in written.items():
-        console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
-    console.print(f"done in {time.time() - started:.0f} s")
+        out_console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
+    out_console.print(f"done in {time.time() - started:.0f} s")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live in their own subpackages."""
-    try:
-        from ntk_bridge.fewshot.command import fewshot_command
-    except ModuleNotFoundError as exc:  # the subpackage is optional; a broken one is not hidden
-        if not (exc.name or "").startswith("ntk_bridge.fewshot"):
-            raise
-        return
+def _register_fewshot() -> None:
+    """The few-shot command; its module imports the few-shot stack only when the command runs."""
+    from ntk_bridge.fewshot.command import fewshot_command
+
     app.command("fewshot")(user_errors(fewshot_command))
 
 
-_register_optional_commands()
+_register_fewshot()
 
 
-def main() -> None:
-    app()
+def _click_exceptions():
+    """The exception module of the click that typer runs on (recent typer vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer on the click package
+        from click import exceptions
+    return exceptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Usage errors (unknown options, bad choices) become one ``error:`` line and code 2, as
+    ``UserError`` does inside the commands.
+    """
+    exceptions = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="ntk-bridge", standalone_mode=False,
+                            obj={"argv": sys.argv[1:] if argv is None else list(argv)})
+    except exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx is not None else "ntk-bridge --help")
+        return 0
+    except exceptions.UsageError as exc:
+        _print_error(" ".join(exc.format_message().split()))
+        return 2
+    except exceptions.ClickException as exc:
+        _print_error(" ".join(exc.format_message().split()))
+        return exc.exit_code
+    except UserError as exc:  # raised while parsing (an option callback)
+        _print_error(str(exc))
+        return 2
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    """The console script ``ntk-bridge``."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    entry()

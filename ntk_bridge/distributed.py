@@ -11,9 +11,10 @@ Guarantees, and where they come from:
 * *Same numbers as in-process.* A unit is a pure function of its description and the task set; both
   travel to the worker by value (the task set is the client's, never re-read from a path that may not
   exist there), and the worker refuses to run with other versions of ``ntk_bridge``, jax, jaxlib,
-  neural-tangents, numpy or scipy than the client's. It also runs the unit with the client's BLAS
-  thread counts (threadpoolctl): Dask's nanny starts workers with ``OPENBLAS_NUM_THREADS=1``, and the
-  LAPACK routines behind jax's ``eigh`` and ``solve`` round differently with other thread counts. Every
+  neural-tangents, numpy or scipy than the client's (they are part of every cell's cache key). It
+  runs the unit with the sweep's BLAS thread count (``SweepConfig.blas_threads``, also part of the
+  key), as in-process runs do: the LAPACK routines behind jax's ``eigh`` and ``solve`` round
+  differently with other thread counts. Every
   infinite-width cell is its own jitted call whatever other cells share its unit
   (:func:`ntk_bridge.sweep._infinite_rows`), so splitting units changes no bit either: on one machine
   ``results.csv`` is byte-identical in all three modes. Across machines of other CPU types or core
@@ -39,25 +40,20 @@ that each unit walks the layers from depth 1 up to its own deepest depth again.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
-from importlib import metadata
 from typing import Callable, Iterable, Iterator
 
 from ntk_bridge.errors import UserError
 from ntk_bridge.sweep import Unit, iter_unit
 from ntk_bridge.tasks import TaskSet
 
-__all__ = ["DaskExecutor", "split_units", "compute_remote", "client_settings", "environment",
-           "blas_threads", "unit_label"]
+__all__ = ["DaskExecutor", "split_units", "compute_remote", "unit_label"]
 
 #: Seconds to wait for an existing scheduler to answer.
 CONNECT_TIMEOUT = 5.0
 #: Re-runs of a unit that raises (a worker that dies is handled by the scheduler, see the module doc).
 RETRIES = 2
-
-_PACKAGES = ("jax", "jaxlib", "neural-tangents", "numpy", "scipy")  # scipy: the LAPACK behind jax on CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,79 +115,26 @@ def unit_label(unit: Unit) -> str:
 # The worker side
 # ---------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def environment() -> tuple[tuple[str, str | None], ...]:
-    """Versions that fix a unit's numbers: ``ntk_bridge`` (and its cache version) and its numerics."""
-    import ntk_bridge
-    from ntk_bridge.sweep import CACHE_VERSION
-
-    versions = [("ntk_bridge", f"{ntk_bridge.__version__} (cache {CACHE_VERSION})")]
-    for name in _PACKAGES:
-        try:
-            versions.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            versions.append((name, None))
-    return tuple(versions)
-
-
-def blas_threads() -> dict[str, int] | None:
-    """Threads of each loaded BLAS library, by library prefix (``None`` without threadpoolctl).
-
-    LAPACK routines (``eigh``, ``solve``) behind jax's CPU linear algebra round differently with
-    different thread counts, and Dask's nanny starts workers with ``OPENBLAS_NUM_THREADS=1``
-    (``distributed.nanny.pre-spawn-environ``): a worker must use the client's counts to reproduce
-    the client's bits.
-    """
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:  # pragma: no cover  (comes with scikit-learn, a dependency)
-        return None
-    out: dict[str, int] = {}
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas":
-            out[lib["prefix"]] = max(out.get(lib["prefix"], 0), int(lib["num_threads"]))
-    return out
-
-
-def client_settings() -> dict:
-    """What a worker must match to compute the client's bits: versions and BLAS threads."""
-    import jax.numpy as jnp
-
-    jnp.linalg.eigh(jnp.eye(2))  # load jax's LAPACK (and its BLAS) so that it is counted
-    return dict(versions=environment(), blas_threads=blas_threads())
-
-
-def compute_remote(unit: Unit, tasks: TaskSet, client: dict) -> list[tuple[str, list[dict]]]:
+def compute_remote(unit: Unit, tasks: TaskSet, versions) -> list[tuple[str, list[dict]]]:
     """Run on a worker: ``[(cell key, rows), ...]`` of ``unit`` on the client's ``tasks``.
 
-    ``client`` is :func:`client_settings` of the client. Raises ``UserError`` when the worker's
-    versions differ from the client's or its BLAS libraries cannot run the client's thread counts
-    (its numbers would not match the cache), ``RuntimeError`` if float64 is off.
+    ``versions`` is the client's :func:`ntk_bridge.provenance.numerics_versions`. Raises
+    ``UserError`` when the worker's differ (its numbers would not be the ones its cache keys name),
+    ``RuntimeError`` if float64 is off.
     """
     import jax
 
+    from ntk_bridge.provenance import numerics_versions
+
     if not jax.config.jax_enable_x64:  # importing ntk_bridge (this module's package) turns it on
         raise RuntimeError("jax_enable_x64 is off on this Dask worker; ntk_bridge computes in float64")
-    mine, theirs = environment(), tuple(map(tuple, client["versions"]))
+    mine, theirs = numerics_versions(), tuple(map(tuple, versions))
     if theirs != mine:
         diff = ", ".join(f"{a[0]} {a[1]} here vs {b[1]} on the client"
                          for a, b in zip(mine, theirs) if tuple(a) != tuple(b))
         raise UserError(f"a Dask worker has other versions than the client ({diff}); "
                         "install the same environment on the workers")
-    wanted = client.get("blas_threads")
-    if not wanted:
-        return list(iter_unit(unit, tasks))
-    from threadpoolctl import threadpool_limits
-
-    client_settings()  # load jax's LAPACK here too, so that the limits reach it
-    with threadpool_limits(limits=dict(wanted)):
-        got = blas_threads()
-        if got != wanted:
-            raise UserError(f"a Dask worker runs its BLAS libraries with threads {got}, the client with "
-                            f"{wanted}, and cannot match them; results would differ in the last bits. "
-                            "Give the client and the workers the same OMP_NUM_THREADS, "
-                            "OPENBLAS_NUM_THREADS and MKL_NUM_THREADS")
-        return list(iter_unit(unit, tasks))
+    return list(iter_unit(unit, tasks))
 
 
 def _identity(x):
@@ -294,8 +237,10 @@ class DaskExecutor:
             units = list(units)
         if not units:
             return
+        from ntk_bridge.provenance import numerics_versions
+
         token = uuid.uuid4().hex[:12]
-        settings = client_settings()
+        settings = numerics_versions()
         tasks_futures = {}
         pending = {}
         try:

@@ -9,10 +9,6 @@ class UserError(ValueError):
     """Bad input from the user: a malformed range, a missing file, wrong shapes, NaN in data."""
 
 
-class NumericalWarning(UserWarning):
-    """Numerical trouble that was detected and handled (a ridge, a non-PSD kernel)."""
-
-
 def require(condition: bool, message: str) -> None:
     """Raise ``UserError(message)`` unless ``condition`` holds."""
     if not condition:

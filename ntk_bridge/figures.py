@@ -10,17 +10,13 @@ from __future__ import annotations
 import math
 import os
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ntk_bridge.results import fit_power_law, ok_rows, width_exponents  # noqa: E402
+from ntk_bridge.results import fit_power_law, ok_rows, width_exponents
 
 __all__ = [
-    "STYLE", "save", "depth_axis", "summarise",
+    "STYLE", "save", "table_csv", "depth_axis", "log_y", "summarise",
     "gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth",
     "gap_vs_inner_time_table", "plot_gap_vs_inner_time",
     "distance_vs_width_table", "plot_distance_vs_width",
@@ -50,17 +46,53 @@ DATA_TITLES = {"query": "gap to MTL trained on the queries", "all": "gap to MTL 
 LINESTYLES = ["-", "--", ":", "-."]
 
 
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, imported when a figure is drawn (tables need none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def table_csv(table: pd.DataFrame) -> str:
+    """A figure's table as the CSV text saved beside it."""
+    return table.to_csv(index=False, float_format="%.6g")
+
+
 def save(fig, path_prefix: str, table: pd.DataFrame | None = None) -> list[str]:
-    """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``; returns the paths."""
+    """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``, each file written
+    atomically; returns the paths."""
+    plt = _pyplot()
+    import io
+
+    from ntk_bridge.runs import atomic_write
+
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     paths = [f"{path_prefix}.png", f"{path_prefix}.pdf"]
     for p in paths:
-        fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.endswith(".pdf") else None)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=p.rsplit(".", 1)[1], bbox_inches="tight",
+                    metadata={"CreationDate": None} if p.endswith(".pdf") else None)
+        atomic_write(p, buf.getvalue())
     plt.close(fig)
     if table is not None:
-        table.to_csv(f"{path_prefix}.csv", index=False, float_format="%.6g")
+        atomic_write(f"{path_prefix}.csv", table_csv(table))
         paths.append(f"{path_prefix}.csv")
     return paths
+
+
+def log_y(ax) -> None:
+    """Log-scaled y axis with plain-number tick labels (``0.02``, not ``2 x 10^-2``): easier to read,
+    and drawn without the mathtext parser, which is most of a figure's drawing time."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(plain)
 
 
 def depth_axis(ax, values, label: str = "depth $L$ (hidden layers)") -> None:
@@ -132,7 +164,7 @@ def _gap_panel(ax, t: pd.DataFrame, title: str):
         ax.plot(depths, float(ref.iloc[0] * ref.index[0]) / depths, color="k", linewidth=0.8,
                 linestyle=(0, (1, 2)), label="$\\propto 1/L$")
     depth_axis(ax, t["depth"].unique())
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_ylabel(r"$\|F_{\rm method}-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
     ax.set_title(title)
     ax.legend(loc="lower left", frameon=False)
@@ -168,6 +200,7 @@ def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """One panel per MTL training set: log-log gap to MTL vs depth per method and inner time
     (median, band = interquartile range over test tasks), fitted slope and 95% CI in the legend,
     a 1/L guide; last panel: test MSE of every method and of the baseline (smallest inner time)."""
+    plt = _pyplot()
     datas = [m for m in ("query", "all") if m in set(table["mtl_data"])]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(datas) + 1, figsize=(3.4 * (len(datas) + 1), 3.0), squeeze=False)
@@ -180,6 +213,7 @@ def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
 
 def plot_test_error_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Test MSE of every method and of the no-transfer baseline vs depth (a gap_vs_depth table)."""
+    plt = _pyplot()
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(3.4, 2.8))
         _test_error_panel(ax, table)
@@ -197,6 +231,7 @@ def gap_vs_inner_time_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Gap to MTL vs inner time ``lambda*tau`` at a few depths (the ``lambda*tau`` term)."""
+    plt = _pyplot()
     depths = sorted(table["depth"].unique())
     cmap = plt.get_cmap("viridis")
     with plt.rc_context(STYLE):
@@ -211,7 +246,7 @@ def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
                         _band(ax, g, "inner_time", "gap_to_mtl_rel", cmap(i / max(1, len(depths) - 1) * 0.85),
                               f"L={L}, MTL on {m}", linestyle=LINESTYLES[j % 4], marker="os"[j % 2])
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            log_y(ax)
             ax.set_xlabel(r"inner time $\lambda\tau$ (learning rate $\times$ steps)")
             ax.set_ylabel(r"$\|F-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
             ax.set_title(f"{LABELS[method]}: gap to MTL vs inner time")
@@ -247,6 +282,7 @@ def distance_vs_width_table(df: pd.DataFrame) -> pd.DataFrame:
 def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Log-log distance to the infinite-width predictor vs width per method (one panel per depth),
     with the fitted exponent over individual networks and its 95% CI (theory: about -1/2)."""
+    plt = _pyplot()
     depths = sorted(table["depth"].unique())
     with plt.rc_context(STYLE):
         cols = min(2, len(depths))
@@ -272,7 +308,7 @@ def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
                 c = float(ref.sort_values("width")["dist_to_infinite_rel_q50"].iloc[0]) * math.sqrt(w[0])
                 ax.plot(w, c / np.sqrt(w), color="k", linewidth=0.8, linestyle=(0, (1, 2)), label=r"$\propto h^{-1/2}$")
             depth_axis(ax, w, "width $h$")
-            ax.set_yscale("log")
+            log_y(ax)
             ax.set_ylabel(r"$\|F_h - F_\infty\| / \|F_\infty\|$")
             ax.set_title(f"depth {L}: finite vs infinite width")
             ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=2)
@@ -307,6 +343,7 @@ def plot_finite_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]
     """Finite-width gap to MTL vs depth, one line per width (median over networks and test tasks),
     drawn over the infinite-width closed forms' gap under the same discrete schedule (black): one
     panel per method and (inner time, MTL training set)."""
+    plt = _pyplot()
     combos = table[["inner_time", "mtl_data"]].drop_duplicates().sort_values(["inner_time", "mtl_data"])
     methods = [m for m in ("anil", "maml", "fomaml") if m in set(table["method"])]
     widths = sorted(table["width"].unique())
@@ -335,7 +372,7 @@ def plot_finite_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]
                     ax.fill_between(inf["depth"], inf["infinite_gap_to_mtl_rel_q25"],
                                     inf["infinite_gap_to_mtl_rel_q75"], color="k", alpha=0.1, linewidth=0)
                 depth_axis(ax, t["depth"].unique() if len(t) else [1, 2])
-                ax.set_yscale("log")
+                log_y(ax)
                 ax.set_ylabel(rf"$\|F_{{\rm {LABELS[method]}}}-F_{{\rm MTL}}\| / \|F_{{\rm MTL}}\|$")
                 ax.set_title(f"{LABELS[method]}, $\\lambda\\tau$={combo['inner_time']:g}, "
                              f"MTL on {combo['mtl_data']}")
@@ -350,13 +387,14 @@ def plot_kernel_degeneracy(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Four panels from :func:`ntk_bridge.diagnostics.kernel_degeneracy_table`: ``K/Theta`` on the
     diagonal vs ``1/(L+1)``; the normalised NTK off the diagonal vs its limit 1/4; ``1 - rho`` of
     the readout kernel times ``L^2`` (tends to a constant near ``9 pi^2 / 2``); condition numbers."""
+    plt = _pyplot()
     t = table.sort_values("depth")
     L = t["depth"].to_numpy(float)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(1, 4, figsize=(10.0, 2.5))
         ax[0].plot(L, t["k_over_theta_diag"], "o", color=COLORS["anil"], label="$K(x,x)/\\Theta(x,x)$")
         ax[0].plot(L, 1 / (L + 1), "-", color="k", linewidth=0.8, label="$1/(L+1)$")
-        ax[0].set_yscale("log")
+        log_y(ax[0])
         ax[0].set_title("readout share of the NTK")
         ax[1].plot(L, t["ntk_offdiag_normalised_mean"], "o-", color=COLORS["maml"], label="mean off-diagonal")
         ax[1].fill_between(L, t["ntk_offdiag_normalised_min"], t["ntk_offdiag_normalised_max"],
@@ -369,7 +407,7 @@ def plot_kernel_degeneracy(table: pd.DataFrame, path_prefix: str) -> list[str]:
         ax[3].plot(L, t["cond_support_K_median"], "o-", color=COLORS["anil"], label="$K(X',X')$ (ANIL inner)")
         ax[3].plot(L, t["cond_support_theta_median"], "s-", color=COLORS["maml"], label="$\\Theta(X',X')$ (MAML inner)")
         ax[3].plot(L, L ** 2, color="k", linewidth=0.8, linestyle=":", label="$L^2$")
-        ax[3].set_yscale("log")
+        log_y(ax[3])
         ax[3].set_title("condition number of support kernels")
         for a in ax:
             depth_axis(a, L)

@@ -19,7 +19,9 @@ through the readout's ``kernel_fn`` to read off ``(Theta_l, K_l)``, then through
 That is ``L_max`` hidden-block and ``L_max`` readout evaluations instead of ``L_max (L_max + 3) / 2``
 for a separate ``kernel_fn`` per depth.
 
-The kernel functions run eagerly (op by op). Under ``jax.jit`` XLA fuses neural-tangents' ``arccos``
+The module imports neural-tangents (and JAX) only when a network or a kernel is built, so that
+describing an architecture (for a cache key, say) costs nothing. The kernel functions run eagerly
+(op by op). Under ``jax.jit`` XLA fuses neural-tangents' ``arccos``
 in a way that loses about 1e-7 relative accuracy in ``Theta`` near the diagonal; the eager path is
 bit-identical to calling ``kernel_fn`` of the whole network.
 """
@@ -29,9 +31,7 @@ import dataclasses
 import math
 from typing import Iterator, NamedTuple, Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from neural_tangents import stax
 
 from ntk_bridge.errors import require
 
@@ -112,6 +112,8 @@ class Architecture:
         """``(init_fn, apply_fn, kernel_fn)`` of one hidden layer ``Dense(h) -> Relu``."""
         if self.hidden_layer is not None:
             return self.hidden_layer
+        from neural_tangents import stax
+
         return stax.serial(
             stax.Dense(int(self.width), W_std=self.hidden_w_std, b_std=self.hidden_b_std,
                        parameterization=self.parameterization),
@@ -122,16 +124,17 @@ class Architecture:
         """``(init_fn, apply_fn, kernel_fn)`` of the linear readout ``Dense(k)``."""
         if self.readout_layer is not None:
             return self.readout_layer
+        from neural_tangents import stax
+
         return stax.Dense(int(self.n_outputs), W_std=self.readout_w_std, b_std=self.readout_b_std,
                           parameterization=self.parameterization)
 
     def network(self, depth: int) -> tuple:
         """The whole network of ``depth`` hidden layers as one ``stax`` triple."""
         require(int(depth) >= 1, f"depth must be >= 1, got {depth!r}")
-        return stax.serial(*([self.hidden_block()] * int(depth)), self.readout())
+        from neural_tangents import stax
 
-    def with_width(self, width: int) -> "Architecture":
-        return dataclasses.replace(self, width=int(width))
+        return stax.serial(*([self.hidden_block()] * int(depth)), self.readout())
 
     def describe(self) -> dict:
         """A JSON-serialisable description (for provenance and cache keys)."""
@@ -168,6 +171,8 @@ def kernels_by_depth(
     Yields ``DepthKernels(depth, ntk [P1, P2], readout [P1, P2])`` in increasing depth, as float64
     numpy arrays. Streaming keeps memory at one depth's kernels however deep the sweep.
     """
+    import jax.numpy as jnp
+
     arch = architecture or Architecture()
     x1 = _check_points(x1, "x1")
     if x2 is not None:

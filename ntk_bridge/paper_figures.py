@@ -8,7 +8,6 @@ grids (about 3 minutes on 2 cores); the full mode denser ones (within 30 minutes
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Callable
 

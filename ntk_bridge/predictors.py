@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -273,11 +273,9 @@ class _Data(NamedTuple):
     f0tq: jax.Array
 
 
-def _split_f0(f0, layout: Layout, k: int):
+def _split_f0(f0: np.ndarray, layout: Layout) -> tuple[np.ndarray, ...]:
+    """``f0 [P, k]`` split into the four point groups, each ``[tasks, points, k]`` (numpy)."""
     sl = layout.slices()
-    if f0 is None:
-        f0 = jnp.zeros((layout.n_points, k))
-    f0 = jnp.asarray(f0, dtype=jnp.float64).reshape(layout.n_points, -1)
     return (f0[sl["train_support"]].reshape(layout.n_train, layout.n_support, -1),
             f0[sl["train_query"]].reshape(layout.n_train, layout.n_query, -1),
             f0[sl["test_support"]].reshape(layout.n_test, layout.m_support, -1),
@@ -427,30 +425,36 @@ def _baseline(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
     return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
 
 
-def _all_methods(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorConfig, methods: tuple):
-    out = {}
-    for method in methods:
-        if method == "mtl":
-            out[method] = _mtl(Theta, K, d, layout, cfg, times)
-        elif method == "anil":
-            out[method] = _gbml(Theta, K, d, layout, cfg, times)
-        elif method == "maml":
-            out[method] = _gbml(Theta, Theta, d, layout, cfg, times)
-        else:
-            out[method] = _baseline(Theta, K, d, layout, cfg, times)
-    return out
+_CLOSED_FORMS = {
+    "mtl": _mtl,
+    "anil": lambda Theta, K, d, layout, cfg, times: _gbml(Theta, K, d, layout, cfg, times),
+    "maml": lambda Theta, K, d, layout, cfg, times: _gbml(Theta, Theta, d, layout, cfg, times),
+    "baseline": _baseline,
+}
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "cfg", "methods"))
-def _predict_batched(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorConfig, methods: tuple):
-    """vmap over a leading batch axis of ``Theta``, ``K`` (depths) and of ``times`` ``[B, 3]``."""
-    fn = functools.partial(_all_methods, layout=layout, cfg=cfg, methods=methods)
-    return jax.vmap(fn, in_axes=(0, 0, None, 0))(Theta, K, d, times)
+@functools.partial(jax.jit, static_argnames=("layout", "cfg", "method"))
+def _predict_batched(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorConfig, method: str):
+    """One method's closed form, vmapped over a leading batch axis of ``Theta``, ``K`` (depths) and of
+    ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
+    compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
+    is not recomputed for it."""
+    fn = functools.partial(_CLOSED_FORMS[method], layout=layout, cfg=cfg)
+    return jax.vmap(lambda th, k, t: fn(th, k, d, times=t), in_axes=(0, 0, 0))(Theta, K, times)
 
 
-def _normalise_config(cfg: PredictorConfig) -> PredictorConfig:
-    """The static part of a config (times are passed traced so one compilation serves them all)."""
-    return dataclasses.replace(cfg, inner_time=0.0, finetune_time=0.0, outer_time=0.0)
+def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:
+    """The static part of a config for one method: times are passed traced, so one compilation
+    serves them all, and settings the method does not read are reset to their defaults, so that
+    one compilation serves every value of them."""
+    cfg = dataclasses.replace(cfg, inner_time=0.0, finetune_time=0.0, outer_time=0.0)
+    if method != "mtl":
+        cfg = dataclasses.replace(cfg, mtl_data="all", mtl_heads="shared")
+    if method in ("mtl", "baseline"):
+        cfg = dataclasses.replace(cfg, inner_steps=None, inner_l2=None)
+    if method == "baseline":
+        cfg = dataclasses.replace(cfg, outer_steps=None)
+    return cfg
 
 
 def _check_methods(methods: Sequence[str]) -> tuple:
@@ -473,7 +477,7 @@ def predict_from_kernels(
 
     Args:
       Theta, K: ``[P, P]`` kernels over ``tasks.all_points()``, or ``[B, P, P]`` for a batch (for
-        example every depth); a batch is computed in one vmapped, jitted call.
+        example every depth); a batch is computed in one vmapped, jitted call per method.
       tasks: the :class:`TaskSet` (labels; its layout fixes the point order).
       config: one :class:`PredictorConfig`, or a list of ``B`` configs differing only in their times
         (one per batch entry; a single config is broadcast).
@@ -481,11 +485,12 @@ def predict_from_kernels(
       f0: ``[P, k]`` initial outputs of one network, or ``None`` for the mean predictor.
 
     Returns ``{method: Prediction(values [M, m_q, k], diagnostics)}``, or a list of those for a batch.
+    Inputs are prepared in numpy (the jitted calls take numpy arrays without a copy on CPU).
     """
     methods = _check_methods(methods)
     layout = tasks.layout
-    Theta = jnp.asarray(Theta, dtype=jnp.float64)
-    K = jnp.asarray(K, dtype=jnp.float64)
+    Theta = np.asarray(Theta, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
     batched = Theta.ndim == 3
     if not batched:
         Theta, K = Theta[None], K[None]
@@ -495,26 +500,28 @@ def predict_from_kernels(
     require(K.shape == Theta.shape, f"K has shape {tuple(K.shape)}, Theta has {tuple(Theta.shape)}")
     configs = list(config) if isinstance(config, (list, tuple)) else [config] * Theta.shape[0]
     require(len(configs) == Theta.shape[0], f"got {len(configs)} configs for {Theta.shape[0]} kernels")
-    static = _normalise_config(configs[0])
-    require(all(_normalise_config(c) == static for c in configs),
+    static = _static_config(configs[0], "mtl")
+    require(all(_static_config(c, "mtl") == static for c in configs),
             "a batch of configs may differ only in inner_time, finetune_time and outer_time")
-    if f0 is not None:
+    k = tasks.n_outputs
+    if f0 is None:
+        f0 = np.zeros((P, k))
+    else:
         f0 = np.asarray(f0, dtype=np.float64)
-        require(f0.shape[0] == P and f0.size == P * tasks.n_outputs,
-                f"f0 must have shape [{P}, {tasks.n_outputs}], got {f0.shape}")
+        require(f0.shape[0] == P and f0.size == P * k, f"f0 must have shape [{P}, {k}], got {f0.shape}")
         require(bool(np.all(np.isfinite(f0))), "f0 contains NaN or inf")
         require(configs[0].mtl_heads == "shared" or "mtl" not in methods,
                 "f0 (a single network's outputs) is defined for shared MTL heads only")
-    f0s, f0q, f0ts, f0tq = _split_f0(f0, layout, tasks.n_outputs)
-    data = _Data(jnp.asarray(tasks.train_support_y), jnp.asarray(tasks.train_query_y),
-                 jnp.asarray(tasks.test_support_y), f0s, f0q, f0ts, f0tq)
-    times = jnp.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], jnp.float64)
-    raw = _predict_batched(Theta, K, data, times, layout, static, methods)
-    raw = jax.device_get(raw)
+    data = _Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
+                 *_split_f0(f0.reshape(P, -1), layout))
+    times = np.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], np.float64)
+    raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)
+                          for m in methods})
     results = []
     for b in range(Theta.shape[0]):
         entry = {}
-        for method, (values, info) in raw.items():
+        for method in methods:
+            values, info = raw[method]
             v = np.asarray(values[b])
             entry[method] = Prediction(v, Diagnostics(float(info.min_eig_rel[b]), float(info.ridge_rel[b]),
                                                       float(info.cond[b]), bool(np.all(np.isfinite(v)))))

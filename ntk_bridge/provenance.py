@@ -1,39 +1,69 @@
-"""What produced a result: package versions, git commit, Python, machine and load (``config.json``)."""
+"""What produced a result: package versions, the source checkout, Python, machine and load
+(``config.json``), and the versions that fix a cell's numbers (:func:`numerics_versions`)."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
 from importlib import metadata
 
-__all__ = ["PACKAGES", "provenance"]
+__all__ = ["PACKAGES", "NUMERICS", "provenance", "numerics_versions", "source_checkout"]
 
 #: Distributions whose versions are recorded.
 PACKAGES = ("ntk-bridge", "jax", "jaxlib", "neural-tangents", "numpy", "scipy", "pandas", "optax",
-            "scikit-learn", "pillow", "kanjivg")
+            "scikit-learn", "pillow", "kanjivg", "threadpoolctl")
+#: Distributions whose versions can change a computed number (part of every cell's cache key);
+#: scipy: its LAPACK is what JAX calls on CPU.
+NUMERICS = ("jax", "jaxlib", "neural-tangents", "numpy", "scipy")
 
 
-def _git_commit() -> str | None:
-    """``HEAD`` of the checkout this package runs from (``+dirty`` with uncommitted tracked changes);
-    ``None`` outside a git checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
+def _version(dist: str) -> str | None:
     try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def numerics_versions() -> tuple[tuple[str, str | None], ...]:
+    """``(name, version)`` of ntk_bridge (with its cache version) and of :data:`NUMERICS`."""
+    import ntk_bridge
+    from ntk_bridge.sweep import CACHE_VERSION
+
+    return (("ntk_bridge", f"{ntk_bridge.__version__} (cache {CACHE_VERSION})"),
+            *((name, _version(name)) for name in NUMERICS))
+
+
+def _git(here: str, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return f"{commit}+dirty" if commit and dirty else commit
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_checkout() -> dict | None:
+    """``{'commit', 'dirty'}`` when this package runs from a git checkout of this project (the
+    package folder is ``<top>/ntk_bridge`` of the work tree and ``<top>/pyproject.toml`` names
+    ``ntk-bridge``); ``None`` otherwise (an installed copy: its version says what it is)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if not top or os.path.realpath(os.path.join(top, "ntk_bridge")) != os.path.realpath(package):
+        return None
+    try:
+        with open(os.path.join(top, "pyproject.toml"), encoding="utf-8") as fh:
+            if 'name = "ntk-bridge"' not in fh.read():
+                return None
+    except OSError:
+        return None
+    commit = _git(package, "rev-parse", "HEAD")
+    status = _git(package, "status", "--porcelain", "--untracked-files=no")
+    return dict(commit=commit, dirty=bool(status)) if commit else None
 
 
 def provenance() -> dict:
-    """Package versions, git commit, Python version, platform, CPU count and load average."""
-    versions = {}
-    for dist in PACKAGES:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return dict(versions=versions, git_commit=_git_commit(), python=platform.python_version(),
-                platform=platform.platform(), cpu_count=os.cpu_count(), load_average=list(os.getloadavg()))
+    """Package versions, the source checkout (if any), Python version, platform, CPU count and load."""
+    return dict(versions={dist: _version(dist) for dist in PACKAGES}, source=source_checkout(),
+                python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
+                load_average=list(os.getloadavg()))

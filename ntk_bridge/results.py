@@ -1,4 +1,5 @@
-"""Results tables: rate fits with confidence intervals, baseline comparisons, the run summary.
+"""Results tables: rate fits with confidence intervals and baseline comparisons (numbers; the report
+that renders them is :mod:`ntk_bridge.report`).
 
 Only rows whose ``status`` is ``ok`` enter fits and figures; the others are counted and reported.
 """
@@ -9,19 +10,22 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from ntk_bridge.errors import require
 
-__all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged", "summary_markdown"]
+__all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged",
+           "ok_rows"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
-    """Fit ``y = c x^p`` by least squares on ``log y`` vs ``log x`` (``scipy.stats.linregress``).
+    """Fit ``y = c x^p`` by least squares on ``log y`` vs ``log x``.
 
     Non-finite and non-positive points are dropped. Returns ``(p, ci95_low, ci95_high, n)`` with the
     t-based 95% interval ``p +- t_{0.975, n-2} stderr`` (NaN bounds for ``n < 3``; all NaN for
-    ``n < 2`` or a single distinct ``x``).
+    ``n < 2`` or a single distinct ``x``): the numbers of ``scipy.stats.linregress`` (tested against
+    it), computed here without importing ``scipy.stats``, which would add half a second to every
+    command's start-up.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -31,11 +35,15 @@ def fit_power_law(x, y) -> tuple[float, float, float, int]:
     n = int(x.size)
     if n < 2 or np.unique(x).size < 2:
         return math.nan, math.nan, math.nan, n
-    fit = stats.linregress(x, y)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ dy) / sxx
     if n < 3:
-        return float(fit.slope), math.nan, math.nan, n
-    half = stats.t.ppf(0.975, n - 2) * fit.stderr
-    return float(fit.slope), float(fit.slope - half), float(fit.slope + half), n
+        return slope, math.nan, math.nan, n
+    residual = dy - slope * dx
+    stderr = math.sqrt(float(residual @ residual) / (n - 2) / sxx)
+    half = float(special.stdtrit(n - 2, 0.975)) * stderr
+    return slope, slope - half, slope + half, n
 
 
 GROUP = ["method", "width", "inner_time", "finetune_time", "outer_time", "mtl_data"]
@@ -90,9 +98,26 @@ def depth_slopes(df: pd.DataFrame, column: str = "gap_to_mtl_rel") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def depth_ranges(depths) -> str:
+    """Sorted integers as contiguous ranges: ``[2, 3, 4, 8, 9]`` -> ``'2..4, 8..9'``; ``'none'``."""
+    depths = sorted(int(d) for d in depths)
+    if not depths:
+        return "none"
+    spans, start, prev = [], depths[0], depths[0]
+    for d in depths[1:] + [None]:
+        if d is not None and d == prev + 1:
+            prev = d
+            continue
+        spans.append(str(start) if start == prev else f"{start}..{prev}")
+        if d is not None:
+            start = prev = d
+    return ", ".join(spans)
+
+
 def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
     """Median test MSE of each method vs the no-transfer baseline, at the shallowest and the deepest
-    depth, and the deepest depth at which the method still beats the baseline."""
+    depth; the depths at which the method beats the baseline (``depths_beating_baseline``, as
+    ranges) and the deepest of them."""
     d = ok_rows(df)
     if "network" in d:
         d = d[d["network"].astype(str).isin(["mean", "ensemble"])]
@@ -114,65 +139,9 @@ def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
                              baseline_min_depth=base[lo], depth_max=hi, mse_max_depth=s[hi],
                              baseline_max_depth=base[hi],
                              deepest_beating_baseline=max(beats) if beats else float("nan"),
+                             depths_beating_baseline="all" if len(beats) == len(common) else depth_ranges(beats),
                              beats_baseline_everywhere=len(beats) == len(common)))
     return pd.DataFrame(rows)
-
-
-def _fmt(v, digits=3):
-    if isinstance(v, str):
-        return v
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    return f"{v:.{digits}g}"
-
-
-def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def summary_markdown(df: pd.DataFrame, command: str, config: dict) -> str:
-    """The run's ``summary.md``: slopes with CIs, baseline comparison, flagged rows."""
-    parts = ["# ntk-bridge sweep summary", "", f"Command: `{command}`", ""]
-    parts.append(f"Rows: {len(df)} ({df['status'].eq('ok').sum()} ok). Tasks: {config.get('tasks')}.")
-    bad = flagged(df)
-    if len(bad):
-        parts.append("Flagged rows (excluded from fits and figures): "
-                     + ", ".join(f"{k}: {v}" for k, v in bad.items()) + ".")
-    parts += ["", "## Gap to MTL vs depth: fitted log-log slopes (median over test tasks)", "",
-              "`gap_to_mtl_rel = ||F_method - F_MTL|| / ||F_MTL||` on each test task's query set. "
-              "The theory predicts O(lambda*tau + 1/L): a slope near -1 where the 1/L term dominates.", ""]
-    slopes = depth_slopes(df)
-    if len(slopes):
-        slopes = slopes[slopes["method"] != "baseline"]
-        parts.append(markdown_table(slopes, ["method", "width", "inner_time", "finetune_time", "outer_time",
-                                             "mtl_data", "slope", "ci95_low", "ci95_high", "n_depths",
-                                             "first", "last"]))
-    parts += ["", "## Against the no-transfer baseline (median test MSE)", "",
-              "Closeness is only interesting while the methods still beat a head fine-tuned on an "
-              "untrained body.", ""]
-    base = baseline_table(df)
-    if len(base):
-        parts.append(markdown_table(base, ["method", "width", "inner_time", "depth_min", "mse_min_depth",
-                                           "baseline_min_depth", "depth_max", "mse_max_depth",
-                                           "baseline_max_depth", "deepest_beating_baseline"]))
-    else:
-        parts.append("No test labels: test errors unavailable.")
-    fits = finite_width_fits(df)
-    if len(fits):
-        parts += ["", "## Finite widths: distance to the infinite-width predictor vs width", "",
-                  "`dist_to_infinite_rel ~ width^p`, one point per network and width (its mean over test "
-                  "tasks); NTK theory: p about -1/2.", ""]
-        parts.append(markdown_table(fits, ["method", "depth", "inner_time", "mtl_data", "exponent", "ci95_low",
-                                           "ci95_high", "n"]))
-    parts.append("")
-    return "\n".join(parts)
 
 
 def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,14 +3,20 @@
 A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time,
 mtl_data)``. Its rows (one per method x test task, and per network for finite widths) are written
 atomically to ``<run>/cells/<key>.csv`` the moment they are computed, where ``key`` is a SHA-256 of
-the cell's full configuration (task data fingerprint, architecture, methods, package cache version).
-A rerun skips cells whose file exists, so an interrupted run resumes and never duplicates rows;
-``results.csv`` is rebuilt from the cell files of the current grid.
+everything that determines them (:func:`cell_context`: task data fingerprint, architecture, methods,
+the BLAS thread count, the versions of ntk_bridge and of the numerical packages). A rerun skips
+cells whose file exists and verifies (:class:`ntk_bridge.runs.RunFolder`), so an interrupted run
+resumes and never duplicates rows; ``results.csv`` is rebuilt from the cell files of the current
+grid.
 
 Work is grouped into *units* that an executor runs: all infinite-width cells of one task set form one
-unit (one kernel pass gives every depth, streamed one depth at a time), each finite-width cell
-is its own unit. Units are pure functions of their description, so they can run in-process or on
-Dask workers (:mod:`ntk_bridge.distributed`); only the client writes files.
+unit (one kernel pass gives every depth, streamed one depth at a time), the finite-width cells of one
+width and depth form one unit (they share training runs). Units are pure functions of their
+description, so they can run in-process or on Dask workers (:mod:`ntk_bridge.distributed`); only
+the client writes files.
+
+:func:`run_sweep` owns the run folder: besides ``cells/`` it writes ``results.csv``,
+``config.json``, ``summary.md`` and the figures, exactly as ``ntk-bridge sweep`` does.
 """
 from __future__ import annotations
 
@@ -19,21 +25,24 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
-from typing import Callable, Iterable, Iterator, Sequence
+import time
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ntk_bridge.errors import UserError, require
-from ntk_bridge.kernels import Architecture, kernels_by_depth
-from ntk_bridge.predictors import METHODS, PredictorConfig, predict_from_kernels, status_of
+from ntk_bridge import runtime
+from ntk_bridge.errors import require
+from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import GENERATORS, TaskSet, load_tasks
 
-__all__ = ["SweepConfig", "Cell", "Unit", "plan", "compute_unit", "run_sweep", "COLUMNS", "CACHE_VERSION"]
+__all__ = ["SweepConfig", "Cell", "Unit", "plan", "make_units", "iter_unit", "run_sweep", "cell_context",
+           "COLUMNS", "CACHE_VERSION", "METHODS"]
 
-CACHE_VERSION = 2
+#: Bumped when a change of ntk_bridge's code changes the numbers a cell holds (part of every key).
+CACHE_VERSION = 3
+#: Methods a sweep can compute (the no-transfer baseline is always computed as well).
+METHODS = ("mtl", "anil", "maml", "fomaml")
 
 #: Columns of ``results.csv`` (documented in the README, "Results").
 COLUMNS = [
@@ -79,17 +88,21 @@ class SweepConfig:
     finite_dtype: str = "float64"
     linearized: bool = True
     rcond: float = 1e-10
+    blas_threads: int = runtime.DEFAULT_BLAS_THREADS
 
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
         require(len(self.widths) > 0 and all(w >= 1 for w in self.widths), "--width: widths must be >= 1")
         bad = [m for m in self.methods if m not in METHODS]
-        require(not bad, f"--methods: unknown method(s) {', '.join(bad)}")
+        require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        require("fomaml" not in self.methods or any(math.isfinite(w) for w in self.widths),
+                "--methods: fomaml exists for finite widths only (its infinite-width kernel is not MAML's)")
         for name in ("train_tasks", "support", "query", "test_tasks", "dim", "seeds"):
             require(int(getattr(self, name)) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         require(self.finite_mode in ("centred", "raw"), "--finite-mode must be 'centred' or 'raw'")
         require(int(self.outer_steps) >= 1, "--outer-steps must be >= 1")
         require(self.finite_dtype in ("float64", "float32"), "--finite-dtype must be 'float64' or 'float32'")
+        require(int(self.blas_threads) >= 1, "--blas-threads must be >= 1")
 
     def training(self):
         """How finite networks are trained (:class:`ntk_bridge.finite.TrainingConfig`)."""
@@ -134,7 +147,10 @@ class Cell:
     def infinite(self) -> bool:
         return math.isinf(self.width)
 
-    def predictor_config(self, rcond: float, steps: dict | None = None) -> PredictorConfig:
+    def predictor_config(self, rcond: float, steps: dict | None = None):
+        """The cell's :class:`~ntk_bridge.predictors.PredictorConfig`."""
+        from ntk_bridge.predictors import PredictorConfig
+
         return PredictorConfig(inner_time=self.inner_time, finetune_time=self.finetune_time,
                                outer_time=self.outer_time, mtl_data=self.mtl_data, rcond=rcond,
                                **(steps or {}))
@@ -164,10 +180,16 @@ class Unit:
 
 
 def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> dict:
-    """What, besides the cell's own fields, determines its rows (part of the cache key); finite-width
+    """What, besides the cell's own fields, determines its rows (part of the cache key): the task
+    data, architecture, methods, ridge floor, the BLAS thread count and the versions of ntk_bridge
+    and of the numerical packages (:func:`ntk_bridge.provenance.numerics_versions`); finite-width
     cells also depend on how their networks are trained."""
+    from ntk_bridge.kernels import Architecture
+    from ntk_bridge.provenance import numerics_versions
+
     ctx = dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.methods),
-               architecture=Architecture().describe(), rcond=config.rcond)
+               architecture=Architecture().describe(), rcond=config.rcond,
+               blas_threads=int(config.blas_threads), versions=dict(numerics_versions()))
     if finite:
         ctx.update(seeds=config.seeds, finite_mode=config.finite_mode, training=config.training().to_dict())
     return ctx
@@ -179,7 +201,8 @@ def plan(config: SweepConfig) -> tuple[TaskSet, list[Cell], list[str]]:
     cells = [Cell(config.task_seed, float(w), int(d), float(s), float(f), float(o), m)
              for w in config.widths for s in config.inner_times for f in config.finetune_times
              for o in config.outer_times for m in config.mtl_data for d in config.depths]
-    ctx = {False: cell_context(config, tasks), True: cell_context(config, tasks, finite=True)}
+    ctx = {finite: cell_context(config, tasks, finite=finite)
+           for finite in {not c.infinite for c in cells}}
     return tasks, cells, [c.key(ctx[not c.infinite]) for c in cells]
 
 
@@ -248,31 +271,43 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]
     """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass over the
     layers gives every depth; each depth's cells are computed as soon as its kernels exist.
 
-    Each (depth, times) cell is one jitted call (compiled once per task layout): XLA's batched
-    kernels round differently for different batch sizes, and a cell's numbers must not depend on
-    which other cells happened to be pending (resume, Dask). On CPU this is also no slower than
-    vmapping over depths (``benchmarks/``).
+    Each method is one jitted call per (depth, times) (compiled once per task layout and method):
+    XLA's batched kernels round differently for different batch sizes, and a cell's numbers must not
+    depend on which other cells happened to be pending (resume, Dask). On CPU this is also no slower
+    than vmapping over depths (``benchmarks/``). The methods that do not depend on MTL's training
+    set (ANIL, MAML, the baseline) are computed once for all the ``mtl_data`` cells of a depth and
+    time combination; their numbers are the same bits as when computed per cell.
     """
+    from ntk_bridge.kernels import kernels_by_depth
+    from ntk_bridge.predictors import predict_from_kernels, status_of
+
     cfg = unit.config
-    methods = tuple(dict.fromkeys(("mtl", "baseline") + tuple(cfg.methods)))
-    by_depth: dict[int, list[tuple[Cell, str]]] = {}
+    others = tuple(dict.fromkeys(("baseline",) + tuple(m for m in cfg.methods if m != "mtl")))
+    by_depth: dict[int, dict[tuple, list[tuple[Cell, str]]]] = {}
     for c, k in zip(unit.cells, unit.keys):
-        by_depth.setdefault(c.depth, []).append((c, k))
+        times = (c.inner_time, c.finetune_time, c.outer_time)
+        by_depth.setdefault(c.depth, {}).setdefault(times, []).append((c, k))
     for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth)):
-        for cell, key in by_depth[kern.depth]:
-            res = predict_from_kernels(kern.ntk, kern.readout, tasks, cell.predictor_config(cfg.rcond), methods)
-            base = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
-                        finetune_time=cell.finetune_time, outer_time=cell.outer_time,
-                        mtl_data=cell.mtl_data, seed=0, network="mean", dist_to_infinite_rel=0.0,
-                        dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
-                        mode="mean", cell=key)
-            yield key, metric_rows({m: p.values for m, p in res.items()},
-                                   {m: status_of(p.diagnostics) for m, p in res.items()}, tasks, base,
-                                   {m: p.diagnostics for m, p in res.items()})
+        for group in by_depth[kern.depth].values():
+            shared = predict_from_kernels(kern.ntk, kern.readout, tasks, group[0][0].predictor_config(cfg.rcond),
+                                          others)
+            for cell, key in group:
+                res = dict(predict_from_kernels(kern.ntk, kern.readout, tasks, cell.predictor_config(cfg.rcond),
+                                                ("mtl",)), **shared)
+                res = {m: res[m] for m in dict.fromkeys(("mtl", "baseline") + tuple(cfg.methods))}
+                base = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
+                            finetune_time=cell.finetune_time, outer_time=cell.outer_time,
+                            mtl_data=cell.mtl_data, seed=0, network="mean", dist_to_infinite_rel=0.0,
+                            dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
+                            mode="mean", cell=key)
+                yield key, metric_rows({m: p.values for m, p in res.items()},
+                                       {m: status_of(p.diagnostics) for m, p in res.items()}, tasks, base,
+                                       {m: p.diagnostics for m, p in res.items()})
 
 
 def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]:
     from ntk_bridge import finite
+    from ntk_bridge.kernels import Architecture, kernels_by_depth
 
     cfg = unit.config
     methods = tuple(m for m in cfg.methods if m != "baseline")
@@ -297,52 +332,17 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, list[dict]]]
 
 
 def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, list[dict]]]:
-    """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes."""
+    """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
+    at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`)."""
     tasks = tasks if tasks is not None else unit.config.load_tasks()
-    if unit.cells[0].infinite:
-        yield from _infinite_rows(unit, tasks)
-    else:
-        yield from _finite_rows(unit, tasks)
-
-
-def compute_unit(unit: Unit) -> list[tuple[str, list[dict]]]:
-    """A unit's results as a list (what a remote worker returns)."""
-    return list(iter_unit(unit))
+    rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
+    with runtime.blas_threads(unit.config.blas_threads):
+        yield from rows(unit, tasks)
 
 
 # ---------------------------------------------------------------------------------------------
-# The cache on disk
+# Results
 # ---------------------------------------------------------------------------------------------
-
-def cell_path(run_dir: str, key: str) -> str:
-    return os.path.join(run_dir, "cells", f"{key}.csv")
-
-
-def write_cell(run_dir: str, key: str, rows: list[dict]) -> None:
-    """Write a cell's rows atomically (temporary file in the same folder, then ``os.replace``)."""
-    folder = os.path.join(run_dir, "cells")
-    os.makedirs(folder, exist_ok=True)
-    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, cell_path(run_dir, key))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_cells(run_dir: str, keys: Iterable[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(cell_path(run_dir, k), keep_default_na=True) for k in keys
-              if os.path.exists(cell_path(run_dir, k))]
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.concat(frames, ignore_index=True)
-
 
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(("mtl", "anil", "maml", "fomaml", "baseline"))}
@@ -352,47 +352,76 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
 
 
-def check_writable(run_dir: str, cells: bool = True) -> None:
-    """Create ``run_dir`` (and, for a run folder, ``cells/``) and prove it is writable, or raise
-    ``UserError``."""
-    try:
-        os.makedirs(os.path.join(run_dir, "cells") if cells else run_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise UserError(f"--out: cannot write to {run_dir} ({exc.strerror or exc})") from None
+def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The cells' rows as one sorted table in the :data:`COLUMNS` schema."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return sort_results(pd.concat(frames, ignore_index=True))
 
 
-def run_sweep(config: SweepConfig, run_dir: str, executor=None,
-              on_start: Callable[[int, int], None] | None = None,
-              on_cell: Callable[[str], None] | None = None) -> pd.DataFrame:
+class Progress:
+    """What a sweep reports while it runs (override any method; the defaults do nothing).
+
+    ``start(total, cached, damaged)``: cells in the grid, cells found in the cache, damaged cell
+    files that will be recomputed; ``cell(key)``: a cell was computed and written.
+    """
+
+    def start(self, total: int, cached: int, damaged: int) -> None:
+        pass
+
+    def cell(self, key: str) -> None:
+        pass
+
+
+def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,
+              figures: bool = True, command: str | None = None, release_memory: bool = False) -> pd.DataFrame:
     """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
+
+    Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``,
+    ``config.json``, ``summary.md`` and, with ``figures``, the figures of the run
+    (:func:`ntk_bridge.report.write_run`) -- the same folder ``ntk-bridge sweep`` writes.
 
     Args:
       executor: ``None`` for in-process, else an object with ``map_units(units) -> iterator of
         (key, rows)`` (see :mod:`ntk_bridge.distributed`).
-      on_start: called with ``(total cells, already done)`` before work starts.
-      on_cell: called with each finished cell's key (progress).
+      progress: a :class:`Progress` to report to.
+      command: the command line to record (``config.json``, ``summary.md``).
+      release_memory: drop JAX's compiled programs (``jax.clear_caches()``, every program of the
+        process; they reload from the persistent compilation cache) once the cells are computed and
+        before the figures are drawn: the command line does this, which keeps the default sweep's
+        peak memory about 60 MB lower (``benchmarks/README.md``).
     """
+    from ntk_bridge.report import write_run
+
+    started = time.time()
+    progress = progress or Progress()
+    folder = RunFolder(run_dir)
     tasks, cells, keys = plan(config)
-    check_writable(run_dir)
-    done = {k for k in keys if os.path.exists(cell_path(run_dir, k))}
+    folder.check_writable()
+    done, damaged = folder.read_cells(dict.fromkeys(keys))
     pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
-    if on_start:
-        on_start(len(cells), len(done))
-    units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
-    if executor is None:
-        stream = (item for u in units for item in iter_unit(u, tasks))
-    else:
-        stream = executor.map_units(units)
-    wanted = set(keys)
-    # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
-    with contextlib.closing(stream):
-        for key, rows in stream:
-            if key in wanted and not os.path.exists(cell_path(run_dir, key)):
-                write_cell(run_dir, key, rows)
-            if on_cell:
-                on_cell(key)
-    df = sort_results(read_cells(run_dir, dict.fromkeys(keys)))
+    progress.start(len(set(keys)), len(done), len(damaged))
+    if pending:
+        runtime.enable_compilation_cache()
+        units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
+        if executor is None:
+            stream = (item for u in units for item in iter_unit(u, tasks))
+        else:
+            stream = executor.map_units(units)
+        wanted = {k for _, k in pending}
+        # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
+        with contextlib.closing(stream):
+            for key, rows in stream:
+                if key in wanted:
+                    folder.write_cell(key, pd.DataFrame(rows).reindex(columns=COLUMNS))
+                    wanted.discard(key)
+                    progress.cell(key)
+        done.update(folder.read_cells(k for _, k in pending)[0])
+        if release_memory:
+            import jax
+
+            jax.clear_caches()
+    df = results_table([done[k] for k in dict.fromkeys(keys) if k in done])
+    write_run(folder, df, config, command=command, started=started, figures=figures, damaged=len(damaged))
     return df

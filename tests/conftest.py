@@ -1,8 +1,9 @@
-"""Shared test set-up: float64 on, strict dtype promotion, an explicit PRNG key per test."""
+"""Shared test set-up: float64 on, an explicit PRNG key per test, notebooks in quick mode."""
 import os
 import zlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Notebooks executed by the suite (pytest --nbmake) run small: they read NTK_BRIDGE_QUICK.
+os.environ.setdefault("NTK_BRIDGE_QUICK", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

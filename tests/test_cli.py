@@ -1,37 +1,55 @@
-"""The command line: a small sweep end to end, and every user error as one line with exit code 2."""
+"""The command line, through its real entry point (``ntk_bridge.cli.main``): a small sweep end to
+end, and every user error as one line with exit code 2."""
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from ntk_bridge.cli import app
+from ntk_bridge.cli import main
 from ntk_bridge.tasks import subspace_tasks
 
 SMALL = ["--train-tasks", "3", "--test-tasks", "2", "--support", "3", "--query", "4", "--dim", "5"]
 
 
+class Result:
+    def __init__(self, code, out, err):
+        self.exit_code, self.stdout, self.stderr = code, out, err
+        self.output = out + err
+
+
+class Runner:
+    """Runs ``main(argv)`` and captures what it prints."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def invoke(self, argv):
+        self.capsys.readouterr()
+        code = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return Result(code, out, err)
+
+
 @pytest.fixture
-def runner():
-    return CliRunner()
+def runner(capsys):
+    return Runner(capsys)
 
 
 def test_sweep_end_to_end(runner, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
+    res = runner.invoke(["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
     assert res.exit_code == 0, res.output
     for name in ("results.csv", "config.json", "summary.md", "gap_vs_depth.png", "gap_vs_depth.pdf"):
         assert (out / name).exists(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["depths"] == [1, 2, 3, 4]
     assert cfg["versions"]["neural-tangents"] == "0.6.5"
-    assert "slope" in res.output and "baseline" in res.output
+    assert "slope" in res.stdout and "baseline" in res.stdout and "sweep" in res.stderr
     assert "slope" in (out / "summary.md").read_text()
     # a rerun resumes: nothing recomputed, same table
     before = (out / "results.csv").read_text()
-    res = runner.invoke(app, ["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
+    res = runner.invoke(["sweep", "--depth", "1..4", "--inner-time", "0.1,1", "--out", str(out), *SMALL])
     assert res.exit_code == 0
     assert (out / "results.csv").read_text() == before
 
@@ -39,7 +57,7 @@ def test_sweep_end_to_end(runner, tmp_path):
 def test_sweep_on_a_tasks_file(runner, tmp_path):
     path = tmp_path / "t.npz"
     subspace_tasks(seed=5, n_train=3, n_test=2, n_support=2, n_query=3, dim=4).save(path)
-    res = runner.invoke(app, ["sweep", "--depth", "1,3", "--tasks", str(path), "--inner-time", "0.5",
+    res = runner.invoke(["sweep", "--depth", "1,3", "--tasks", str(path), "--inner-time", "0.5",
                               "--out", str(tmp_path / "run"), "--no-figures"])
     assert res.exit_code == 0, res.output
     assert f"Tasks: {path}." in (tmp_path / "run" / "summary.md").read_text()
@@ -67,7 +85,7 @@ BAD = [
 @pytest.mark.parametrize("args, word", BAD)
 def test_bad_input_is_one_line_exit_2_nothing_written(runner, tmp_path, args, word):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["sweep", *args, "--out", str(out), *SMALL])
+    res = runner.invoke(["sweep", *args, "--out", str(out), *SMALL])
     assert res.exit_code == 2, res.output
     lines = [l for l in res.output.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], res.output
@@ -78,23 +96,23 @@ def test_bad_input_is_one_line_exit_2_nothing_written(runner, tmp_path, args, wo
 def test_malformed_tasks_file(runner, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_support_x=np.zeros((2, 3, 4)))
-    res = runner.invoke(app, ["sweep", "--tasks", str(bad), "--out", str(tmp_path / "run")])
+    res = runner.invoke(["sweep", "--tasks", str(bad), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "lacks key" in res.output and not (tmp_path / "run").exists()
     junk = tmp_path / "junk.npz"
     junk.write_text("hello")
-    res = runner.invoke(app, ["sweep", "--tasks", str(junk), "--out", str(tmp_path / "run")])
+    res = runner.invoke(["sweep", "--tasks", str(junk), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "not a readable" in res.output
 
 
 def test_unwritable_output_folder(runner, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    res = runner.invoke(app, ["sweep", "--depth", "1..2", "--out", str(blocker / "run"), *SMALL])
-    assert res.exit_code == 2 and res.output.startswith("error: --out"), res.output
+    res = runner.invoke(["sweep", "--depth", "1..2", "--out", str(blocker / "run"), *SMALL])
+    assert res.exit_code == 2 and res.stderr.startswith("error: --out"), res.output
 
 
 def test_help_documents_every_option(runner):
-    res = runner.invoke(app, ["sweep", "--help"])
+    res = runner.invoke(["sweep", "--help"])
     assert res.exit_code == 0
     for opt in ("--depth", "--width", "--inner-time", "--finetune-time", "--outer-time", "--methods",
                 "--mtl-data", "--tasks", "--train-tasks", "--support", "--query", "--test-tasks", "--dim",
@@ -106,16 +124,16 @@ def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp
     out = tmp_path / "run"
     args = ["sweep", "--width", "16,32,64", "--depth", "1,2", "--seeds", "2", "--outer-steps", "5", "--methods",
             "mtl,anil", "--inner-time", "0.1", "--mtl-data", "query", "--no-linearized", "--out", str(out), *SMALL]
-    res = runner.invoke(app, args)
+    res = runner.invoke(args)
     assert res.exit_code == 0, res.output
-    assert "fitted exponent" in res.output
+    assert "exponent" in res.stdout
     for name in ("distance_vs_width.png", "finite_gap_vs_depth.png", "finite_gap_vs_depth.csv"):
         assert (out / name).is_file(), name
     results = pd.read_csv(out / "results.csv")
     assert set(results["width"]) == {16, 32, 64} and set(results["outer_steps"]) == {5}
     assert results["dist_to_linearized_rel"].isna().all()  # --no-linearized
     summary = (out / "summary.md").read_text()
-    assert "Finite widths" in summary and "exponent" in summary
+    assert "infinite-width predictor vs width" in summary and "exponent" in summary
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["outer_steps"] == 5 and cfg["linearized"] is False and cfg["finite_dtype"] == "float64"
 
@@ -139,3 +157,30 @@ def test_finite_gap_table_counts_each_closed_form_once(runner, tmp_path):
     raw = df[df["mode"] == "raw"]
     table = figs.finite_gap_vs_depth_table(raw)
     assert table["infinite_gap_to_mtl_rel_q50"].iloc[0] == pytest.approx(raw["infinite_gap_to_mtl_rel"].median())
+
+
+def test_version_and_choices_in_help(runner):
+    import ntk_bridge
+
+    res = runner.invoke(["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"ntk-bridge {ntk_bridge.__version__}"
+    res = runner.invoke(["sweep", "--help"])
+    assert res.exit_code == 0
+    for choices in ("centred|raw", "float64|float32"):
+        assert choices in res.stdout, choices
+    text = " ".join(res.stdout.replace("│", " ").split())
+    assert "mtl, anil, maml, fomaml" in text
+
+
+def test_sweep_methods_are_the_sweeps():
+    from ntk_bridge.cli import SWEEP_METHODS
+    from ntk_bridge.sweep import METHODS
+
+    assert SWEEP_METHODS == METHODS
+
+
+def test_unknown_option_and_command_are_one_line(runner):
+    for argv in (["sweep", "--no-such-option"], ["no-such-command"]):
+        res = runner.invoke(argv)
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.output

@@ -23,8 +23,9 @@ import cloudpickle  # noqa: E402  (comes with distributed)
 
 import ntk_bridge.distributed as nd  # noqa: E402
 from ntk_bridge.errors import UserError  # noqa: E402
-from ntk_bridge.sweep import (SweepConfig, cell_path, iter_unit, make_units, plan,  # noqa: E402
-                              run_sweep)
+from ntk_bridge.provenance import numerics_versions  # noqa: E402
+from ntk_bridge.runs import RunFolder  # noqa: E402
+from ntk_bridge.sweep import Progress, SweepConfig, iter_unit, make_units, plan, run_sweep  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -75,7 +76,7 @@ def assert_same_run(run, reference, config=CONFIG):
     _, cells, keys = plan(config)
     assert config is not CONFIG or len(keys) == N_CELLS
     for key in keys:
-        with open(cell_path(run, key), "rb") as a, open(cell_path(ref_run, key), "rb") as b:
+        with open(RunFolder(run).cell_path(key), "rb") as a, open(RunFolder(ref_run).cell_path(key), "rb") as b:
             assert a.read() == b.read(), key
     assert sorted(n for n in os.listdir(os.path.join(run, "cells")) if not n.startswith(".")) == \
         sorted(f"{k}.csv" for k in keys)
@@ -83,6 +84,20 @@ def assert_same_run(run, reference, config=CONFIG):
     assert df.to_csv(index=False) == ref_csv
     assert not df.duplicated(["cell", "method", "network", "test_task"]).any()
     assert df["cell"].nunique() == len(keys)
+
+
+class Calls(Progress):
+    """Records ``start`` and calls ``on_cell`` for every cell written."""
+
+    def __init__(self, on_cell=None):
+        self.starts, self.on_cell = [], on_cell
+
+    def start(self, total, cached, damaged):
+        self.starts.append((total, cached))
+
+    def cell(self, key):
+        if self.on_cell:
+            self.on_cell(key)
 
 
 def as_text(items) -> str:
@@ -171,7 +186,7 @@ def test_workers_import_ntk_bridge_and_float64_from_the_unit_function(cluster, r
         before = client.run(_probe)
         tasks, cells, keys = plan(CONFIG)
         unit = nd.split_units(make_units(CONFIG, cells, keys), min_units=N_CELLS)[0]
-        settings = nd.client_settings()
+        settings = numerics_versions()
         addresses = sorted(before)
         results = [client.submit(nd.compute_remote, unit, tasks, settings, workers=[a], pure=False).result()
                    for a in addresses]
@@ -189,12 +204,13 @@ def test_dask_run_is_byte_identical_to_in_process(executor, reference, tmp_path)
     assert_same_run(run, reference)
 
 
-def test_worker_runs_the_clients_blas_threads(executor, tmp_path):
+def test_worker_runs_the_sweeps_blas_threads(executor, tmp_path):
     # Dask's nanny starts workers with OPENBLAS_NUM_THREADS=1; the LAPACK behind jax's eigh/solve
     # rounds differently with another thread count once kernels are a few hundred points wide (300
-    # here; the 35 of CONFIG are too few to tell). On a one-core machine this passes trivially.
+    # here; the 35 of CONFIG are too few to tell). The sweep asks for 2: workers must follow it, as
+    # the in-process run does. On a one-core machine this passes trivially.
     config = SweepConfig(depths=(2,), inner_times=(0.1,), mtl_data=("all",), train_tasks=10, test_tasks=10,
-                         support=5, query=10, dim=16)
+                         support=5, query=10, dim=16, blas_threads=2)
     local = str(tmp_path / "local")
     reference = (local, run_sweep(config, local).to_csv(index=False))
     run = str(tmp_path / "dask")
@@ -220,12 +236,12 @@ def test_interrupted_client_resumes_in_any_mode(cluster, reference, tmp_path):
     run = str(tmp_path / "dask_then_local")
     with nd.DaskExecutor(address=cluster.scheduler_address) as ex:
         with pytest.raises(KeyboardInterrupt):
-            run_sweep(CONFIG, run, executor=ex, on_cell=interrupt)
+            run_sweep(CONFIG, run, executor=ex, progress=Calls(interrupt))
     (first,) = os.listdir(os.path.join(run, "cells"))  # one complete cell file, no temporary files
     stat = os.stat(os.path.join(run, "cells", first))
-    starts = []
-    run_sweep(CONFIG, run, on_start=lambda total, done: starts.append((total, done)))
-    assert starts == [(N_CELLS, 1)]
+    calls = Calls()
+    run_sweep(CONFIG, run, progress=calls)
+    assert calls.starts == [(N_CELLS, 1)]
     assert os.stat(os.path.join(run, "cells", first)).st_mtime_ns == stat.st_mtime_ns  # not rewritten
     assert_same_run(run, reference)
 
@@ -239,12 +255,12 @@ def test_interrupted_client_resumes_in_any_mode(cluster, reference, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(CONFIG, run, on_cell=interrupt_second)
-    starts = []
+        run_sweep(CONFIG, run, progress=Calls(interrupt_second))
+    calls = Calls()
     with nd.DaskExecutor(address=cluster.scheduler_address) as ex:
         for _ in range(2):
-            run_sweep(CONFIG, run, executor=ex, on_start=lambda total, done: starts.append((total, done)))
-    assert starts == [(N_CELLS, 2), (N_CELLS, N_CELLS)]
+            run_sweep(CONFIG, run, executor=ex, progress=calls)
+    assert calls.starts == [(N_CELLS, 2), (N_CELLS, N_CELLS)]
     assert_same_run(run, reference)
 
 
@@ -315,30 +331,24 @@ def test_finite_width_cell_on_a_worker(executor, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_cli_workers_gives_the_in_process_results(tmp_path):
-    from typer.testing import CliRunner
-
-    from ntk_bridge.cli import app
+    from ntk_bridge.cli import main
 
     # One cell: a single unit, so one fresh worker (not two) has to import and compile.
     args = CLI_ARGS + ["--depth", "2", "--inner-time", "0.1"]
-    local = CliRunner().invoke(app, args + ["--out", str(tmp_path / "local")])
-    assert local.exit_code == 0, local.output
-    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "dask"), "--workers", "2"])
-    assert result.exit_code == 0, result.output
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    assert main(args + ["--out", str(tmp_path / "dask"), "--workers", "2"]) == 0
     text = (tmp_path / "dask" / "results.csv").read_text()
     assert text == (tmp_path / "local" / "results.csv").read_text()
     assert len(text.splitlines()) == 1 + 4 * 2  # header + (mtl, anil, maml, baseline) x 2 test tasks
 
 
-def test_cli_unreachable_scheduler_one_line_exit_2(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from ntk_bridge.cli import app
+def test_cli_unreachable_scheduler_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from ntk_bridge.cli import main
 
     monkeypatch.setattr(nd, "CONNECT_TIMEOUT", 1.0)
     address = f"tcp://127.0.0.1:{free_loopback_port()}"
-    result = CliRunner().invoke(app, CLI_ARGS + ["--out", str(tmp_path / "out"), "--scheduler", address])
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
+    capsys.readouterr()
+    assert main(CLI_ARGS + ["--out", str(tmp_path / "out"), "--scheduler", address]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"error: --scheduler: cannot reach the Dask scheduler at {address}")

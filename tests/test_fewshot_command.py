@@ -1,33 +1,30 @@
-"""The ``fewshot`` command through typer's CliRunner, registered on a tiny app as the main CLI does."""
+"""The ``fewshot`` command through the real entry point (``ntk_bridge.cli.main``)."""
 import json
 
 import pandas as pd
 import pytest
-import typer
-from typer.testing import CliRunner
 
+from ntk_bridge.cli import main
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot.command import apply_overrides, fewshot_command, parse_int_list
+from ntk_bridge.fewshot.command import apply_overrides, parse_int_list
 from ntk_bridge.fewshot.experiment import RESULT_COLUMNS
 from ntk_bridge.fewshot.train import default_method_config
-
-app = typer.Typer()
-app.command("fewshot")(fewshot_command)
-
-
-@app.callback()
-def _main() -> None:
-    """Keeps ``fewshot`` a subcommand, as in the real CLI."""
-
 
 TINY = ["--dataset", "digits", "--ways", "3", "--arch", "mlp", "--width", "32", "--depth", "1", "--max-steps", "4",
         "--test-episodes", "12", "--val-episodes", "3", "--checkpoints", "2", "--budget-minutes", "1"]
 
 
-def test_fewshot_writes_tables_figure_and_provenance(tmp_path):
+def run(capsys, argv):
+    capsys.readouterr()
+    code = main(["fewshot", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["fewshot", *TINY, "--shots", "2", "--out", str(out), "--set", "maml.inner_lr=0.2"])
-    assert result.exit_code == 0, result.output
+    code, stdout, stderr = run(capsys, [*TINY, "--shots", "2", "--out", str(out), "--set", "maml.inner_lr=0.2"])
+    assert code == 0, stdout + stderr
     for name in ("results.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png", "accuracy_vs_time.pdf"):
         assert (out / name).is_file(), name
     results = pd.read_csv(out / "results.csv")
@@ -38,11 +35,11 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path):
     maml = [m for m in config["experiment"]["methods"] if m["method"] == "maml"][0]
     assert maml["inner_lr"] == 0.2
     assert config["provenance"]["versions"]["neural-tangents"] == "0.6.5"
-    assert "nn-pixels" in result.output and "maml" in result.output
+    assert "nn-pixels" in stdout and "maml" in stdout
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--dataset", "cifar"], "unknown dataset"),
+    (["--dataset", "cifar"], "--dataset"),
     (["--shots", "0"], "positive integers"),
     (["--shots", "1,x"], "comma-separated"),
     (["--methods", "mtl,reptile"], "unknown method"),
@@ -51,16 +48,16 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path):
     (["--ways", "5"], "5 classes but the split has"),
     (["--clock", "gpu"], "--clock"),
 ])
-def test_user_errors_raise_user_error(args, match, tmp_path):
-    result = CliRunner().invoke(app, ["fewshot", *TINY, "--out", str(tmp_path / "x"), *args])
-    assert isinstance(result.exception, UserError), result.output
-    assert match in str(result.exception)
+def test_user_errors_are_one_line_exit_2(args, match, tmp_path, capsys):
+    code, stdout, stderr = run(capsys, [*TINY, "--out", str(tmp_path / "x"), *args])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], stderr
+    assert "Traceback" not in stdout + stderr
 
 
-def test_missing_data_dir_names_the_layout(tmp_path):
-    result = CliRunner().invoke(app, ["fewshot", "--dataset", "mini-imagenet", "--data-dir", str(tmp_path)])
-    assert isinstance(result.exception, UserError)
-    assert "mini-imagenet-cache-train.pkl" in str(result.exception)
+def test_missing_data_dir_names_the_layout(tmp_path, capsys):
+    code, _, stderr = run(capsys, ["--dataset", "mini-imagenet", "--data-dir", str(tmp_path)])
+    assert code == 2 and "mini-imagenet-cache-train.pkl" in stderr
 
 
 def test_helpers():

@@ -10,16 +10,10 @@ import pytest
 from ntk_bridge import sweep as sw
 from ntk_bridge.predictors import PredictorConfig, predict
 from ntk_bridge.results import depth_slopes, fit_power_law
+from ntk_bridge.runs import RunFolder
 
 SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2, support=3,
              query=4, dim=5)
-
-
-def csv_text(run_dir):
-    df = sw.sort_results(sw.read_cells(run_dir, os.listdir(os.path.join(run_dir, "cells"))
-                                       and [f[:-4] for f in os.listdir(os.path.join(run_dir, "cells"))
-                                            if f.endswith(".csv")]))
-    return df.to_csv(index=False)
 
 
 def test_schema_and_values_match_predictors(tmp_path):
@@ -46,7 +40,7 @@ def test_rerun_skips_finished_cells_and_is_deterministic(tmp_path, monkeypatch):
     cfg = sw.SweepConfig(**SMALL)
     first = sw.run_sweep(cfg, str(tmp_path / "a"))
     calls = []
-    monkeypatch.setattr(sw, "write_cell", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(RunFolder, "write_cell", lambda *a, **k: calls.append(a))
     again = sw.run_sweep(cfg, str(tmp_path / "a"))
     assert calls == []  # nothing recomputed or rewritten
     pd.testing.assert_frame_equal(first, again)
@@ -57,16 +51,16 @@ def test_rerun_skips_finished_cells_and_is_deterministic(tmp_path, monkeypatch):
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
     cfg = sw.SweepConfig(**SMALL)
-    real_write = sw.write_cell
+    real_write = RunFolder.write_cell
     written = []
 
-    def flaky(run_dir, key, rows):
+    def flaky(folder, key, rows):
         if len(written) == 3:
             raise KeyboardInterrupt  # Ctrl-C while the 4th cell is being written
-        real_write(run_dir, key, rows)
+        real_write(folder, key, rows)
         written.append(key)
 
-    monkeypatch.setattr(sw, "write_cell", flaky)
+    monkeypatch.setattr(RunFolder, "write_cell", flaky)
     with pytest.raises(KeyboardInterrupt):
         sw.run_sweep(cfg, str(tmp_path))
     monkeypatch.undo()
@@ -84,9 +78,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        sw.write_cell(str(tmp_path), "abc", [dict(method="mtl")])
+        RunFolder(tmp_path).write_cell("abc", pd.DataFrame([dict(method="mtl")]))
     assert os.listdir(tmp_path / "cells") == []
 
 
@@ -95,7 +89,7 @@ def test_changing_the_grid_reuses_common_cells(tmp_path):
     sw.run_sweep(cfg, str(tmp_path))
     bigger = sw.SweepConfig(**dict(SMALL, depths=(1, 2, 3, 5, 8)))
     _, cells, keys = sw.plan(bigger)
-    done = [k for k in keys if os.path.exists(sw.cell_path(str(tmp_path), k))]
+    done = [k for k in keys if RunFolder(tmp_path).read_cell(k) is not None]
     assert len(done) == 8 and len(keys) == 10
     df = sw.run_sweep(bigger, str(tmp_path))
     assert sorted(df.depth.unique()) == [1, 2, 3, 5, 8]
@@ -147,3 +141,50 @@ def test_finite_cells_of_one_width_and_depth_share_runs_and_match_cells_run_alon
     assert not set(keys) & set(other)
     inf_a = sw.plan(sw.SweepConfig(**dict(SMALL, outer_steps=11)))[2]
     assert inf_a == sw.plan(sw.SweepConfig(**SMALL))[2]
+
+
+def test_blas_threads_are_part_of_the_key_and_a_resume_under_another_count_recomputes(tmp_path, monkeypatch):
+    one = sw.SweepConfig(**dict(SMALL, blas_threads=1))
+    two = sw.SweepConfig(**dict(SMALL, blas_threads=2))
+    assert set(sw.plan(one)[2]).isdisjoint(sw.plan(two)[2])
+    sw.run_sweep(one, str(tmp_path))
+    written = []
+    real = RunFolder.write_cell
+
+    def record(folder, key, rows):
+        written.append(key)
+        real(folder, key, rows)
+
+    monkeypatch.setattr(RunFolder, "write_cell", record)
+    df = sw.run_sweep(two, str(tmp_path))
+    assert sorted(written) == sorted(sw.plan(two)[2])  # every cell recomputed, none mixed in
+    assert set(df["cell"]) == set(sw.plan(two)[2])
+
+
+def test_the_python_api_writes_the_run_folder_the_cli_writes(tmp_path, capsys):
+    from ntk_bridge.cli import main
+
+    cfg = sw.SweepConfig(**SMALL)
+    sw.run_sweep(cfg, str(tmp_path / "api"))
+    args = ["sweep", "--depth", "1,2,3,5", "--inner-time", "0.1,1", "--mtl-data", "all", "--train-tasks", "3",
+            "--test-tasks", "2", "--support", "3", "--query", "4", "--dim", "5", "--out", str(tmp_path / "cli")]
+    assert main(args) == 0
+    for name in ("results.csv", "config.json", "summary.md", "gap_vs_depth.png", "gap_vs_depth.pdf",
+                 "gap_vs_depth.csv"):
+        assert (tmp_path / "api" / name).is_file() and (tmp_path / "cli" / name).is_file(), name
+    for name in ("results.csv", "gap_vs_depth.csv"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    api = (tmp_path / "api" / "summary.md").read_text()
+    cli = (tmp_path / "cli" / "summary.md").read_text()
+    assert api == cli.replace(f"Command: `ntk-bridge {' '.join(args)}`\n\n", "")
+
+
+def test_a_rerun_with_nothing_new_does_not_redraw_the_figure(tmp_path):
+    cfg = sw.SweepConfig(**SMALL)
+    sw.run_sweep(cfg, str(tmp_path))
+    png = tmp_path / "gap_vs_depth.png"
+    stamp = png.stat().st_mtime_ns
+    sw.run_sweep(cfg, str(tmp_path))
+    assert png.stat().st_mtime_ns == stamp
+    sw.run_sweep(sw.SweepConfig(**dict(SMALL, depths=(1, 2, 3, 5, 6))), str(tmp_path))
+    assert png.stat().st_mtime_ns != stamp  # a new depth: a new table, a new figure

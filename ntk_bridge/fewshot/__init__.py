@@ -18,3 +18,10 @@ Data flows one way, one module per step:
 Networks run in float32 (parameters and data are cast explicitly) although ``import ntk_bridge``
 enables float64.
 """
+
+__all__ = ["DATASETS", "NATIVE_SIZE"]
+
+#: Datasets ``ntk-bridge fewshot --dataset`` knows (:func:`ntk_bridge.fewshot.data.load_dataset`).
+DATASETS = ("kanji", "omniglot", "mini-imagenet", "digits")
+#: Their native image side in pixels.
+NATIVE_SIZE = {"kanji": 28, "omniglot": 28, "mini-imagenet": 84, "digits": 8}

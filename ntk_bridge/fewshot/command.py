@@ -12,21 +12,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.provenance import provenance
-from ntk_bridge.fewshot.data import DATASETS, NATIVE_SIZE, load_dataset
-from ntk_bridge.fewshot.experiment import ExperimentConfig, check_methods, run_experiment
-from ntk_bridge.fewshot.models import ModelConfig
-from ntk_bridge.fewshot.report import comparison_table, plot_accuracy_vs_time, write_tables
-from ntk_bridge.fewshot.train import MethodConfig, default_method_config
+from ntk_bridge.fewshot import DATASETS, NATIVE_SIZE
 
 #: What ``--quick`` changes (a smoke run in about a minute of training).
 QUICK = {"budget_minutes": 1.0, "test_episodes": 100, "val_episodes": 30, "checkpoints": 6, "max_classes": 300}
@@ -43,8 +34,11 @@ def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
-def apply_overrides(configs: list[MethodConfig], settings: list[str]) -> list[MethodConfig]:
-    """Apply ``--set METHOD.FIELD=VALUE`` overrides (``METHOD`` may be ``all``)."""
+def apply_overrides(configs: list, settings: list[str]) -> list:
+    """Apply ``--set METHOD.FIELD=VALUE`` overrides (``METHOD`` may be ``all``) to
+    :class:`~ntk_bridge.fewshot.train.MethodConfig` objects."""
+    from ntk_bridge.fewshot.train import MethodConfig
+
     fields = {f.name: f for f in dataclasses.fields(MethodConfig) if f.name != "method"}
     for setting in settings:
         target, _, value = setting.partition("=")
@@ -65,7 +59,8 @@ def apply_overrides(configs: list[MethodConfig], settings: list[str]) -> list[Me
 
 
 def fewshot_command(
-    dataset: str = typer.Option("kanji", help=f"One of {', '.join(DATASETS)}."),
+    dataset: Literal[DATASETS] = typer.Option("kanji", help="Dataset (nothing is downloaded; omniglot and "
+                                             "mini-imagenet need --data-dir)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder of an omniglot or mini-imagenet copy you already have."),
     ways: int = typer.Option(5, help="Classes per task."),
     shots: str = typer.Option("1,5", help="Comma-separated support images per class; one run per value."),
@@ -73,7 +68,8 @@ def fewshot_command(
     budget_minutes: float = typer.Option(
         8.0, help="Total training time, split equally across shot settings, then equally across the methods "
         "still to run (time a method leaves by converging early passes on). Validation and testing are extra."),
-    clock: str = typer.Option("wall", help="Budget clock: wall, or cpu (process CPU seconds; fairer on a shared machine)."),
+    clock: Literal["wall", "cpu"] = typer.Option(
+        "wall", help="Budget clock: wall, or cpu (process CPU seconds; fairer on a shared machine)."),
     max_steps: Optional[int] = typer.Option(None, help="Also stop each run after this many outer steps."),
     seed: int = typer.Option(0, help="Seed of initialisation and of training, validation and test episodes."),
     data_seed: int = typer.Option(0, help="Seed of the kanji rendering and of the class splits."),
@@ -81,11 +77,12 @@ def fewshot_command(
     test_queries: int = typer.Option(15, help="Query images per class in test episodes."),
     val_episodes: int = typer.Option(100, help="Validation episodes per checkpoint."),
     checkpoints: int = typer.Option(20, help="Validation checkpoints per run (also the curve's points)."),
-    arch: str = typer.Option("conv4", help="Body: conv4 or mlp."),
+    arch: Literal["conv4", "mlp"] = typer.Option("conv4", help="Body: conv4 or mlp."),
     width: int = typer.Option(32, help="Channels per conv block (or MLP hidden units)."),
     depth: int = typer.Option(4, help="Conv blocks (or MLP hidden layers)."),
     layer_norm: bool = typer.Option(True, help="LayerNorm over each example's feature map before each ReLU."),
-    parameterization: str = typer.Option("standard", help="standard or ntk (neural-tangents' meaning)."),
+    parameterization: Literal["standard", "ntk"] = typer.Option(
+        "standard", help="standard or ntk (neural-tangents' meaning)."),
     meta_batch: Optional[int] = typer.Option(None, help="Episodes per outer step for every method "
                                              "(default: MTL 16, ANIL and MAML 4)."),
     train_queries: Optional[int] = typer.Option(None, help="Query images per class in training episodes for every "
@@ -100,6 +97,18 @@ def fewshot_command(
     quick: bool = typer.Option(False, help=f"Smoke run: sets {', '.join(f'{k}={v}' for k, v in QUICK.items())}."),
 ) -> None:
     """Compare first-order MTL with ANIL and MAML on N-way K-shot classification (accuracy vs training time)."""
+    from rich import box
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from ntk_bridge.fewshot.data import load_dataset
+    from ntk_bridge.fewshot.experiment import ExperimentConfig, check_methods, run_experiment
+    from ntk_bridge.fewshot.models import ModelConfig
+    from ntk_bridge.fewshot.report import comparison_table, plot_accuracy_vs_time, write_tables
+    from ntk_bridge.fewshot.train import default_method_config
+    from ntk_bridge.provenance import provenance
+
     started = time.perf_counter()
     console = Console()
     if not console.is_terminal:  # logs and pipes: no reason to squeeze the tables into 80 columns

@@ -27,12 +27,9 @@ import numpy as np
 from PIL import Image
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot import render
+from ntk_bridge.fewshot import DATASETS, NATIVE_SIZE, render
 
 SPLITS = ("train", "val", "test")
-DATASETS = ("kanji", "omniglot", "mini-imagenet", "digits")
-#: Native image side of each dataset (the default ``image_size``).
-NATIVE_SIZE = {"kanji": 28, "omniglot": 28, "mini-imagenet": 84, "digits": 8}
 
 KANJIVG_CREDIT = (
     "Stroke data: KanjiVG (https://kanjivg.tagaini.net), copyright (C) 2009/2010/2011 Ulrich Apel, "

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression

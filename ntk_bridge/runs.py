@@ -1,0 +1,146 @@
+"""Run folders: every file a run writes goes through :func:`atomic_write`; cells verify themselves.
+
+A run folder holds::
+
+    cells/<key>.csv     one file per grid cell (the cache; see below)
+    results.csv         every row of the current grid, sorted
+    config.json         resolved configuration, provenance, command, wall time
+    summary.md          the report tables
+    <figure>.png/.pdf/.csv
+
+**Atomic, with the user's permissions.** :func:`atomic_write` writes a temporary file in the target
+folder and renames it over the target (``os.replace``), so a reader (or a rerun after a crash) sees
+the old file or the new one, never a part. Files get the permissions the user's umask gives a new
+file (``tempfile.mkstemp`` alone would leave them ``0600``).
+
+**Self-verifying cells.** A cell file starts with one line ``# ntk_bridge cell v1 rows=N
+sha256=H`` followed by the CSV of its rows; ``H`` is the SHA-256 of the CSV bytes. A file that is
+empty, cut short, altered or unparseable fails :meth:`RunFolder.read_cell` and counts as missing, so
+the cell is computed again (a file can only be damaged from outside: a full disk outside the atomic
+rename, a power loss before the data reached the disk, an editor).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from typing import Iterable
+
+import pandas as pd
+
+from ntk_bridge.errors import UserError
+
+__all__ = ["atomic_write", "RunFolder", "CELL_FORMAT"]
+
+#: Version of the cell file format (the first line of every cell file).
+CELL_FORMAT = 1
+_HEADER = re.compile(rb"^# ntk_bridge cell v(\d+) rows=(\d+) sha256=([0-9a-f]{64})\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename), with
+    the permissions the umask gives a new file. On any error the temporary file is removed and the
+    old ``path`` (if any) is untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _csv_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue().encode()
+
+
+class RunFolder:
+    """The files of one run (see the module docstring). Creating the object creates nothing;
+    :meth:`check_writable` creates the folder and proves it writable, ``cells/`` appears with the
+    first cell."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.cells = os.path.join(self.path, "cells")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def check_writable(self, option: str = "--out") -> None:
+        """Create the folder and prove it is writable, or raise ``UserError`` naming ``option``."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UserError(f"{option}: cannot write to {self.path} ({exc.strerror or exc})") from None
+
+    # -- cells ---------------------------------------------------------------------------------
+    def cell_path(self, key: str) -> str:
+        return os.path.join(self.cells, f"{key}.csv")
+
+    def write_cell(self, key: str, rows: pd.DataFrame) -> None:
+        """Write one cell's rows (a DataFrame in the results schema) atomically, with its header."""
+        os.makedirs(self.cells, exist_ok=True)
+        body = _csv_bytes(rows)
+        header = f"# ntk_bridge cell v{CELL_FORMAT} rows={len(rows)} sha256={hashlib.sha256(body).hexdigest()}\n"
+        atomic_write(self.cell_path(key), header.encode() + body)
+
+    def read_cell(self, key: str) -> pd.DataFrame | None:
+        """The cell's rows, or ``None`` if its file is missing or fails verification."""
+        try:
+            with open(self.cell_path(key), "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None
+        match = _HEADER.match(blob)
+        if match is None or int(match.group(1)) != CELL_FORMAT:
+            return None
+        body = blob[match.end():]
+        if hashlib.sha256(body).hexdigest() != match.group(3).decode():
+            return None
+        try:
+            df = pd.read_csv(io.BytesIO(body), keep_default_na=True)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+            return None
+        return df if len(df) == int(match.group(2)) else None
+
+    def read_cells(self, keys: Iterable[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+        """``({key: rows} of the cells that verify, [keys whose file exists but is damaged])``."""
+        good, damaged = {}, []
+        for key in keys:
+            df = self.read_cell(key)
+            if df is not None:
+                good[key] = df
+            elif os.path.exists(self.cell_path(key)):
+                damaged.append(key)
+        return good, damaged
+
+    # -- the other files -----------------------------------------------------------------------
+    def write_table(self, name: str, df: pd.DataFrame) -> None:
+        atomic_write(self.file(name), _csv_bytes(df))
+
+    def write_json(self, name: str, payload: dict) -> None:
+        atomic_write(self.file(name), json.dumps(payload, indent=2, default=str) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.file(name), text)

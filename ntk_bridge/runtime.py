@@ -1,0 +1,166 @@
+"""The process's numerical runtime: float64, no TensorFlow, BLAS threads, the compilation cache.
+
+Everything here changes how (or how fast) numbers are computed in this process, so it lives in one
+place:
+
+* **float64.** ``import ntk_bridge`` turns on ``jax_enable_x64`` (every kernel computation is float64;
+  the gaps of interest are below float32 noise). If JAX is not imported yet this is done through the
+  ``JAX_ENABLE_X64`` environment variable, which JAX reads when it is first imported, so that
+  ``import ntk_bridge`` (and ``ntk-bridge --help``) does not pay JAX's start-up.
+* **No TensorFlow.** ``import neural_tangents`` runs ``from . import experimental``, whose
+  ``empirical_tf`` module imports TensorFlow, tf2jax and jax2tf (5-10 s and about 600 MB, plus
+  TensorFlow's C++ log lines on the console). ntk_bridge never uses that module.
+  :func:`defer_neural_tangents_experimental` (called by ``import ntk_bridge``, before anything
+  imports neural-tangents) puts a stand-in for ``neural_tangents.experimental`` in ``sys.modules``
+  that imports the real module only when one of its attributes is used. This is the only place
+  where ntk_bridge reaches into a third-party package's import; neural-tangents is pinned to 0.6.5,
+  and ``tests/test_runtime.py`` checks that TensorFlow is absent after a sweep, a finite-width cell
+  and a few-shot step, and that ``neural_tangents.experimental.empirical_ntk_fn_tf`` still resolves.
+  (``importlib.util.LazyLoader`` cannot do this: the import system reads ``__spec__`` of a module
+  it finds in ``sys.modules``, and a lazy module loads on that access.)
+* **BLAS threads.** JAX's CPU ``eigh`` and ``solve`` call scipy's LAPACK, whose OpenBLAS rounds
+  differently with different thread counts. :func:`blas_threads` fixes the count (threadpoolctl)
+  for a block of work; sweeps record it in ``config.json`` and in every cell's cache key.
+* **Compilation cache.** :func:`enable_compilation_cache` points JAX's persistent compilation cache
+  at ``<cache>/jax`` (:func:`cache_dir`), so a second run of a given shape does not recompile.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import types
+
+__all__ = ["prepare", "defer_neural_tangents_experimental", "cache_dir", "enable_compilation_cache",
+           "blas_threads", "current_blas_threads", "DEFAULT_BLAS_THREADS"]
+
+#: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
+#: thread is the fastest here: a sweep's matrices are 100-300 points square, where a second OpenBLAS
+#: thread only adds synchronisation (``benchmarks/README.md``, "BLAS threads").
+DEFAULT_BLAS_THREADS = 1
+
+_EXPERIMENTAL = "neural_tangents.experimental"
+
+
+def defer_neural_tangents_experimental() -> None:
+    """Make ``neural_tangents.experimental`` (and with it TensorFlow) load only on first use.
+
+    A no-op when neural-tangents is already imported (then it is too late) or not installed.
+    """
+    if "neural_tangents" in sys.modules or _EXPERIMENTAL in sys.modules:
+        return
+    root = importlib.util.find_spec("neural_tangents")
+    if root is None or not root.submodule_search_locations:
+        return
+    path = os.path.join(list(root.submodule_search_locations)[0], "experimental")
+    init = os.path.join(path, "__init__.py")
+    if not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location(_EXPERIMENTAL, init, submodule_search_locations=[path])
+    stub = types.ModuleType(_EXPERIMENTAL, "Stand-in for neural_tangents.experimental: imports the real "
+                                           "module (and TensorFlow) when one of its attributes is used.")
+    stub.__path__ = [path]
+    stub.__file__ = spec.origin
+    stub.__spec__ = spec
+    stub.__package__ = _EXPERIMENTAL
+
+    def load():
+        if sys.modules.get(_EXPERIMENTAL) is stub:
+            real = importlib.util.module_from_spec(spec)
+            sys.modules[_EXPERIMENTAL] = real
+            try:
+                spec.loader.exec_module(real)
+            except BaseException:
+                sys.modules[_EXPERIMENTAL] = stub
+                raise
+            parent = sys.modules.get("neural_tangents")
+            if parent is not None:
+                parent.experimental = real
+        return sys.modules[_EXPERIMENTAL]
+
+    def __getattr__(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(load(), attr)
+
+    stub.__getattr__ = __getattr__
+    sys.modules[_EXPERIMENTAL] = stub
+
+
+def _enable_x64() -> None:
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_enable_x64", True)
+    else:
+        os.environ["JAX_ENABLE_X64"] = "1"
+
+
+def prepare() -> None:
+    """What ``import ntk_bridge`` does: float64 on, TensorFlow deferred, TensorFlow's C++ logs off
+    (should anything load it after all)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    defer_neural_tangents_experimental()
+    _enable_x64()
+
+
+def cache_dir(*parts: str) -> str:
+    """ntk_bridge's cache folder: ``$NTK_BRIDGE_CACHE``, else ``$XDG_CACHE_HOME/ntk_bridge``, else
+    ``~/.cache/ntk_bridge``; ``parts`` are joined below it (nothing is created)."""
+    root = os.environ.get("NTK_BRIDGE_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "ntk_bridge")
+    return os.path.join(root, *parts)
+
+
+def enable_compilation_cache() -> str | None:
+    """Point JAX's persistent compilation cache at ``cache_dir('jax')`` (every program, however
+    quick to compile). Returns the folder, or ``None`` when it cannot be created (then JAX compiles
+    as usual) or ``NTK_BRIDGE_JAX_CACHE=0``. JAX keys entries by program, JAX/XLA version, backend and
+    flags, so a stale entry is never used; loading one gives the same executable, bit for bit."""
+    if os.environ.get("NTK_BRIDGE_JAX_CACHE", "1") == "0":
+        return None
+    folder = cache_dir("jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return jax.config.jax_compilation_cache_dir
+
+
+def _load_lapack() -> None:
+    # JAX's CPU LAPACK (eigh, solve) calls scipy's OpenBLAS, which is loaded only by the first JAX
+    # linalg call or an import of scipy.linalg: load it now, or a thread limit would miss it.
+    import scipy.linalg  # noqa: F401
+
+
+def current_blas_threads() -> int:
+    """The largest thread count among the loaded BLAS libraries (after loading JAX's LAPACK)."""
+    from threadpoolctl import threadpool_info
+
+    _load_lapack()
+    counts = [int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return max(counts) if counts else 1
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run the block with every loaded BLAS library (numpy's, scipy's: JAX's LAPACK) at ``n`` threads.
+
+    Raises ``RuntimeError`` if the libraries do not accept the limit (results would then not be the
+    ones recorded under that thread count).
+    """
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    _load_lapack()
+    with threadpool_limits(limits=int(n), user_api="blas"):
+        got = {int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"}
+        if got and got != {int(n)}:
+            raise RuntimeError(f"the BLAS libraries run {sorted(got)} threads, not the {n} requested")
+        yield

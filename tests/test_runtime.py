@@ -1,0 +1,108 @@
+"""ntk_bridge.runtime: no TensorFlow at run time, lazy command modules, BLAS threads, the cache folder.
+
+The import checks run in fresh interpreters: what a process has imported is the point.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+
+from ntk_bridge import runtime
+
+TINY_SWEEP = ["sweep", "--depth", "1,2", "--inner-time", "0.1", "--mtl-data", "all", "--train-tasks", "2",
+              "--test-tasks", "2", "--support", "2", "--query", "3", "--dim", "4"]
+
+
+def run_python(code: str, tmp_path, **env) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line, which is returned."""
+    environ = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), **env)
+    environ.pop("NTK_BRIDGE_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=environ,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_no_tensorflow_after_a_sweep_a_finite_cell_and_a_fewshot_step(tmp_path):
+    result = run_python(f"""
+        import json, sys
+        from ntk_bridge.cli import main
+        seen = {{}}
+        assert main(["--help"]) == 0
+        seen["help"] = sorted(m for m in ("jax", "neural_tangents", "ntk_bridge.fewshot.train", "sklearn")
+                              if m in sys.modules)
+        assert main({TINY_SWEEP!r} + ["--out", "inf", "--no-figures"]) == 0
+        assert main({TINY_SWEEP!r} + ["--width", "16", "--depth", "1", "--outer-steps", "2", "--out", "fin",
+                                      "--no-figures"]) == 0
+        seen["sweep"] = sorted(m for m in ("ntk_bridge.fewshot.train", "sklearn", "optax") if m in sys.modules)
+        assert main(["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--arch", "mlp",
+                     "--width", "16", "--depth", "1", "--max-steps", "2", "--methods", "mtl,anil",
+                     "--test-episodes", "4", "--val-episodes", "2", "--checkpoints", "1", "--out", "fs"]) == 0
+        seen["fewshot_ran"] = "ntk_bridge.fewshot.train" in sys.modules
+        seen["tensorflow"] = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf2jax"))
+        print(json.dumps(seen))
+    """, tmp_path)
+    assert result["help"] == []  # --help loads neither JAX nor the few-shot stack
+    assert result["sweep"] == []  # a sweep does not load the few-shot stack
+    assert result["fewshot_ran"]
+    assert result["tensorflow"] == []
+
+
+def test_neural_tangents_experimental_still_loads_on_demand(tmp_path):
+    result = run_python("""
+        import json, sys
+        import ntk_bridge, neural_tangents as nt
+        before = "tensorflow" in sys.modules
+        fn = nt.experimental.empirical_ntk_fn_tf
+        print(json.dumps(dict(before=before, after="tensorflow" in sys.modules, name=fn.__name__)))
+    """, tmp_path)
+    assert result == dict(before=False, after=True, name="empirical_ntk_fn_tf")
+
+
+def test_float64_is_on_whether_jax_comes_first_or_not(tmp_path):
+    for order in ("import jax, ntk_bridge", "import ntk_bridge, jax"):
+        result = run_python(f"""
+            import json
+            {order}
+            import jax.numpy as jnp
+            print(json.dumps(str(jnp.zeros(1).dtype)))
+        """, tmp_path)
+        assert result == "float64", order
+
+
+def test_cache_dir_respects_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("NTK_BRIDGE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.cache_dir("jax") == str(tmp_path / "xdg" / "ntk_bridge" / "jax")
+    monkeypatch.setenv("NTK_BRIDGE_CACHE", str(tmp_path / "mine"))
+    assert runtime.cache_dir("jax") == str(tmp_path / "mine" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("NTK_BRIDGE_CACHE")
+    assert runtime.cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "ntk_bridge")
+
+
+def test_blas_threads_sets_and_restores_the_count():
+    before = runtime.current_blas_threads()
+    with runtime.blas_threads(1):
+        assert runtime.current_blas_threads() == 1
+    assert runtime.current_blas_threads() == before
+
+
+def test_compilation_cache_is_filled_and_reused(tmp_path):
+    code = """
+        import json, os
+        import ntk_bridge
+        from ntk_bridge import runtime
+        folder = runtime.enable_compilation_cache()
+        import jax, jax.numpy as jnp
+        jax.jit(lambda x: jnp.sin(x) * 2.0)(jnp.arange(3.0)).block_until_ready()
+        print(json.dumps(dict(folder=folder, entries=len(os.listdir(folder)))))
+    """
+    first = run_python(code, tmp_path)
+    assert first["folder"] == str(tmp_path / "cache" / "ntk_bridge" / "jax") and first["entries"] >= 1
+    assert run_python(code, tmp_path)["entries"] == first["entries"]  # the second run compiled nothing new
+    off = run_python(code.replace("folder = runtime", "os.environ['NTK_BRIDGE_JAX_CACHE'] = '0'; folder = runtime")
+                     .replace("len(os.listdir(folder))", "0"), tmp_path)
+    assert off["folder"] is None
