@@ -51,12 +51,12 @@ def grid(name: str, full: bool):
     from ntk_bridge.sweep import SweepConfig
 
     if name == "finite":
-        return SweepConfig(depths=(1, 2, 4) if full else (1, 2),
+        return SweepConfig.of(depths=(1, 2, 4) if full else (1, 2),
                            widths=(64.0, 128.0, 256.0) if full else (64.0, 128.0),
                            inner_times=(0.1,), finetune_times=(1.0,), outer_times=(1.0,),
                            methods=("mtl", "anil", "maml"), mtl_data=("all",), train_tasks=5, test_tasks=5,
                            support=5, query=5, dim=8)
-    return SweepConfig(depths=tuple(range(1, 33 if full else 17)), widths=(math.inf,),
+    return SweepConfig.of(depths=tuple(range(1, 33 if full else 17)), widths=(math.inf,),
                        inner_times=(0.01, 0.1, 1.0), finetune_times=(1.0,), outer_times=(math.inf,),
                        methods=("mtl", "anil", "maml"), mtl_data=("all", "query"))
 

@@ -151,7 +151,9 @@ def main(argv=None):
 
     import ntk_bridge  # noqa: F401  (float64)
     import reference as ref
+    from ntk_bridge import operators as O
     from ntk_bridge import predictors as P
+    from ntk_bridge.metrics import status_of
     from ntk_bridge.tasks import subspace_tasks
 
     methods = ("anil", "maml") if args.full else ("anil",)
@@ -179,16 +181,16 @@ def main(argv=None):
 
             # -- item 2: vectorised vs loop ------------------------------------------------------
             if not args.skip_loop:
-                dyn_inner = P.Dynamics(cfg.inner_time)
+                dyn_inner = O.Dynamics(cfg.inner_time)
 
                 @jax.jit
                 def meta_kernel_jit(th, g):  # the public meta_kernel's body, jitted
-                    A, _ = P._adapt_train(g, layout, dyn_inner, None, cfg.rcond)
-                    phi = P._meta_kernel_blocks(th, A, layout).reshape(nq, nq)
+                    A, _ = O.adapt_train(g, layout, dyn_inner, None, cfg.rcond)
+                    phi = O.meta_kernel_blocks(th, A, layout).reshape(nq, nq)
                     return 0.5 * (phi + phi.T)
 
                 jThm, jGm = jnp.asarray(Th), jnp.asarray(G)
-                phi_vec = P.meta_kernel(Th, G, layout, dyn_inner)
+                phi_vec = O.meta_kernel(Th, G, layout, dyn_inner)
                 phi_jit = np.asarray(meta_kernel_jit(jThm, jGm))
                 phi_loop = loop_meta_kernel(Th, G, layout, cfg.inner_time)
                 pred = P.predict_from_kernels(Th, K, tasks, cfg, (method,))[method]
@@ -198,7 +200,7 @@ def main(argv=None):
                 for threads in (None, 1):
                     with blas_context(threads):
                         t = C.interleaved({
-                            "meta_kernel": lambda: P.meta_kernel(Th, G, layout, dyn_inner),
+                            "meta_kernel": lambda: O.meta_kernel(Th, G, layout, dyn_inner),
                             "meta_kernel_jit": lambda: meta_kernel_jit(jThm, jGm),
                             "loop_meta_kernel": lambda: loop_meta_kernel(Th, G, layout, cfg.inner_time),
                             "predict": lambda: P.predict_from_kernels(Th, K, tasks, cfg, (method,)),
@@ -220,7 +222,7 @@ def main(argv=None):
                         maxrel_meta_kernel_jit_vs_eager=C.max_rel(phi_jit, phi_vec),
                         maxrel_meta_kernel_vs_reference=C.max_rel(phi_vec, phi_ref),
                         maxrel_prediction_vs_reference=C.max_rel(pred.values, pred_ref),
-                        cond_meta_kernel=float(ev[-1] / ev[0]), predictor_status=P.status_of(pred.diagnostics),
+                        cond_meta_kernel=float(ev[-1] / ev[0]), predictor_status=status_of(pred.diagnostics),
                         spread_predict=C.spread(t["predict"]), spread_reference=C.spread(t["reference_gbml"])))
                     r = loop_rows[-1]
                     print(f"  {method}, BLAS threads {r['blas_threads']}: meta-kernel loop/vectorised "
@@ -232,7 +234,7 @@ def main(argv=None):
             # -- item 3: predictor vs the floor of its dense linear algebra ------------------------
             if args.skip_floor:
                 continue
-            phi = P.meta_kernel(Th, G, layout, P.Dynamics(cfg.inner_time))
+            phi = O.meta_kernel(Th, G, layout, O.Dynamics(cfg.inner_time))
             m0 = np.linalg.eigvalsh(phi)
             fl = np.where(m0 > 1e-10 * m0[-1], 1.0 / np.maximum(m0, 1e-300), 0.0)  # any phi(m) will do
 
@@ -301,22 +303,22 @@ def main(argv=None):
             dyn_in, dyn_ft, dyn_out = cfg.inner, cfg.finetune, cfg.outer
             jG = jnp.asarray(G)
             jTh = jnp.asarray(Th)
-            adapt = jax.jit(lambda g: P._adapt_train(g, layout, dyn_in, None, cfg.rcond)[0])
+            adapt = jax.jit(lambda g: O.adapt_train(g, layout, dyn_in, None, cfg.rcond)[0])
             A = adapt(jG)
-            adapt_test = jax.jit(lambda g: P._adapt_test(g, layout, dyn_ft, None, cfg.rcond)[0])
+            adapt_test = jax.jit(lambda g: O.adapt_test(g, layout, dyn_ft, None, cfg.rcond)[0])
             Ahat = adapt_test(jG)
-            blocks = jax.jit(lambda th, a: P._meta_kernel_blocks(th, a, layout))
+            blocks = jax.jit(lambda th, a: O.meta_kernel_blocks(th, a, layout))
 
             @jax.jit
             def cross(th, ah, a):
                 N_ = layout.n_train
-                return (P._block(th, sl["test_query"], sl["train_query"], Mt, N_)
-                        - jnp.einsum("mab,mbjc->majc", ah, P._block(th, sl["test_support"], sl["train_query"], Mt, N_))
-                        - jnp.einsum("majd,jcd->majc", P._block(th, sl["test_query"], sl["train_support"], Mt, N_), a)
+                return (O.block(th, sl["test_query"], sl["train_query"], Mt, N_)
+                        - jnp.einsum("mab,mbjc->majc", ah, O.block(th, sl["test_support"], sl["train_query"], Mt, N_))
+                        - jnp.einsum("majd,jcd->majc", O.block(th, sl["test_query"], sl["train_support"], Mt, N_), a)
                         + jnp.einsum("mab,mbjd,jcd->majc", ah,
-                                     P._block(th, sl["test_support"], sl["train_support"], Mt, N_), a))
+                                     O.block(th, sl["test_support"], sl["train_support"], Mt, N_), a))
 
-            outer = jax.jit(lambda g: P._eigh_apply(g, dyn_out, None, cfg.rcond)[0])
+            outer = jax.jit(lambda g: O.eigh_apply(g, dyn_out, None, cfg.rcond)[0])
             eigh_only = jax.jit(jnp.linalg.eigh)
             pieces = {
                 "adapt_train (batched eigh of supports)": lambda: adapt(jG),
@@ -350,9 +352,9 @@ def main(argv=None):
         with events, blas_context(1):
             t_cold, _ = C.timed(lambda: P.predict_from_kernels(Th, K, tasks, cfg, allm))
         ce = events.total
-        phis = [P.meta_kernel(Th, G, tasks.layout, P.Dynamics(cfg.inner_time)) for G in (K, Th)]
-        idx, task = P._mtl_index(tasks.layout, "all")
-        mk = np.asarray(P.mtl_kernel(Th[np.ix_(idx, idx)], K[np.ix_(idx, idx)], task))
+        phis = [O.meta_kernel(Th, G, tasks.layout, O.Dynamics(cfg.inner_time)) for G in (K, Th)]
+        idx, task = O.mtl_index(tasks.layout, "all")
+        mk = np.asarray(O.mtl_kernel(Th[np.ix_(idx, idx)], K[np.ix_(idx, idx)], task))
 
         def np_floor_all():
             out = []

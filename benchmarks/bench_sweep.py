@@ -72,7 +72,7 @@ def child(out_dir: str) -> None:
     import ntk_bridge.sweep as sweep
     add("import ntk_bridge modules", time.perf_counter() - t)
     t = time.perf_counter()
-    figures._pyplot()
+    figures.style.pyplot()
     add("import matplotlib.pyplot", time.perf_counter() - t)
 
     def listener(event, duration, **_):

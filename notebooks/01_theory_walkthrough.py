@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 01 — The formulas of THEORY.md, each checked numerically
+# # 01 — The formulas of the theory (docs/theory.md), each checked numerically
 #
 # This notebook walks through the closed forms that ntk_bridge implements, on a problem small
 # enough to print, and checks every step against an independent computation. Nothing here is
@@ -28,7 +28,8 @@ import scipy.linalg
 
 import ntk_bridge  # enables float64 in JAX
 from ntk_bridge.kernels import Architecture, kernels_by_depth
-from ntk_bridge.predictors import Dynamics, PredictorConfig, inner_operator, meta_kernel, predict_from_kernels
+from ntk_bridge.operators import Dynamics, inner_operator, meta_kernel
+from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import subspace_tasks
 
 tasks = subspace_tasks(seed=0, n_train=3, n_test=2, n_support=3, n_query=4, dim=5)
@@ -115,7 +116,7 @@ print("|ANIL - NTK regression| =", np.abs(out["anil"].values - ntk_reg).max(), "
 # test time the head is reset to `w0` and fine-tuned on the test support with `K`.
 
 # %%
-from ntk_bridge.predictors import mtl_kernel
+from ntk_bridge.operators import mtl_kernel
 
 idx = np.arange(sl["train_query"].start, sl["train_query"].stop)
 task = np.repeat(np.arange(layout.n_train), layout.n_query)

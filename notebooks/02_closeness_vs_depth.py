@@ -27,7 +27,7 @@ from ntk_bridge import figures as figs
 from ntk_bridge.results import baseline_table, depth_slopes
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
-config = SweepConfig(depths=(1, 2, 4, 8, 16, 32, 64), inner_times=(0.01, 1.0), train_tasks=8, test_tasks=10)
+config = SweepConfig.of(depths=(1, 2, 4, 8, 16, 32, 64), inner_times=(0.01, 1.0), train_tasks=8, test_tasks=10)
 run_dir = tempfile.mkdtemp(prefix="ntk-bridge-nb02-")
 df = run_sweep(config, run_dir)
 print(len(df), "rows;", df["status"].value_counts().to_dict())

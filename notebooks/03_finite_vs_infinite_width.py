@@ -19,7 +19,7 @@
 # Notebooks 01 and 02 work with closed forms, which describe infinitely wide networks. The theorem's
 # `eps` term is the price of finite width. Here we train real networks of the same `stax`
 # definition by gradient descent (`ntk_bridge.finite`) and compare them with the closed forms.
-# Both sides take exactly the same discrete steps (THEORY.md §4, rung 3).
+# Both sides take exactly the same discrete steps (docs/theory.md §4, and §5 rung 3).
 #
 # A trained finite network differs from the infinite-width predictor for two reasons:
 # * **width error**: its tangent kernels at initialisation are random matrices. They equal `Theta`
@@ -43,10 +43,10 @@ from IPython.display import Image
 
 import ntk_bridge  # enables float64 in JAX
 from ntk_bridge import figures as figs
-from ntk_bridge.finite import (TrainingConfig, discretise, finite_cell, infinite_predictions, train_networks,
-                               width_exponents)
+from ntk_bridge.finite import TrainingConfig, discretise, finite_cell, infinite_predictions, train_networks
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
+from ntk_bridge.results import width_exponents
 from ntk_bridge.tasks import subspace_tasks
 
 METHODS = ("mtl", "anil", "maml")
@@ -140,7 +140,7 @@ rows = pd.concat([finite_cell(tasks, 1, w, config, METHODS, seed=0, n_networks=n
 schedule = rows.iloc[0]
 print(len(rows), "rows;", rows["status"].value_counts().to_dict())
 print(f"schedule: {schedule.inner_steps} inner steps, {schedule.finetune_steps} fine-tuning steps,"
-      f" {schedule.outer_steps} outer steps (outer time {schedule.outer_time:.2f})")
+      f" {schedule.outer_steps} outer steps (outer time {schedule.outer_time_used:.2f})")
 single = rows[rows["network"] != "ensemble"]
 print("median final / initial training loss:",
       single.groupby("method")["train_loss_rel"].median().map("{:.1e}".format).to_dict())

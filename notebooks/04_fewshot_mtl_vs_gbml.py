@@ -17,8 +17,8 @@
 # # 04 — Few-shot classification: MTL against ANIL and MAML under one time budget
 #
 # Notebooks 01–03 test the paper's *theoretical* claim, that MTL and gradient-based meta-learning
-# (GBML) predict alike for wide networks. This notebook walks through its *empirical* claim (THEORY.md
-# §1.3): on few-shot benchmarks, first-order multi-task learning matches state-of-the-art GBML while
+# (GBML) predict alike for wide networks. This notebook walks through its *empirical* claim (docs/theory.md
+# §1, item 3): on few-shot benchmarks, first-order multi-task learning matches state-of-the-art GBML while
 # training about an order of magnitude faster. The paper reports, for example, mini-ImageNet 5-way
 # 5-shot MTL at 77.72% in 3.7 GPU-hours against MetaOptNet at 78.63% in 85.6 GPU-hours.
 #

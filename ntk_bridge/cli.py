@@ -8,7 +8,6 @@ bad option answer without loading JAX.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shlex
 import sys
@@ -17,14 +16,16 @@ from typing import Literal, Optional
 import typer
 
 import ntk_bridge
+from ntk_bridge import methods as registry
+from ntk_bridge.config import SweepConfig, cli_option
 from ntk_bridge.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Check, by computation, that MTL and gradient-based meta-learning (ANIL, MAML) "
                        "predict alike for wide, deep ReLU networks.")
 
-#: Methods ``sweep --methods`` accepts (kept equal to ``ntk_bridge.sweep.METHODS`` by a test).
-SWEEP_METHODS = ("mtl", "anil", "maml", "fomaml")
+#: Methods ``sweep --methods`` accepts.
+SWEEP_METHODS = registry.SWEEPABLE
 
 
 def _consoles():
@@ -120,47 +121,26 @@ def _command_line(ctx: typer.Context) -> str:
 @user_errors
 def sweep(
     ctx: typer.Context,
-    depth: str = typer.Option("2..32", help="Depths (hidden layers): '2..32', '1..128:x2' (geometric), "
-                                            "'1..10:3' (step), or '1,2,4,8'."),
-    width: str = typer.Option("inf", help="Widths: 'inf' (closed-form infinite-width predictors) and/or "
-                                          "finite widths trained by gradient descent, e.g. '64..1024:x2'."),
-    inner_time: str = typer.Option("0.01,0.1,1", help="Inner-loop time lambda*tau of ANIL/MAML "
-                                                      "meta-training (comma list)."),
-    finetune_time: str = typer.Option("1", help="Test-time fine-tuning time s_hat (comma list)."),
-    outer_time: str = typer.Option("auto", help="Outer (meta-)training time eta*t; 'inf' (= 'auto') trains "
-                                                "to convergence: closed forms at t = inf, finite networks "
-                                                "for a fixed number of steps of size 1/lambda_max "
-                                                "(ntk_bridge.finite.TrainingConfig)."),
-    methods: str = typer.Option("mtl,anil,maml", help="Comma list of methods among "
-                                f"{', '.join(SWEEP_METHODS)} (fomaml: finite widths only); the no-transfer "
-                                "baseline is always computed."),
-    mtl_data: str = typer.Option("all,query", help="MTL training data, comma list of: 'all' (support+query "
-                                                   "merged, the paper's MTL), 'query' (the same data as "
-                                                   "ANIL's outer loss)."),
-    tasks: str = typer.Option("subspace", help="Task family: subspace (shared low-rank teachers), linear "
-                                               "(independent teachers), sinusoid, or a .npz task file."),
-    train_tasks: int = typer.Option(10, help="Number of training tasks N (generated tasks)."),
-    support: int = typer.Option(5, help="Support points per task."),
-    query: int = typer.Option(10, help="Query points per task."),
-    test_tasks: int = typer.Option(20, help="Number of unseen test tasks."),
-    dim: int = typer.Option(16, help="Input dimension d (inputs on the sphere ||x||^2 = d)."),
-    task_seed: int = typer.Option(0, help="Seed of the generated task set."),
-    seeds: int = typer.Option(1, help="Networks per finite-width cell (independent initialisations; an "
-                                      "ensemble-mean row is added)."),
-    finite_mode: Literal["centred", "raw"] = typer.Option(
-        "centred", help="Finite networks: 'centred' (f - f0 vs the mean predictor) or 'raw' (f vs the full-f0 "
-                        "closed form)."),
-    outer_steps: int = typer.Option(300, help="Finite networks with an infinite outer time: outer gradient "
-                                              "steps of size 1/lambda_max(Theta) (the closed forms they are "
-                                              "compared with take the same steps)."),
-    finite_dtype: Literal["float64", "float32"] = typer.Option(
-        "float64", help="Finite networks: 'float64' (exact comparisons) or 'float32' (faster matrix products; "
-                        "the closed forms stay float64)."),
-    linearized: bool = typer.Option(True, help="Finite networks: also train each network's linearised twin "
-                                               "(dist_to_linearized_rel, linearized_to_infinite_rel; about "
-                                               "doubles the cost)."),
-    blas_threads: int = typer.Option(1, help="Threads of the BLAS/LAPACK behind the dense solves (part of "
-                                             "every cell's cache key: results are exact for one count)."),
+    depth: str = cli_option("grid", "depths"),
+    width: str = cli_option("grid", "widths"),
+    inner_time: str = cli_option("grid", "inner_times"),
+    finetune_time: str = cli_option("grid", "finetune_times"),
+    outer_time: str = cli_option("grid", "outer_times"),
+    methods: str = cli_option("grid", "methods"),
+    mtl_data: str = cli_option("grid", "mtl_data"),
+    tasks: str = cli_option("tasks", "family"),
+    train_tasks: int = cli_option("tasks", "train_tasks"),
+    support: int = cli_option("tasks", "support"),
+    query: int = cli_option("tasks", "query"),
+    test_tasks: int = cli_option("tasks", "test_tasks"),
+    dim: int = cli_option("tasks", "dim"),
+    task_seed: int = cli_option("tasks", "task_seed"),
+    seeds: int = cli_option("finite", "seeds"),
+    finite_mode: Literal["centred", "raw"] = cli_option("finite", "finite_mode"),
+    outer_steps: int = cli_option("finite", "outer_steps"),
+    finite_dtype: Literal["float64", "float32"] = cli_option("finite", "finite_dtype"),
+    linearized: bool = cli_option("finite", "linearized"),
+    blas_threads: int = cli_option("numerics", "blas_threads"),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
                                                "cells/ cache). Rerunning resumes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "
@@ -170,31 +150,14 @@ def sweep(
                                             "finite_gap_vs_depth)."),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
-    from ntk_bridge.ranges import parse_choices, parse_floats, parse_int_range, parse_widths
-
-    depths = parse_int_range(depth, "--depth")
-    widths = parse_widths(width)
-    outer_times = [math.inf] if outer_time == "auto" else parse_floats(outer_time, "--outer-time", positive=True)
-    method_list = parse_choices(methods, "--methods", SWEEP_METHODS)
-    if tasks not in ("subspace", "linear", "sinusoid") and not os.path.isfile(tasks):
-        if tasks.endswith(".npz") or os.sep in tasks:
-            raise UserError(f"--tasks: file not found: {tasks}")
-        raise UserError(f"--tasks: unknown task family {tasks!r}; use subspace, linear, sinusoid or a .npz file")
+    options = dict(locals())
     if workers < 0:
         raise UserError("--workers must be >= 0")
     if scheduler and workers:
         raise UserError("give either --scheduler or --workers, not both")
-    from ntk_bridge.sweep import SweepConfig, run_sweep
+    config = SweepConfig.from_options(**options)
+    from ntk_bridge.sweep import run_sweep
 
-    config = SweepConfig(
-        depths=tuple(depths), widths=tuple(widths),
-        inner_times=tuple(parse_floats(inner_time, "--inner-time")),
-        finetune_times=tuple(parse_floats(finetune_time, "--finetune-time")),
-        outer_times=tuple(outer_times), methods=tuple(method_list),
-        mtl_data=tuple(parse_choices(mtl_data, "--mtl-data", ("all", "query"))),
-        tasks=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
-        dim=dim, task_seed=task_seed, seeds=seeds, finite_mode=finite_mode, outer_steps=outer_steps,
-        finite_dtype=finite_dtype, linearized=linearized, blas_threads=blas_threads)
     config.load_tasks()  # a malformed task file fails here, before anything is written
 
     executor = None

@@ -1,4 +1,4 @@
-"""Kernel degeneracy with depth (THEORY.md §3, "Why 1/L" and the deep-limit facts).
+"""Kernel degeneracy with depth (docs/theory.md §3.6: why 1/L, and the deep limits).
 
 Under the default architecture on the sphere ``||x||^2 = d``: ``K(x,x)/Theta(x,x) = 1/(L+1)``;
 ``Theta(x,x')/Theta(x,x) -> 1/4`` for ``x != x'`` (slowly, ~log L / L); the readout correlation

@@ -177,7 +177,7 @@ class DaskExecutor:
         from ntk_bridge.distributed import DaskExecutor
 
         with DaskExecutor(n_workers=2) as ex:
-            df = run_sweep(SweepConfig(depths=(1, 2, 3)), "runs/demo", executor=ex)
+            df = run_sweep(SweepConfig.of(depths=(1, 2, 3)), "runs/demo", executor=ex)
     """
 
     def __init__(self, address: str | None = None, n_workers: int = 0, *, retries: int = RETRIES,

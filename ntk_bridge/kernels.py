@@ -1,6 +1,6 @@
 """Architectures and the neural-tangents adapter: the kernels of every depth in one pass.
 
-Conventions (THEORY.md §2). A fully connected ReLU network of depth ``L`` has ``L`` hidden layers
+Conventions (docs/theory.md §2). A fully connected ReLU network of depth ``L`` has ``L`` hidden layers
 ``Dense(width) -> Relu`` followed by a linear readout ``Dense(k)``: ``L + 1`` trainable layers, NTK
 parameterisation. Defaults: hidden ``W_std = sqrt(2)``, ``b_std = 0``; readout ``W_std = 1``,
 ``b_std = 0``. On the sphere ``||x||^2 = d`` this gives ``Theta(x, x) = L + 1`` and ``K(x, x) = 1``.
@@ -68,7 +68,7 @@ class DepthKernels(NamedTuple):
 class Architecture:
     """A deep network made of one repeated hidden block and a readout, as ``stax`` layers.
 
-    The default is THEORY.md's fully connected ReLU network in NTK parameterisation. Any ``stax``
+    The default is docs/theory.md §2's fully connected ReLU network in NTK parameterisation. Any ``stax``
     block can be used instead through :meth:`custom`: the same object builds finite networks
     (``init_fn``, ``apply_fn``) and infinite-width kernels (``kernel_fn``).
 
@@ -228,7 +228,7 @@ def empirical_kernels(apply_fn, params, x1, x2=None) -> DepthKernels:
     (the NTK over the readout's parameters alone), via ``neural_tangents.empirical_ntk_fn``.
 
     The closed forms with these kernels are exactly what the network's linearisation trains to
-    (THEORY.md §4, rung 2). Returns ``DepthKernels`` with ``depth = -1``, float64 arrays.
+    (docs/theory.md §5, rung 2). Returns ``DepthKernels`` with ``depth = -1``, float64 arrays.
     """
     import neural_tangents as nt
 

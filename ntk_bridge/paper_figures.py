@@ -14,9 +14,13 @@ from typing import Callable
 import numpy as np
 
 from ntk_bridge import figures as figs
+from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
 __all__ = ["FIGURES", "make_figures", "grids"]
+
+#: The methods of the few-shot figure.
+FEWSHOT_METHODS = registry.DEFAULT_SWEEP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,26 +35,26 @@ class Grids:
 def grids(quick: bool) -> Grids:
     """The configurations behind the figures (quick or full)."""
     if quick:
-        depth = SweepConfig(depths=tuple(range(2, 33)), inner_times=(0.01, 0.1, 1.0))
-        inner = SweepConfig(depths=(2, 8, 32), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 9), 6)))
+        depth = SweepConfig.of(depths=tuple(range(2, 33)), inner_times=(0.01, 0.1, 1.0))
+        inner = SweepConfig.of(depths=(2, 8, 32), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 9), 6)))
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                      mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                      outer_steps=100)
         return Grids(depth, inner, width, tuple(range(1, 65)),
-                     dict(dataset="kanji", budget_minutes=0.5, test_episodes=200, shots="1",
-                          extra={"max-classes": 300, "val-episodes": 30, "checkpoints": 6}))
-    depth = SweepConfig(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
-    inner = SweepConfig(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
+                     dict(dataset="kanji", budget_minutes=0.5, test_episodes=200, shots="1", max_classes=300,
+                          val_episodes=30, checkpoints=6, methods=FEWSHOT_METHODS))
+    depth = SweepConfig.of(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
+    inner = SweepConfig.of(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     # widths to 512: width 1024 at depth 4 alone would take about 10 minutes of the 30 on 2 cores
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                  mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                  outer_steps=100)
     return Grids(depth, inner, width, tuple(range(1, 257)),
-                 dict(dataset="kanji", budget_minutes=10.0, test_episodes=1000, shots="1,5",
-                      extra={"clock": "cpu"}))
+                 dict(dataset="kanji", budget_minutes=10.0, test_episodes=1000, shots="1,5", clock="cpu",
+                      methods=FEWSHOT_METHODS))
 
 
-def _fig_gap_vs_depth(g: Grids, run_root: str, out: str, log) -> list[str]:
+def _fig_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     df = run_sweep(g.depth, os.path.join(run_root, "gap_vs_depth"))
     table = figs.gap_vs_depth_table(df)
     paths = figs.plot_gap_vs_depth(table, os.path.join(out, "gap_vs_depth"))
@@ -58,47 +62,52 @@ def _fig_gap_vs_depth(g: Grids, run_root: str, out: str, log) -> list[str]:
     return paths
 
 
-def _fig_gap_vs_inner_time(g: Grids, run_root: str, out: str, log) -> list[str]:
+def _fig_gap_vs_inner_time(g: Grids, run_root: str, out: str) -> list[str]:
     df = run_sweep(g.inner_time, os.path.join(run_root, "gap_vs_inner_time"))
     return figs.plot_gap_vs_inner_time(figs.gap_vs_inner_time_table(df), os.path.join(out, "gap_vs_inner_time"))
 
 
-def _fig_distance_vs_width(g: Grids, run_root: str, out: str, log) -> list[str]:
+def _fig_distance_vs_width(g: Grids, run_root: str, out: str) -> list[str]:
     """The width sweep (cached; shared with finite_gap_vs_depth)."""
-    df = run_sweep(SweepConfig(**g.width), os.path.join(run_root, "distance_vs_width"))
+    df = run_sweep(SweepConfig.of(**g.width), os.path.join(run_root, "distance_vs_width"))
     return figs.plot_distance_vs_width(figs.distance_vs_width_table(df), os.path.join(out, "distance_vs_width"))
 
 
-def _fig_finite_gap_vs_depth(g: Grids, run_root: str, out: str, log) -> list[str]:
-    df = run_sweep(SweepConfig(**g.width), os.path.join(run_root, "distance_vs_width"))
+def _fig_finite_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
+    df = run_sweep(SweepConfig.of(**g.width), os.path.join(run_root, "distance_vs_width"))
     return figs.plot_finite_gap_vs_depth(figs.finite_gap_vs_depth_table(df), os.path.join(out, "finite_gap_vs_depth"))
 
 
-def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str, log) -> list[str]:
+def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str) -> list[str]:
     from ntk_bridge.diagnostics import kernel_degeneracy_table
 
     table = kernel_degeneracy_table(SweepConfig().load_tasks(), g.degeneracy_depths)
     return figs.plot_kernel_degeneracy(table, os.path.join(out, "kernel_degeneracy"))
 
 
-def _fig_fewshot(g: Grids, run_root: str, out: str, log) -> list[str]:
-    """Run ``ntk-bridge fewshot`` (once; its run folder is reused) and copy its accuracy-vs-time
-    figure and the tables it is drawn from into ``out``."""
+def _fig_fewshot(g: Grids, run_root: str, out: str) -> list[str]:
+    """The few-shot comparison (once; its run folder is reused), drawn from its tables and copied,
+    with the tables it is drawn from, into ``out``."""
     import shutil
     from pathlib import Path
 
-    import typer
+    from ntk_bridge.fewshot.data import load_dataset
+    from ntk_bridge.fewshot.experiment import ExperimentConfig, run_experiment
+    from ntk_bridge.fewshot.report import plot_accuracy_vs_time, write_tables
+    from ntk_bridge.fewshot.train import default_method_config
 
-    from ntk_bridge.cli import app
-    from ntk_bridge.fewshot.report import plot_accuracy_vs_time
-
+    spec = g.fewshot
     run_dir = Path(run_root) / "fewshot"
     if not (run_dir / "results.csv").exists():
-        args = ["fewshot", "--dataset", g.fewshot["dataset"], "--shots", g.fewshot["shots"],
-                "--budget-minutes", str(g.fewshot["budget_minutes"]),
-                "--test-episodes", str(g.fewshot["test_episodes"]), "--out", str(run_dir)]
-        args += [x for k, v in g.fewshot.get("extra", {}).items() for x in (f"--{k}", str(v))]
-        typer.main.get_command(app)(args, standalone_mode=False)
+        data = load_dataset(spec["dataset"], None, 0, None, spec.get("max_classes"))
+        config = ExperimentConfig(
+            ways=5, shots=tuple(int(v) for v in spec["shots"].split(",")),
+            methods=tuple(default_method_config(m) for m in spec["methods"]),
+            budget_seconds=60.0 * spec["budget_minutes"], clock=spec.get("clock", "wall"),
+            test_episodes=spec["test_episodes"], val_episodes=spec.get("val_episodes", 100),
+            checkpoints=spec.get("checkpoints", 20), seed=0)
+        tables = run_experiment(config, data)
+        write_tables(tables, {"experiment": config.to_dict(), "dataset": spec["dataset"]}, run_dir)
     paths = [str(p) for p in plot_accuracy_vs_time(run_dir)]
     written = []
     for src in paths + [str(run_dir / "curves.csv"), str(run_dir / "results.csv")]:
@@ -132,5 +141,5 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
         if only and name not in only:
             continue
         log(f"figure {name} ({mode})")
-        written[name] = fn(g, run_root, out, log)
+        written[name] = fn(g, run_root, out)
     return written

@@ -1,47 +1,23 @@
-r"""Closed-form predictors of MTL, ANIL, MAML and the no-transfer baseline (THEORY.md §3).
+r"""Closed-form predictors of MTL, ANIL, MAML, FO-MAML and the no-transfer baseline
+(docs/theory.md §3), each a pure function of kernels and data.
 
 All functions take kernels over the stacked points of a :class:`~ntk_bridge.tasks.TaskSet` in its
-:class:`~ntk_bridge.tasks.Layout` order (train supports, train queries, test supports, test queries)
-and return predictions on the test queries, shape ``[M, m_q, k]``. Kernels are scalar (``[P, P]``,
-the infinite-width kernels are proportional to ``I_k``); labels may have ``k`` columns.
+:class:`~ntk_bridge.tasks.Layout` order and return predictions on the test queries, shape
+``[M, m_q, k]``. Kernels are scalar (``[P, P]``; the infinite-width kernels are proportional to
+``I_k``); labels may have ``k`` columns. The operators they are built from (dynamics, inner-loop
+operator, meta-kernel, MTL kernel) are in :mod:`ntk_bridge.operators`:
 
-Loss and time (THEORY.md §2): sum of squares ``1/2 ||f(X) - Y||^2``; gradient flow for a time
-``t`` (only the product learning rate x steps matters), or ``steps`` discrete steps of size
-``t / steps``, or an l2 inner problem solved to optimality. For a kernel ``G`` on the training points,
-the trained residual operator is ``U diag(phi(m)) U^T`` with ``eigh(G) = U diag(m) U^T`` and
-
-* flow:     ``phi(m) = (1 - exp(-t m)) / m`` (``phi(0) = t``; ``t = inf``: ``1 / m``),
-* steps:    ``phi(m) = (1 - (1 - (t/steps) m)^steps) / m``,
-* l2:       ``phi(m) = 1 / (m + mu)``.
-
-**Inner-loop operator** on a support set: ``T = phi(G')``, ``F(X) = f(X) + G(X, X') T (Y' - f(X'))``.
-
-**GBML** (``G = Theta`` for MAML, ``G = K`` for ANIL), with ``A_i = G(X_i, X'_i) T_i``::
-
-    Phi_ij = Theta(X_i,X_j) - A_i Theta(X'_i,X_j) - Theta(X_i,X'_j) A_j^T + A_i Theta(X'_i,X'_j) A_j^T
-    F0(X_i) = f0(X_i) + A_i (Y'_i - f0(X'_i))
-    F(X)    = F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))
-
-where the test cross block uses the test task's own operator at the fine-tuning time.
-
-**MTL** (shared body, heads all initialised to ``w0``), trained on ``𝒟`` (all points of every
-training task, or their queries only)::
-
-    Theta_MTL = Theta - K + blockdiag_i(K)           on 𝒟 x 𝒟
-    alpha     = phi_outer(Theta_MTL) (𝒴_𝒟 - f0(𝒟))
-    g(x)      = f0(x) + Theta_body(x, 𝒟) alpha       (trained body, head reset to w0)
-    F(X)      = g(X) + K(X, X') T_hat_K (Y' - g(X'))  (head fine-tuned on the test support)
-
-**Baseline**: ``f0(X) + K(X, X') T_hat_K (Y' - f0(X'))``, a head fine-tuned on an untrained body.
+* GBML (§3.2), inner kernel ``G = K`` (ANIL) or ``Theta`` (MAML):
+  ``F(X) = F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``F0`` the initial network adapted to
+  each task; FO-MAML in discrete time only (:func:`fomaml`);
+* MTL (§3.3): the body trained with ``Theta_MTL = Theta - K + blockdiag_i(K)`` on 𝒟 (all points or
+  the queries of each training task), the head reset to ``w0`` and fine-tuned with ``K``;
+* the baseline (§3.4): ``f0(X) + K(X, X') T_hat_K (Y' - f0(X'))``.
 
 Every closed form is affine in the initial outputs ``f0``: ``f0 = None`` gives the mean predictor
-over initialisations (``f0 = 0``); passing the outputs of one network at initialisation gives what
-that network follows (exactly, for its linearisation).
-
-Numerics: every inverse goes through ``eigh``. Where ``phi = 1 / m`` (infinite time) and the smallest
-eigenvalue is below ``rcond * max_eig``, a ridge ``rcond * max_eig`` (plus any negative part) is
-added and reported in :class:`Diagnostics`; non-PSD kernels and non-finite values are reported too.
-Nothing is hidden: callers decide what to do with a flagged result.
+over initialisations; one network's ``f0`` gives what that network follows (exactly, for its
+linearisation). Numerical trouble (a ridge, a kernel that is not PSD, NaN) is reported in each
+prediction's :class:`Diagnostics`, never hidden (:func:`ntk_bridge.metrics.status_of`).
 """
 from __future__ import annotations
 
@@ -54,142 +30,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
+from ntk_bridge.operators import (Dynamics, Solve, adapt_test, adapt_train, block, eigh_apply, inner_operator,
+                                  merge, meta_kernel_blocks, mtl_index, mtl_kernel, own)
 from ntk_bridge.tasks import Layout, TaskSet
 
-__all__ = [
-    "METHODS",
-    "Dynamics",
-    "PredictorConfig",
-    "Diagnostics",
-    "Prediction",
-    "inner_operator",
-    "spectral_function",
-    "meta_kernel",
-    "mtl_kernel",
-    "predict",
-    "predict_from_kernels",
-    "status_of",
-]
+__all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "mtl", "anil", "maml",
+           "baseline", "fomaml", "predict", "predict_from_kernels"]
 
-METHODS = ("mtl", "anil", "maml", "baseline")
-_SMALL = 1e-8  # below |t m| = 1e-8 the series of phi is exact to float64
+#: Methods with an infinite-width closed form for every config (FO-MAML's needs discrete steps: it
+#: is computed when asked for by name).
+CLOSED_FORM_METHODS = tuple(m for m in registry.names(closed_form=True) if not registry.get(m).closed_form_needs_steps)
+#: The :class:`PredictorConfig` fields behind each grid setting a method can depend on
+#: (:data:`ntk_bridge.methods.SETTINGS`).
+SETTING_FIELDS = {
+    "inner_time": ("inner_time", "inner_steps", "inner_l2"),
+    "finetune_time": ("finetune_time", "finetune_steps"),
+    "outer_time": ("outer_time", "outer_steps"),
+    "mtl_data": ("mtl_data", "mtl_heads"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# Dynamics: flow / steps / l2, and the spectral function phi.
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Dynamics:
-    """How a set of parameters is trained on the squared loss.
-
-    Attributes:
-      time: ``t = learning rate x steps`` (``inf`` = trained to convergence).
-      steps: ``None`` for gradient flow, else the number of discrete gradient steps of size
-        ``time / steps`` (exact for linearised networks).
-      l2: if set, the l2-regularised problem at its optimum, ``T = (G + l2 I)^-1`` (``time`` unused).
-    """
-
-    time: float = math.inf
-    steps: int | None = None
-    l2: float | None = None
-
-    @property
-    def mode(self) -> str:
-        return "l2" if self.l2 is not None else ("flow" if self.steps is None else "steps")
-
-    def validate(self, name: str) -> "Dynamics":
-        t = float(self.time)
-        require(not math.isnan(t) and t >= 0, f"{name} must be >= 0 (or inf), got {self.time!r}")
-        if self.steps is not None:
-            require(int(self.steps) >= 1 and int(self.steps) == self.steps,
-                    f"{name.replace('time', 'steps')} must be a positive integer, got {self.steps!r}")
-            require(math.isfinite(t), f"{name} must be finite when {name.replace('time', 'steps')} is set")
-        if self.l2 is not None:
-            require(math.isfinite(self.l2) and self.l2 > 0, f"{name} l2 must be > 0, got {self.l2!r}")
-        return self
-
-
-def spectral_function(m, dyn: Dynamics, time=None, rcond: float = 1e-10):
-    """``phi(m)`` of :class:`Dynamics` on eigenvalues ``m`` ``[..., n]`` (see the module docstring).
-
-    ``time`` overrides ``dyn.time`` with a (possibly traced) value. Returns ``(phi, ridge_rel)``:
-    ``ridge_rel [...]`` is the ridge added, relative to the largest eigenvalue (0 when none was
-    needed; only infinite-time flows can need one).
-    """
-    m = jnp.asarray(m)
-    t = jnp.asarray(dyn.time if time is None else time, dtype=m.dtype)
-    scale = jnp.maximum(jnp.max(jnp.abs(m), axis=-1), jnp.finfo(m.dtype).tiny)
-    zero_ridge = jnp.zeros(m.shape[:-1], m.dtype)
-    if dyn.mode == "l2":
-        return 1.0 / (m + dyn.l2), zero_ridge
-    if dyn.mode == "steps":
-        lam = t / dyn.steps
-        z = lam * m
-        small = jnp.abs(z) < _SMALL
-        safe_m = jnp.where(small, 1.0, m)
-        below = z < 1.0
-        via_log = -jnp.expm1(dyn.steps * jnp.log1p(-jnp.where(below, z, 0.0))) / safe_m
-        via_pow = (1.0 - (1.0 - z) ** dyn.steps) / safe_m
-        series = t * (1.0 - (dyn.steps - 1) * z / 2.0)
-        return jnp.where(small, series, jnp.where(below, via_log, via_pow)), zero_ridge
-    # gradient flow
-    x = t * m
-    finite = jnp.isfinite(t)
-    small = jnp.abs(x) < _SMALL
-    safe_m = jnp.where(small | ~finite, 1.0, m)
-    flow = jnp.where(small, t * (1.0 - x / 2.0), -jnp.expm1(-jnp.where(finite, x, 0.0)) / safe_m)
-    # t = inf: interpolation, 1/m, with a ridge where the spectrum is (near-)singular.
-    floor = rcond * scale
-    min_m = jnp.min(m, axis=-1)
-    ridge = jnp.where(finite | (min_m >= floor), 0.0, floor + jnp.maximum(-min_m, 0.0))
-    interp = 1.0 / (m + ridge[..., None])
-    return jnp.where(finite, flow, interp), ridge / scale
-
-
-class _Solve(NamedTuple):
-    """Spectral diagnostics of one or a batch of symmetric solves."""
-
-    min_eig_rel: jax.Array  # smallest eigenvalue / largest |eigenvalue| (negative: not PSD)
-    ridge_rel: jax.Array  # ridge added / largest |eigenvalue|
-    cond: jax.Array  # largest / smallest positive eigenvalue
-
-
-def _eigh_apply(G, dyn: Dynamics, time, rcond):
-    """``U phi(m) U^T`` for a batch of symmetric ``G [..., n, n]``, and its diagnostics."""
-    G = 0.5 * (G + jnp.swapaxes(G, -1, -2))
-    m, U = jnp.linalg.eigh(G)
-    phi, ridge = spectral_function(m, dyn, time, rcond)
-    op = jnp.einsum("...ij,...j,...kj->...ik", U, phi, U)
-    scale = jnp.maximum(jnp.max(jnp.abs(m), axis=-1), jnp.finfo(m.dtype).tiny)
-    min_m = jnp.min(m, axis=-1)
-    cond = scale / jnp.maximum(min_m, jnp.finfo(m.dtype).tiny)
-    return op, _Solve(jnp.min(min_m / scale), jnp.max(ridge), jnp.max(cond))
-
-
-def _merge(*solves: _Solve) -> _Solve:
-    return _Solve(jnp.min(jnp.stack([s.min_eig_rel for s in solves])),
-                  jnp.max(jnp.stack([s.ridge_rel for s in solves])),
-                  jnp.max(jnp.stack([s.cond for s in solves])))
-
-
-def inner_operator(G, time: float = 1.0, steps: int | None = None, l2: float | None = None,
-                   rcond: float = 1e-10) -> np.ndarray:
-    """The inner-loop operator ``T`` for support kernels ``G [..., n, n]`` (batched over tasks).
-
-    ``T = G^-1 (I - exp(-time G))`` (flow), ``G^-1 (I - (I - (time/steps) G)^steps)`` (steps) or
-    ``(G + l2 I)^-1`` (l2), computed from ``eigh(G)``, never through ``inv``.
-    """
-    dyn = Dynamics(float(time), steps, l2).validate("time")
-    G = jnp.asarray(G, dtype=jnp.float64)
-    require(G.ndim >= 2 and G.shape[-1] == G.shape[-2], f"G must be [..., n, n], got {G.shape}")
-    op, _ = _eigh_apply(G, dyn, None, rcond)
-    return np.asarray(op)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
+# Configuration and data
 # ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +68,7 @@ class PredictorConfig:
       inner_l2: MetaOptNet/R2D2-like l2 inner problem at optimum, ``T = (G' + mu I)^-1``.
       mtl_data: ``'all'`` (support and query of each training task merged, the paper's MTL) or
         ``'query'`` (queries only, ANIL's outer data).
-      mtl_heads: ``'shared'`` (every head initialised to the same ``w0``, THEORY.md's default) or
+      mtl_heads: ``'shared'`` (every head initialised to the same ``w0``, docs/theory.md §3.3) or
         ``'independent'`` (independent heads: at infinite width no transfer, MTL = baseline).
       rcond: relative ridge floor for infinite-time solves (reported whenever used).
     """
@@ -241,24 +105,14 @@ class PredictorConfig:
     def outer(self) -> Dynamics:
         return Dynamics(float(self.outer_time), self.outer_steps)
 
+    @property
+    def discrete(self) -> bool:
+        """Every loop in discrete steps with a finite outer time (what finite networks follow)."""
+        return (self.inner_steps is not None and self.finetune_steps is not None and self.outer_steps is not None
+                and math.isfinite(self.outer_time) and self.inner_l2 is None)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Block helpers over the stacked layout
-# ---------------------------------------------------------------------------------------------
-
-def _block(G, rows: slice, cols: slice, r_tasks: int, c_tasks: int):
-    """``G[rows, cols]`` as ``[r_tasks, r_points, c_tasks, c_points]``."""
-    B = G[rows, cols]
-    return B.reshape(r_tasks, -1, c_tasks, B.shape[1] // c_tasks)
-
-
-def _own(B4):
-    """Diagonal task blocks ``[T, a, T, b] -> [T, a, b]``."""
-    idx = jnp.arange(B4.shape[0])
-    return B4[idx, :, idx, :]
 
 
 class _Data(NamedTuple):
@@ -282,77 +136,8 @@ def _split_f0(f0: np.ndarray, layout: Layout) -> tuple[np.ndarray, ...]:
             f0[sl["test_query"]].reshape(layout.n_test, layout.m_query, -1))
 
 
-# ---------------------------------------------------------------------------------------------
-# Kernels of the methods
-# ---------------------------------------------------------------------------------------------
-
-def _adapt_train(G, layout: Layout, dyn: Dynamics, time, rcond):
-    """``A_i = G(X_i, X'_i) T_i`` for every training task: ``[N, n_q, n_s]``."""
-    sl, N = layout.slices(), layout.n_train
-    T, info = _eigh_apply(_own(_block(G, sl["train_support"], sl["train_support"], N, N)), dyn, time, rcond)
-    return _own(_block(G, sl["train_query"], sl["train_support"], N, N)) @ T, info
-
-
-def _adapt_test(G, layout: Layout, dyn: Dynamics, time, rcond):
-    """``A_hat_m = G(X_m, X'_m) T_hat_m`` for every test task: ``[M, m_q, m_s]``."""
-    sl, M = layout.slices(), layout.n_test
-    T, info = _eigh_apply(_own(_block(G, sl["test_support"], sl["test_support"], M, M)), dyn, time, rcond)
-    return _own(_block(G, sl["test_query"], sl["test_support"], M, M)) @ T, info
-
-
-def _meta_kernel_blocks(Theta, A, layout: Layout):
-    """``Phi`` as ``[N, n_q, N, n_q]`` from the adapted Jacobians ``J_i = grad f(X_i) - A_i grad f(X'_i)``."""
-    sl, N = layout.slices(), layout.n_train
-    th_qq = _block(Theta, sl["train_query"], sl["train_query"], N, N)
-    th_sq = _block(Theta, sl["train_support"], sl["train_query"], N, N)
-    th_ss = _block(Theta, sl["train_support"], sl["train_support"], N, N)
-    t1 = jnp.einsum("iab,ibjc->iajc", A, th_sq)
-    t3 = jnp.einsum("iab,ibjd,jcd->iajc", A, th_ss, A)
-    return th_qq - t1 - jnp.transpose(t1, (2, 3, 0, 1)) + t3
-
-
-def meta_kernel(Theta, G, layout: Layout, inner: Dynamics = Dynamics(0.1), rcond: float = 1e-10):
-    """The GBML meta-kernel ``Phi(𝒳, 𝒳)``, ``[N*n_q, N*n_q]`` (inner kernel ``G``: ``Theta`` for
-    MAML, ``K`` for ANIL). Vectorised over task blocks (einsum), symmetric PSD by construction."""
-    Theta, G = jnp.asarray(Theta, jnp.float64), jnp.asarray(G, jnp.float64)
-    A, _ = _adapt_train(G, layout, inner.validate("inner_time"), None, rcond)
-    phi = _meta_kernel_blocks(Theta, A, layout)
-    n = layout.n_train * layout.n_query
-    phi = phi.reshape(n, n)
-    return np.asarray(0.5 * (phi + phi.T))
-
-
-def _mtl_index(layout: Layout, mtl_data: str):
-    """Point indices of 𝒟 in the stacked layout and the training task of each."""
-    sl, N = layout.slices(), layout.n_train
-    s = np.arange(sl["train_support"].start, sl["train_support"].stop).reshape(N, layout.n_support)
-    q = np.arange(sl["train_query"].start, sl["train_query"].stop).reshape(N, layout.n_query)
-    idx = q if mtl_data == "query" else np.concatenate([s, q], axis=1)
-    task = np.repeat(np.arange(N), idx.shape[1])
-    return idx.reshape(-1), task
-
-
-def mtl_kernel(Theta, K, task_of_point, heads: str = "shared"):
-    """``Theta_MTL`` on the MTL training points: ``Theta - K + blockdiag_i(K)`` (shared head
-    initialisation) or ``blockdiag_i(Theta)`` (independent heads, infinite width).
-
-    Args:
-      Theta, K: ``[D, D]`` kernels on the training points.
-      task_of_point: ``[D]`` integer training-task index of each point.
-    """
-    same = jnp.asarray(task_of_point)[:, None] == jnp.asarray(task_of_point)[None, :]
-    Theta, K = jnp.asarray(Theta), jnp.asarray(K)
-    if heads == "independent":
-        return jnp.where(same, Theta, 0.0)
-    return Theta - K + jnp.where(same, K, 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Predictors
-# ---------------------------------------------------------------------------------------------
-
 class Diagnostics(NamedTuple):
-    """Numerical health of one method's prediction (floats; see :func:`status_of`)."""
+    """Numerical health of one method's prediction (floats; :func:`ntk_bridge.metrics.status_of`)."""
 
     min_eig_rel: float
     ridge_rel: float
@@ -365,73 +150,126 @@ class Prediction(NamedTuple):
     diagnostics: Diagnostics
 
 
-def status_of(diag: Diagnostics, psd_tol: float = 1e-9) -> str:
-    """``'ok'``, or the first problem found: ``'nonfinite'`` (NaN or inf in the output), ``'not_psd'`` (a kernel
-    with an eigenvalue below ``-psd_tol`` x its largest), ``'ridge'`` (a solve needed a ridge)."""
-    if not diag.finite:
-        return "nonfinite"
-    if diag.min_eig_rel < -psd_tol:
-        return "not_psd"
-    if diag.ridge_rel > 0:
-        return "ridge"
-    return "ok"
-
+# ---------------------------------------------------------------------------------------------
+# The closed forms (``methods.Method.closed_form`` names them)
+# ---------------------------------------------------------------------------------------------
 
 def _gbml(Theta, G, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+    """docs/theory.md §3.2: ``F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``G`` the inner kernel."""
     sl, N, M = layout.slices(), layout.n_train, layout.n_test
-    A, i1 = _adapt_train(G, layout, cfg.inner, times[0], cfg.rcond)
-    Ahat, i2 = _adapt_test(G, layout, cfg.finetune, times[1], cfg.rcond)
+    A, i1 = adapt_train(G, layout, cfg.inner, times[0], cfg.rcond)
+    Ahat, i2 = adapt_test(G, layout, cfg.finetune, times[1], cfg.rcond)
     nq = N * layout.n_query
-    phi = _meta_kernel_blocks(Theta, A, layout).reshape(nq, nq)
+    phi = meta_kernel_blocks(Theta, A, layout).reshape(nq, nq)
     F0_train = d.f0q + A @ (d.ys - d.f0s)
     F0_test = d.f0tq + Ahat @ (d.yts - d.f0ts)
-    cross = (_block(Theta, sl["test_query"], sl["train_query"], M, N)
-             - jnp.einsum("mab,mbjc->majc", Ahat, _block(Theta, sl["test_support"], sl["train_query"], M, N))
-             - jnp.einsum("majd,jcd->majc", _block(Theta, sl["test_query"], sl["train_support"], M, N), A)
+    cross = (block(Theta, sl["test_query"], sl["train_query"], M, N)
+             - jnp.einsum("mab,mbjc->majc", Ahat, block(Theta, sl["test_support"], sl["train_query"], M, N))
+             - jnp.einsum("majd,jcd->majc", block(Theta, sl["test_query"], sl["train_support"], M, N), A)
              + jnp.einsum("mab,mbjd,jcd->majc", Ahat,
-                          _block(Theta, sl["test_support"], sl["train_support"], M, N), A))
-    solve, i3 = _eigh_apply(phi, cfg.outer, times[2], cfg.rcond)
+                          block(Theta, sl["test_support"], sl["train_support"], M, N), A))
+    solve, i3 = eigh_apply(phi, cfg.outer, times[2], cfg.rcond)
     coef = solve @ (d.yq - F0_train).reshape(nq, -1)
     out = F0_test + cross.reshape(M, layout.m_query, nq) @ coef
-    return out, _merge(i1, i2, i3)
+    return out, merge(i1, i2, i3)
 
 
 def _finetune_head(K, g_ts, g_tq, d: _Data, layout: Layout, cfg: PredictorConfig, times):
     """``g(X) + K(X, X') T_hat_K (Y' - g(X'))`` per test task."""
-    Ahat, info = _adapt_test(K, layout, cfg.finetune, times[1], cfg.rcond)
+    Ahat, info = adapt_test(K, layout, cfg.finetune, times[1], cfg.rcond)
     return g_tq + Ahat @ (d.yts - g_ts), info
 
 
-def _mtl(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+def mtl(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+    """MTL (docs/theory.md §3.3): the body trained with ``Theta_MTL`` on 𝒟, the head reset to ``w0``
+    and fine-tuned with ``K`` on the test support."""
     if cfg.mtl_heads == "independent":
         # A fresh test head is independent of the trained heads: the body's change is invisible.
         return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
-    sl, M = layout.slices(), layout.n_test
-    idx, task = _mtl_index(layout, cfg.mtl_data)
-    kern = mtl_kernel(Theta[jnp.ix_(idx, idx)], K[jnp.ix_(idx, idx)], task, cfg.mtl_heads)
+    sl = layout.slices()
+    idx, task = mtl_index(layout, cfg.mtl_data)
+    kern = mtl_kernel(Theta[jnp.ix_(idx, idx)], K[jnp.ix_(idx, idx)], task)
     y_all = jnp.concatenate([d.ys.reshape(-1, d.ys.shape[-1]), d.yq.reshape(-1, d.yq.shape[-1])])
     f0_all = jnp.concatenate([d.f0s.reshape(-1, d.f0s.shape[-1]), d.f0q.reshape(-1, d.f0q.shape[-1])])
     idx_local = idx - sl["train_support"].start  # supports then queries, as in y_all
-    solve, i1 = _eigh_apply(kern, cfg.outer, times[2], cfg.rcond)
+    solve, i1 = eigh_apply(kern, cfg.outer, times[2], cfg.rcond)
     alpha = solve @ (y_all[idx_local] - f0_all[idx_local])
     body = Theta - K
     g_ts = d.f0ts + (body[sl["test_support"]][:, idx] @ alpha).reshape(d.f0ts.shape)
     g_tq = d.f0tq + (body[sl["test_query"]][:, idx] @ alpha).reshape(d.f0tq.shape)
     out, i2 = _finetune_head(K, g_ts, g_tq, d, layout, cfg, times)
-    return out, _merge(i1, i2)
+    return out, merge(i1, i2)
 
 
-def _baseline(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+def anil(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+    """ANIL: GBML with the head's kernel ``K`` in the inner loop and at test time."""
+    return _gbml(Theta, K, d, layout, cfg, times)
+
+
+def maml(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+    """MAML: GBML with the full NTK ``Theta`` in the inner loop and at test time."""
+    return _gbml(Theta, Theta, d, layout, cfg, times)
+
+
+def baseline(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
+    """The no-transfer baseline (docs/theory.md §3.4): a head fine-tuned on the untrained body."""
     return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
 
 
-_CLOSED_FORMS = {
-    "mtl": _mtl,
-    "anil": lambda Theta, K, d, layout, cfg, times: _gbml(Theta, K, d, layout, cfg, times),
-    "maml": lambda Theta, K, d, layout, cfg, times: _gbml(Theta, Theta, d, layout, cfg, times),
-    "baseline": _baseline,
-}
+def fomaml(Theta, tasks: TaskSet, config: PredictorConfig, f0=None) -> np.ndarray:
+    r"""Discrete-time closed form of first-order MAML for a linearised network (kernel ``Theta``).
 
+    With ``A_i = Theta(X_i, X'_i) T_i`` (MAML's inner operator, discrete) and ``A_hat`` the test
+    task's at the fine-tuning time, the first-order outer step ``theta -= eta sum_i J(X_i)^T r_i``
+    (``r`` the adapted query residuals) moves the residuals by the non-symmetric kernel
+    ``Phi_FO(i, j) = Theta(X_i, X_j) - A_i Theta(X'_i, X_j)``::
+
+        r_0 = F0(𝒳) - 𝒴,   r_{s+1} = (I - eta Phi_FO) r_s
+        F(X) = F0(X) - eta [Theta(X, 𝒳) - A_hat Theta(X', 𝒳)] sum_{s<S} r_s
+
+    ``F0`` as in docs/theory.md §3.2. Requires a discrete config (:attr:`PredictorConfig.discrete`). Returns
+    ``[M, m_q, k]``; ``f0 [P, k]`` or ``None`` (mean predictor).
+    """
+    require(config.discrete, "FO-MAML's closed form needs discrete inner, fine-tuning and outer steps "
+            "and a finite outer time (ntk_bridge.finite.discretise gives them)")
+    L = tasks.layout
+    sl = L.slices()
+    k = tasks.n_outputs
+    Theta = np.asarray(Theta, dtype=np.float64)
+    f0 = np.zeros((L.n_points, k)) if f0 is None else np.asarray(f0, np.float64).reshape(L.n_points, k)
+
+    def blocks(rows, cols, r_tasks, c_tasks):
+        return block(Theta, sl[rows], sl[cols], r_tasks, c_tasks)
+
+    N, M = L.n_train, L.n_test
+    T = inner_operator(own(blocks("train_support", "train_support", N, N)), config.inner_time, config.inner_steps)
+    A = own(blocks("train_query", "train_support", N, N)) @ T  # [N, n_q, n_s]
+    T_hat = inner_operator(own(blocks("test_support", "test_support", M, M)), config.finetune_time,
+                           config.finetune_steps)
+    A_hat = own(blocks("test_query", "test_support", M, M)) @ T_hat  # [M, m_q, m_s]
+    f0s = f0[sl["train_support"]].reshape(N, L.n_support, k)
+    f0q = f0[sl["train_query"]].reshape(N, L.n_query, k)
+    f0ts = f0[sl["test_support"]].reshape(M, L.m_support, k)
+    f0tq = f0[sl["test_query"]].reshape(M, L.m_query, k)
+    F0 = (f0q + A @ (tasks.train_support_y - f0s)).reshape(N * L.n_query, k)
+    F0_test = f0tq + A_hat @ (tasks.test_support_y - f0ts)
+    nq = N * L.n_query
+    phi = Theta[sl["train_query"], sl["train_query"]] - np.einsum(
+        "iab,ibc->iac", A, Theta[sl["train_support"], sl["train_query"]].reshape(N, L.n_support, nq)).reshape(nq, nq)
+    cross = Theta[sl["test_query"], sl["train_query"]].reshape(M, L.m_query, nq) - np.einsum(
+        "mab,mbc->mac", A_hat, Theta[sl["test_support"], sl["train_query"]].reshape(M, L.m_support, nq))
+    eta = config.outer_time / config.outer_steps
+    r = F0 - tasks.train_query_y.reshape(nq, k)
+    total = np.zeros_like(r)
+    for _ in range(int(config.outer_steps)):
+        total += r
+        r = r - eta * (phi @ r)
+    return F0_test - eta * (cross @ total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions from kernels
+# ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("layout", "cfg", "method"))
 def _predict_batched(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorConfig, method: str):
@@ -439,7 +277,7 @@ def _predict_batched(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorCo
     ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
     compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
     is not recomputed for it."""
-    fn = functools.partial(_CLOSED_FORMS[method], layout=layout, cfg=cfg)
+    fn = functools.partial(registry.get(method).implementation("closed_form"), layout=layout, cfg=cfg)
     return jax.vmap(lambda th, k, t: fn(th, k, d, times=t), in_axes=(0, 0, 0))(Theta, K, times)
 
 
@@ -447,21 +285,19 @@ def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:
     """The static part of a config for one method: times are passed traced, so one compilation
     serves them all, and settings the method does not read are reset to their defaults, so that
     one compilation serves every value of them."""
+    m, defaults = registry.get(method), PredictorConfig()
     cfg = dataclasses.replace(cfg, inner_time=0.0, finetune_time=0.0, outer_time=0.0)
-    if method != "mtl":
-        cfg = dataclasses.replace(cfg, mtl_data="all", mtl_heads="shared")
-    if method in ("mtl", "baseline"):
-        cfg = dataclasses.replace(cfg, inner_steps=None, inner_l2=None)
-    if method == "baseline":
-        cfg = dataclasses.replace(cfg, outer_steps=None)
+    for setting, fields in SETTING_FIELDS.items():
+        if not m.depends(setting):
+            cfg = dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in fields if not f.endswith("_time")})
     return cfg
 
 
 def _check_methods(methods: Sequence[str]) -> tuple:
     methods = tuple(methods)
-    bad = [m for m in methods if m not in METHODS]
-    require(not bad, f"unknown method(s) {', '.join(map(repr, bad))}: choose from {', '.join(METHODS)}")
     require(len(methods) > 0, "methods must name at least one method")
+    for name in methods:
+        require(registry.get(name).closed_form is not None, f"method {name!r} has no closed form")
     return methods
 
 
@@ -470,7 +306,7 @@ def predict_from_kernels(
     K,
     tasks: TaskSet,
     config: PredictorConfig | Sequence[PredictorConfig] = PredictorConfig(),
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = CLOSED_FORM_METHODS,
     f0=None,
 ) -> dict[str, Prediction] | list[dict[str, Prediction]]:
     """Closed-form predictions on the test queries from given kernels.
@@ -481,7 +317,8 @@ def predict_from_kernels(
       tasks: the :class:`TaskSet` (labels; its layout fixes the point order).
       config: one :class:`PredictorConfig`, or a list of ``B`` configs differing only in their times
         (one per batch entry; a single config is broadcast).
-      methods: subset of ``('mtl', 'anil', 'maml', 'baseline')``.
+      methods: names of methods with a closed form (:mod:`ntk_bridge.methods`); FO-MAML's needs a
+        discrete config.
       f0: ``[P, k]`` initial outputs of one network, or ``None`` for the mean predictor.
 
     Returns ``{method: Prediction(values [M, m_q, k], diagnostics)}``, or a list of those for a batch.
@@ -500,8 +337,8 @@ def predict_from_kernels(
     require(K.shape == Theta.shape, f"K has shape {tuple(K.shape)}, Theta has {tuple(Theta.shape)}")
     configs = list(config) if isinstance(config, (list, tuple)) else [config] * Theta.shape[0]
     require(len(configs) == Theta.shape[0], f"got {len(configs)} configs for {Theta.shape[0]} kernels")
-    static = _static_config(configs[0], "mtl")
-    require(all(_static_config(c, "mtl") == static for c in configs),
+    static = _static_config(configs[0], registry.MTL.name)
+    require(all(_static_config(c, registry.MTL.name) == static for c in configs),
             "a batch of configs may differ only in inner_time, finetune_time and outer_time")
     k = tasks.n_outputs
     if f0 is None:
@@ -510,13 +347,20 @@ def predict_from_kernels(
         f0 = np.asarray(f0, dtype=np.float64)
         require(f0.shape[0] == P and f0.size == P * k, f"f0 must have shape [{P}, {k}], got {f0.shape}")
         require(bool(np.all(np.isfinite(f0))), "f0 contains NaN or inf")
-        require(configs[0].mtl_heads == "shared" or "mtl" not in methods,
+        require(configs[0].mtl_heads == "shared" or registry.MTL.name not in methods,
                 "f0 (a single network's outputs) is defined for shared MTL heads only")
     data = _Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
                  *_split_f0(f0.reshape(P, -1), layout))
     times = np.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], np.float64)
+    jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps]
     raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)
-                          for m in methods})
+                          for m in jitted})
+    for m in methods:
+        if m not in raw:  # a numpy closed form (FO-MAML), batch entry by batch entry
+            impl = registry.get(m).implementation("closed_form")
+            values = np.stack([impl(Theta[b], tasks, configs[b], f0) for b in range(Theta.shape[0])])
+            nan = np.full(len(values), np.nan)
+            raw[m] = (values, Solve(nan, np.zeros(len(values)), nan))
     results = []
     for b in range(Theta.shape[0]):
         entry = {}
@@ -533,12 +377,23 @@ def predict(
     tasks: TaskSet,
     depth: int | Sequence[int],
     config: PredictorConfig = PredictorConfig(),
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = CLOSED_FORM_METHODS,
     architecture=None,
     f0=None,
 ) -> dict[str, Prediction] | dict[int, dict[str, Prediction]]:
     """Infinite-width predictions for one depth, or ``{depth: ...}`` for several depths, with the
-    kernels of every depth computed in one pass (:func:`ntk_bridge.kernels.kernels_by_depth`)."""
+    kernels of every depth computed in one pass (:func:`ntk_bridge.kernels.kernels_by_depth`).
+
+    Example::
+
+        import ntk_bridge
+        from ntk_bridge.tasks import subspace_tasks
+        from ntk_bridge.predictors import PredictorConfig, predict
+
+        tasks = subspace_tasks(seed=0, n_train=10, n_test=20)
+        out = predict(tasks, depth=[2, 32], config=PredictorConfig(inner_time=0.1, mtl_data="query"))
+        gap = out[32]["anil"].values - out[32]["mtl"].values       # [test tasks, queries, outputs]
+    """
     from ntk_bridge.kernels import kernels_by_depth
 
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(x) for x in depth]

@@ -8,7 +8,11 @@ import platform
 import subprocess
 from importlib import metadata
 
-__all__ = ["PACKAGES", "NUMERICS", "provenance", "numerics_versions", "source_checkout"]
+__all__ = ["CACHE_VERSION", "PACKAGES", "NUMERICS", "provenance", "numerics_versions", "source_checkout"]
+
+#: Bumped when a change of ntk_bridge's code changes the numbers a sweep cell holds (part of every
+#: cell's cache key, with :func:`numerics_versions`).
+CACHE_VERSION = 3
 
 #: Distributions whose versions are recorded.
 PACKAGES = ("ntk-bridge", "jax", "jaxlib", "neural-tangents", "numpy", "scipy", "pandas", "optax",
@@ -29,7 +33,6 @@ def _version(dist: str) -> str | None:
 def numerics_versions() -> tuple[tuple[str, str | None], ...]:
     """``(name, version)`` of ntk_bridge (with its cache version) and of :data:`NUMERICS`."""
     import ntk_bridge
-    from ntk_bridge.sweep import CACHE_VERSION
 
     return (("ntk_bridge", f"{ntk_bridge.__version__} (cache {CACHE_VERSION})"),
             *((name, _version(name)) for name in NUMERICS))

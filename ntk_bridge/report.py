@@ -16,9 +16,13 @@ import time
 import numpy as np
 import pandas as pd
 
-__all__ = ["ReportTable", "sweep_tables", "markdown", "summary_markdown", "write_run", "DIMENSIONS"]
+from ntk_bridge import methods as registry
 
-#: Grid dimensions a table row can be keyed by, with their column headers.
+__all__ = ["ReportTable", "sweep_tables", "markdown", "summary_markdown", "write_run", "DIMENSIONS", "fmt",
+           "flagged_line"]
+
+#: Grid dimensions a table row can be keyed by (:data:`ntk_bridge.methods.SETTINGS`), with their
+#: column headers.
 DIMENSIONS = {
     "width": "width",
     "inner_time": "inner time",
@@ -26,15 +30,6 @@ DIMENSIONS = {
     "outer_time": "outer time",
     "mtl_data": "MTL data",
     "test_head": "test head",
-}
-
-#: The grid dimensions each method's own predictions depend on (the rest only pair its rows).
-DEPENDS_ON = {
-    "mtl": ("width", "finetune_time", "outer_time", "mtl_data"),
-    "anil": ("width", "inner_time", "finetune_time", "outer_time", "test_head"),
-    "maml": ("width", "inner_time", "finetune_time", "outer_time", "test_head"),
-    "fomaml": ("width", "inner_time", "finetune_time", "outer_time", "test_head"),
-    "baseline": ("width", "finetune_time"),
 }
 
 _DATA_NOTE = "MTL data: `all` = MTL trained on support and query of every training task (the paper's MTL), " \
@@ -98,10 +93,10 @@ def _only_what_it_depends_on(frame: pd.DataFrame, dims, keys=("method",)) -> pd.
     for d in dims:
         if d in frame:
             frame[d] = frame[d].astype(object)
-            blank = ~frame["method"].map(lambda m: d in DEPENDS_ON.get(m, tuple(DIMENSIONS)))
+            blank = ~frame["method"].map(lambda m: m not in registry.METHODS or registry.get(m).depends(d))
             frame.loc[blank, d] = "-"
     frame = frame.drop_duplicates(list(keys) + [d for d in dims if d in frame])
-    order = {m: i for i, m in enumerate(DEPENDS_ON)}
+    order = {m: i for i, m in enumerate(registry.METHODS)}
     frame = frame.assign(_order=frame["method"].map(order).fillna(len(order)))
     frame = frame.sort_values(["_order"] + [k for k in keys if k != "method"], kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
@@ -116,7 +111,7 @@ def sweep_tables(df: pd.DataFrame) -> list[ReportTable]:
     tables = []
     slopes = depth_slopes(df)
     if len(slopes):
-        slopes = slopes[slopes["method"] != "baseline"].reset_index(drop=True)
+        slopes = slopes[slopes["method"] != registry.BASELINE.name].reset_index(drop=True)
         slopes["ci"] = [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(slopes["ci95_low"], slopes["ci95_high"])]
         slopes["depths"] = [f"{a}..{b} ({n})" for a, b, n in
                             zip(slopes["depth_min"], slopes["depth_max"], slopes["n_depths"])]
@@ -190,7 +185,7 @@ def summary_markdown(df: pd.DataFrame, command: str | None, config: dict) -> str
     parts = ["# ntk-bridge sweep summary", ""]
     if command:
         parts += [f"Command: `{command}`", ""]
-    parts.append(f"Rows: {len(df)} ({int(df['status'].eq('ok').sum())} ok). Tasks: {config.get('tasks')}.")
+    parts.append(f"Rows: {len(df)} ({int(df['status'].eq('ok').sum())} ok). Tasks: {config.get('tasks', {}).get('family')}.")
     line = flagged_line(df)
     if line:
         parts.append(line)

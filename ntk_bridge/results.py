@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
 
 __all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged",
@@ -84,7 +85,7 @@ def depth_slopes(df: pd.DataFrame, column: str = "gap_to_mtl_rel") -> pd.DataFra
     """Log-log slope of the per-depth median of ``column`` (over test tasks and networks) vs depth,
     with its 95% CI, for every method but MTL and the baseline and every time setting."""
     d = ok_rows(df)
-    d = d[~d["method"].isin(["mtl"])]
+    d = d[d["method"] != registry.MTL.name]
     if "network" in d:
         d = d[d["network"].astype(str) != "ensemble"]
     med = d.groupby(GROUP + ["depth"], dropna=False)[column].median().reset_index()
@@ -127,8 +128,8 @@ def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
     med = d.groupby(keys + ["method", "depth"], dropna=False)["test_mse"].median().reset_index()
     rows = []
     for key, g in med.groupby(keys, dropna=False):
-        base = g[g["method"] == "baseline"].set_index("depth")["test_mse"]
-        for method, gm in g[g["method"] != "baseline"].groupby("method"):
+        base = g[g["method"] == registry.BASELINE.name].set_index("depth")["test_mse"]
+        for method, gm in g[g["method"] != registry.BASELINE.name].groupby("method"):
             s = gm.set_index("depth")["test_mse"]
             common = s.index.intersection(base.index)
             if len(common) == 0:
@@ -150,5 +151,5 @@ def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:
     finite = df[np.isfinite(df["width"].astype(float))]
     if finite["width"].nunique() < 2:
         return pd.DataFrame()
-    finite = finite[finite["method"] != "baseline"]
+    finite = finite[finite["method"] != registry.BASELINE.name]
     return width_exponents(finite, by=("method", "depth", "inner_time", "mtl_data"))

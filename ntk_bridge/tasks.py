@@ -1,6 +1,6 @@
 """Task sets: training tasks (support + query), test tasks, generators and ``.npz`` files.
 
-Shapes follow THEORY.md's notation. ``N`` training tasks, each with a support set of ``n_s`` points
+Shapes follow the notation of docs/theory.md §2. ``N`` training tasks, each with a support set of ``n_s`` points
 and a query set of ``n_q`` points; ``M`` test tasks with ``m_s`` support and ``m_q`` query points;
 inputs of dimension ``d``; labels of dimension ``k``:
 
@@ -21,7 +21,7 @@ Labels of shape ``[tasks, points]`` are read as ``k = 1``. A ``.npz`` file with 
 (``test_query_y`` optional, any float dtype, no NaN/inf) is a valid task file for
 ``ntk-bridge sweep --tasks FILE.npz``.
 
-Generators put every input on the sphere ``||x||^2 = d`` (THEORY.md §2) and are deterministic given
+Generators put every input on the sphere ``||x||^2 = d`` (docs/theory.md §2) and are deterministic given
 their seed.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A deliberately naive re-implementation of THEORY.md §3, for tests only.
+"""A deliberately naive re-implementation of docs/theory.md §3, for tests only.
 
 Python loops over tasks and task pairs, ``scipy.linalg.expm`` / matrix powers for the dynamics and
 ``numpy.linalg.solve`` for inverses: nothing is shared with ``ntk_bridge.predictors``.

@@ -43,7 +43,7 @@ def test_sweep_end_to_end(runner, tmp_path):
     for name in ("results.csv", "config.json", "summary.md", "gap_vs_depth.png", "gap_vs_depth.pdf"):
         assert (out / name).exists(), name
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["config"]["depths"] == [1, 2, 3, 4]
+    assert cfg["config"]["grid"]["depths"] == [1, 2, 3, 4]
     assert cfg["versions"]["neural-tangents"] == "0.6.5"
     assert "slope" in res.stdout and "baseline" in res.stdout and "sweep" in res.stderr
     assert "slope" in (out / "summary.md").read_text()
@@ -134,7 +134,7 @@ def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp
     assert results["dist_to_linearized_rel"].isna().all()  # --no-linearized
     summary = (out / "summary.md").read_text()
     assert "infinite-width predictor vs width" in summary and "exponent" in summary
-    cfg = json.loads((out / "config.json").read_text())["config"]
+    cfg = json.loads((out / "config.json").read_text())["config"]["finite"]
     assert cfg["outer_steps"] == 5 and cfg["linearized"] is False and cfg["finite_dtype"] == "float64"
 
 

@@ -29,8 +29,8 @@ from ntk_bridge.sweep import Progress, SweepConfig, iter_unit, make_units, plan,
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-CONFIG = SweepConfig(depths=(1, 2, 3), inner_times=(0.1, 1.0), finetune_times=(1.0,), outer_times=(math.inf,),
-                     methods=("mtl", "anil", "maml"), mtl_data=("all",), tasks="subspace", train_tasks=3,
+CONFIG = SweepConfig.of(depths=(1, 2, 3), inner_times=(0.1, 1.0), finetune_times=(1.0,), outer_times=(math.inf,),
+                     methods=("mtl", "anil", "maml"), mtl_data=("all",), family="subspace", train_tasks=3,
                      test_tasks=2, support=3, query=4, dim=5, task_seed=0)
 N_CELLS = 6
 CLI_ARGS = ["sweep", "--depth", "1..3", "--inner-time", "0.1,1", "--finetune-time", "1", "--outer-time", "inf",
@@ -150,7 +150,7 @@ class RecordStarts:
 
 @pytest.mark.parametrize("min_units", [1, 8, 100])
 def test_split_units_partitions_the_pending_cells(min_units):
-    config = SweepConfig(depths=(1, 2, 3, 5, 8), inner_times=(0.1, 1.0), finetune_times=(0.5, 1.0),
+    config = SweepConfig.of(depths=(1, 2, 3, 5, 8), inner_times=(0.1, 1.0), finetune_times=(0.5, 1.0),
                          mtl_data=("all",), train_tasks=2, test_tasks=1, support=2, query=2, dim=3)
     _, cells, keys = plan(config)
     pending = [(c, k) for i, (c, k) in enumerate(zip(cells, keys)) if i % 3]  # some already cached
@@ -209,7 +209,7 @@ def test_worker_runs_the_sweeps_blas_threads(executor, tmp_path):
     # rounds differently with another thread count once kernels are a few hundred points wide (300
     # here; the 35 of CONFIG are too few to tell). The sweep asks for 2: workers must follow it, as
     # the in-process run does. On a one-core machine this passes trivially.
-    config = SweepConfig(depths=(2,), inner_times=(0.1,), mtl_data=("all",), train_tasks=10, test_tasks=10,
+    config = SweepConfig.of(depths=(2,), inner_times=(0.1,), mtl_data=("all",), train_tasks=10, test_tasks=10,
                          support=5, query=10, dim=16, blas_threads=2)
     local = str(tmp_path / "local")
     reference = (local, run_sweep(config, local).to_csv(index=False))
@@ -318,7 +318,7 @@ def test_finite_width_cell_on_a_worker(executor, tmp_path):
     finite = pytest.importorskip("ntk_bridge.finite", reason="ntk_bridge.finite is not there yet")
     if not hasattr(finite, "finite_cell"):
         pytest.skip("ntk_bridge.finite has no finite_cell yet")
-    config = SweepConfig(depths=(1,), widths=(64.0,), methods=("mtl",), inner_times=(0.1,),
+    config = SweepConfig.of(depths=(1,), widths=(64.0,), methods=("mtl",), inner_times=(0.1,),
                          outer_times=(1.0,), train_tasks=2, test_tasks=1, support=2, query=3, dim=4)
     local = run_sweep(config, str(tmp_path / "local")).to_csv(index=False)
     run = str(tmp_path / "dask")

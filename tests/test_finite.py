@@ -1,4 +1,4 @@
-"""Tests of ntk_bridge.finite: finite networks trained by gradient descent (THEORY.md §4 rung 3).
+"""Tests of ntk_bridge.finite: finite networks trained by gradient descent (docs/theory.md §4, and §5 rung 3).
 
 Exact identities first (the body/readout split is the stax network; the linearised network is
 ``neural_tangents.linearize``), then rung 2 through this module's own trainers (trained linearised
@@ -18,6 +18,12 @@ import scipy.stats
 
 from ntk_bridge import finite
 from ntk_bridge.errors import UserError
+from ntk_bridge.finite import comparison, networks
+from ntk_bridge.finite import objectives
+from ntk_bridge.finite import training as trainers
+from ntk_bridge.metrics import NAMES
+from ntk_bridge.predictors import fomaml
+from ntk_bridge.results import fit_power_law, width_exponents
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import subspace_tasks
@@ -36,12 +42,12 @@ def small_tasks():
 
 def test_body_and_readout_split_is_the_stax_network_and_its_linearisation(small_tasks, key):
     arch = Architecture(width=32)
-    net = finite._network(arch, 3)
+    net = networks.network_for(arch, 3)
     init_fn, apply_fn, _ = arch.network(3)
     _, params0 = init_fn(key, (-1, small_tasks.dim))
     x = jnp.asarray(small_tasks.all_points())
     body0, head0 = list(params0[:-1]), params0[-1]
-    split = finite._apply(net, False, (body0, head0), x, None)
+    split = networks.apply(net, False, (body0, head0), x, None)
     np.testing.assert_allclose(split, apply_fn(params0, x), rtol=1e-13, atol=1e-13)
 
     # a perturbed point: the linearised model must equal neural_tangents.linearize exactly
@@ -49,7 +55,7 @@ def test_body_and_readout_split_is_the_stax_network_and_its_linearisation(small_
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
     moved = jax.tree_util.tree_unflatten(
         tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-    ours = finite._apply(net, True, (list(moved[:-1]), moved[-1]), x, (body0, head0))
+    ours = networks.apply(net, True, (list(moved[:-1]), moved[-1]), x, (body0, head0))
     theirs = nt.linearize(apply_fn, params0)(moved, x)
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
     assert float(jnp.max(jnp.abs(theirs - apply_fn(moved, x)))) > 1e-4  # the nonlinearity is visible
@@ -110,7 +116,7 @@ def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, m
         f0 = run.f0[j] if mode == "raw" else None
         closed = {m: p.values for m, p in
                   predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline"), f0=f0).items()}
-        closed["fomaml"] = finite.fomaml_closed_form(theta, t, cfg, f0)
+        closed["fomaml"] = fomaml(theta, t, cfg, f0)
         for method in ALL:
             lin, cf = run.linearized[method][j], closed[method]
             assert not run.linearized_diverged[method][j]
@@ -144,7 +150,7 @@ def width_rows():
 
 @pytest.mark.slow
 def test_distance_to_infinite_width_falls_like_a_power_of_width(width_rows):
-    fits = finite.width_exponents(width_rows).set_index("method")
+    fits = width_exponents(width_rows).set_index("method")
     for method in ("mtl", "anil", "maml"):
         p, lo, hi, n = fits.loc[method, ["exponent", "ci95_low", "ci95_high", "n"]]
         assert n == len(WIDTHS) * N_NETWORKS
@@ -155,7 +161,7 @@ def test_distance_to_infinite_width_falls_like_a_power_of_width(width_rows):
 
 def test_rows_have_the_documented_columns_and_consistent_gaps(width_rows):
     rows = width_rows
-    assert tuple(rows.columns) == finite.COLUMNS
+    assert list(rows.columns) == NAMES
     assert set(rows["status"]) == {"ok"}
     assert set(rows["network"]) == set(range(N_NETWORKS)) | {"ensemble"}
     mtl = rows[rows["method"] == "mtl"]
@@ -210,14 +216,14 @@ def test_float32_training_is_float32_and_close_to_float64(small_tasks):
         out[dtype] = finite.train_networks(small_tasks, 1, 64, cfg, ("anil",), training=training)
     a, b = out["float32"].finite["anil"], out["float64"].finite["anil"]
     assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-4
-    arch = finite._architecture(None, 64, 1)
+    arch = networks.architecture_for(None, 64, 1)
     params, _ = finite.init_networks(small_tasks, 1, 64)
     data = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32),
-                                  finite._network_data(small_tasks, "all", np.zeros((1, small_tasks.layout.n_points, 1))))
+                                  objectives.network_data(small_tasks, "all", np.zeros((1, small_tasks.layout.n_points, 1))))
     params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), params)
-    rates = finite._Rates(*(jnp.asarray(v, jnp.float32) for v in (0.1, 0.1, 0.01, 1e3)))
-    res = finite._run_batched(params, data, rates, net=finite._network(arch, 1), linear=False, method="anil",
-                              steps=finite._Steps(1, 1, 2))
+    rates = objectives.Rates(*(jnp.asarray(v, jnp.float32) for v in (0.1, 0.1, 0.01, 1e3)))
+    res = trainers._run_batched(params, data, rates, net=networks.network_for(arch, 1), linear=False,
+                                trainer=objectives.ANIL_TRAINER, steps=objectives.Steps(1, 1, 2))
     assert res.predictions.dtype == jnp.float32 and res.history.dtype == jnp.float32
 
 
@@ -237,17 +243,17 @@ def test_vmap_and_map_batching_train_the_same_networks(small_tasks):
 def test_fit_power_law_matches_scipy_and_recovers_a_known_exponent(rng):
     x = np.repeat([64.0, 128, 256, 512, 1024], 8)
     y = 3.0 * x ** -0.5 * np.exp(0.1 * rng.standard_normal(x.size))
-    p, lo, hi, n = finite.fit_power_law(x, y)
+    p, lo, hi, n = fit_power_law(x, y)
     ref = scipy.stats.linregress(np.log(x), np.log(y))
     half = scipy.stats.t.ppf(0.975, x.size - 2) * ref.stderr
     assert n == x.size
     np.testing.assert_allclose([p, lo, hi], [ref.slope, ref.slope - half, ref.slope + half], rtol=1e-12)
     assert lo < -0.5 < hi
     # non-finite and non-positive points are dropped; too few points give NaN
-    p2, _, _, n2 = finite.fit_power_law(np.append(x, [1.0, 2.0]), np.append(y, [np.nan, -1.0]))
+    p2, _, _, n2 = fit_power_law(np.append(x, [1.0, 2.0]), np.append(y, [np.nan, -1.0]))
     assert n2 == x.size and p2 == pytest.approx(p)
-    assert math.isnan(finite.fit_power_law([1.0, 2.0], [1.0, 0.5])[1])
-    assert math.isnan(finite.fit_power_law([1.0], [1.0])[0])
+    assert math.isnan(fit_power_law([1.0, 2.0], [1.0, 0.5])[1])
+    assert math.isnan(fit_power_law([1.0], [1.0])[0])
 
 
 def test_bad_arguments_raise_user_errors(small_tasks):
@@ -263,16 +269,16 @@ def test_cells_sharing_a_cache_equal_fresh_cells_and_train_fewer_runs(small_task
     """finite_cell's cache: MTL ignores the inner time, ANIL/MAML ignore mtl_data, the baseline
     both; shared runs must give exactly the rows of cells computed alone."""
     trained = []
-    real = finite.train_networks
+    real = comparison.train_networks
 
     def counting(*args, **kwargs):
         trained.extend(args[4] if len(args) > 4 else kwargs["methods"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finite, "train_networks", counting)
-    training = finite.TrainingConfig(outer_steps=10)
+    monkeypatch.setattr(comparison, "train_networks", counting)
+    schedule = finite.TrainingConfig(outer_steps=10)
     grid = [PredictorConfig(inner_time=s, mtl_data=d) for s in (0.1, 1.0) for d in ("all", "query")]
-    kw = dict(methods=("mtl", "anil", "maml"), n_networks=2, training=training)
+    kw = dict(methods=("mtl", "anil", "maml"), n_networks=2, training=schedule)
     alone = [finite.finite_cell(small_tasks, 1, 24, cfg, **kw) for cfg in grid]
     n_alone, trained[:] = len(trained), []
     cache: dict = {}
@@ -283,7 +289,7 @@ def test_cells_sharing_a_cache_equal_fresh_cells_and_train_fewer_runs(small_task
         pd.testing.assert_frame_equal(a, b)
     # the infinite-width gap column is the closed forms' gap under the same discrete schedule
     kern = next(kernels_by_depth(small_tasks.all_points(), depths=[1]))
-    cfg = finite.discretise(grid[3], kern.ntk, small_tasks, training)
+    cfg = finite.discretise(grid[3], kern.ntk, small_tasks, schedule)
     out = predict_from_kernels(kern.ntk, kern.readout, small_tasks, cfg, ("mtl", "anil"))
     f, g = out["anil"].values, out["mtl"].values
     expect = np.linalg.norm((f - g).reshape(len(f), -1), axis=1) / np.linalg.norm(g.reshape(len(g), -1), axis=1)

@@ -62,9 +62,18 @@ def test_deep_limits(x):
     assert cond[256] > cond[32] > cond[4]
 
 
-def test_body_kernel_is_ntk_minus_readout(x):
-    k = next(kernels_by_depth(x, depths=[2]))
-    np.testing.assert_array_equal(k.body, k.ntk - k.readout)
+def test_body_kernel_is_the_gradient_gram_of_the_hidden_layers(key):
+    # at a finite network: Theta - K (from empirical_kernels) equals the Gram matrix of the Jacobian
+    # with respect to the hidden layers alone, computed here with jax.jacobian
+
+
+    x = np.asarray(jax.random.normal(key, (5, 3)))
+    init_fn, apply_fn, _ = Architecture(width=16).network(2)
+    _, params = init_fn(jax.random.fold_in(key, 1), x.shape)
+    k = empirical_kernels(apply_fn, params, x)
+    jac = jax.jacobian(lambda body: apply_fn(list(body) + [params[-1]], x)[:, 0])(tuple(params[:-1]))
+    J = np.concatenate([np.asarray(leaf).reshape(x.shape[0], -1) for leaf in jax.tree_util.tree_leaves(jac)], axis=1)
+    np.testing.assert_allclose(k.body, J @ J.T, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("depth", [1, 2])

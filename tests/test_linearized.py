@@ -1,4 +1,4 @@
-"""Rung 2 of THEORY.md §4: closed forms with empirical kernels == gradient descent on the linearised
+"""Rung 2 of docs/theory.md §5: closed forms with empirical kernels == gradient descent on the linearised
 network, in discrete time, for MTL, ANIL and MAML (full-f0 form, one network).
 
 The training loops below are written the plain way: parameters as pytrees, ``jax.grad`` of the

@@ -10,7 +10,7 @@ SMALL = dict(depths=(1, 2, 4), inner_times=(0.1, 1.0), mtl_data=("all", "query")
 
 @pytest.fixture(scope="module")
 def df(tmp_path_factory):
-    return sw.run_sweep(sw.SweepConfig(**SMALL), str(tmp_path_factory.mktemp("run")), figures=False)
+    return sw.run_sweep(sw.SweepConfig.of(**SMALL), str(tmp_path_factory.mktemp("run")), figures=False)
 
 
 def shown(table):
@@ -37,6 +37,6 @@ def test_varying_dimensions_are_columns_and_rows_are_distinct(df):
 
 
 def test_summary_has_the_same_tables_as_the_console(df):
-    text = summary_markdown(df, "ntk-bridge sweep", {"tasks": "subspace"})
+    text = summary_markdown(df, "ntk-bridge sweep", sw.SweepConfig().to_dict())
     for t in sweep_tables(df):
         assert markdown(t) in text

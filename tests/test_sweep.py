@@ -10,6 +10,7 @@ import pytest
 from ntk_bridge import sweep as sw
 from ntk_bridge.predictors import PredictorConfig, predict
 from ntk_bridge.results import depth_slopes, fit_power_law
+from ntk_bridge.metrics import NAMES
 from ntk_bridge.runs import RunFolder
 
 SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2, support=3,
@@ -17,9 +18,9 @@ SMALL = dict(depths=(1, 2, 3, 5), inner_times=(0.1, 1.0), mtl_data=("all",), tra
 
 
 def test_schema_and_values_match_predictors(tmp_path):
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     df = sw.run_sweep(cfg, str(tmp_path))
-    assert list(df.columns) == sw.COLUMNS
+    assert list(df.columns) == NAMES
     # 4 depths x 2 inner times x 4 methods (mtl, anil, maml, baseline) x 2 test tasks
     assert len(df) == 4 * 2 * 4 * 2
     assert set(df["status"]) == {"ok"}
@@ -37,7 +38,7 @@ def test_schema_and_values_match_predictors(tmp_path):
 
 
 def test_rerun_skips_finished_cells_and_is_deterministic(tmp_path, monkeypatch):
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     first = sw.run_sweep(cfg, str(tmp_path / "a"))
     calls = []
     monkeypatch.setattr(RunFolder, "write_cell", lambda *a, **k: calls.append(a))
@@ -50,7 +51,7 @@ def test_rerun_skips_finished_cells_and_is_deterministic(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     real_write = RunFolder.write_cell
     written = []
 
@@ -85,16 +86,16 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_changing_the_grid_reuses_common_cells(tmp_path):
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     sw.run_sweep(cfg, str(tmp_path))
-    bigger = sw.SweepConfig(**dict(SMALL, depths=(1, 2, 3, 5, 8)))
+    bigger = sw.SweepConfig.of(**dict(SMALL, depths=(1, 2, 3, 5, 8)))
     _, cells, keys = sw.plan(bigger)
     done = [k for k in keys if RunFolder(tmp_path).read_cell(k) is not None]
     assert len(done) == 8 and len(keys) == 10
     df = sw.run_sweep(bigger, str(tmp_path))
     assert sorted(df.depth.unique()) == [1, 2, 3, 5, 8]
     # a different task set gives different keys
-    other = sw.SweepConfig(**dict(SMALL, task_seed=1))
+    other = sw.SweepConfig.of(**dict(SMALL, task_seed=1))
     assert set(sw.plan(other)[2]).isdisjoint(keys)
 
 
@@ -106,7 +107,7 @@ def test_flagged_rows_are_reported_not_hidden(tmp_path):
                    t.test_support_x, t.test_support_y, t.test_query_x, t.test_query_y)
     path = tmp_path / "same.npz"
     same.save(path)
-    cfg = sw.SweepConfig(depths=(1, 2), inner_times=(math.inf,), tasks=str(path))
+    cfg = sw.SweepConfig.of(depths=(1, 2), inner_times=(math.inf,), family=str(path))
     df = sw.run_sweep(cfg, str(tmp_path / "run"))
     maml = df[df.method == "maml"]
     assert (maml.status != "ok").all()
@@ -126,26 +127,26 @@ def test_fit_power_law_recovers_exponent(rng):
 def test_finite_cells_of_one_width_and_depth_share_runs_and_match_cells_run_alone(tmp_path):
     small = dict(SMALL, depths=(1, 2), widths=(24.0,), methods=("mtl", "anil"), mtl_data=("all", "query"),
                  seeds=2, outer_steps=10)
-    cfg = sw.SweepConfig(**small)
+    cfg = sw.SweepConfig.of(**small)
     tasks, cells, keys = sw.plan(cfg)
     units = sw.make_units(cfg, cells, keys)
     assert len(units) == 2 and all(len(u.cells) == 4 for u in units)  # one unit per depth
     together = sw.run_sweep(cfg, str(tmp_path / "a"))
     assert set(together["status"]) == {"ok"} and set(together["dtype"]) == {"float64"}
-    alone = [sw.run_sweep(sw.SweepConfig(**dict(small, inner_times=(s,), mtl_data=(d,))), str(tmp_path / f"{s}{d}"))
+    alone = [sw.run_sweep(sw.SweepConfig.of(**dict(small, inner_times=(s,), mtl_data=(d,))), str(tmp_path / f"{s}{d}"))
              for s in small["inner_times"] for d in small["mtl_data"]]
     alone = sw.sort_results(pd.concat(alone, ignore_index=True))
     pd.testing.assert_frame_equal(together, alone)
     # the training settings are part of a finite cell's key, not of an infinite cell's
-    other = sw.plan(sw.SweepConfig(**dict(small, outer_steps=11, widths=(24.0, math.inf))))[2]
+    other = sw.plan(sw.SweepConfig.of(**dict(small, outer_steps=11, widths=(24.0, math.inf))))[2]
     assert not set(keys) & set(other)
-    inf_a = sw.plan(sw.SweepConfig(**dict(SMALL, outer_steps=11)))[2]
-    assert inf_a == sw.plan(sw.SweepConfig(**SMALL))[2]
+    inf_a = sw.plan(sw.SweepConfig.of(**dict(SMALL, outer_steps=11)))[2]
+    assert inf_a == sw.plan(sw.SweepConfig.of(**SMALL))[2]
 
 
 def test_blas_threads_are_part_of_the_key_and_a_resume_under_another_count_recomputes(tmp_path, monkeypatch):
-    one = sw.SweepConfig(**dict(SMALL, blas_threads=1))
-    two = sw.SweepConfig(**dict(SMALL, blas_threads=2))
+    one = sw.SweepConfig.of(**dict(SMALL, blas_threads=1))
+    two = sw.SweepConfig.of(**dict(SMALL, blas_threads=2))
     assert set(sw.plan(one)[2]).isdisjoint(sw.plan(two)[2])
     sw.run_sweep(one, str(tmp_path))
     written = []
@@ -164,7 +165,7 @@ def test_blas_threads_are_part_of_the_key_and_a_resume_under_another_count_recom
 def test_the_python_api_writes_the_run_folder_the_cli_writes(tmp_path, capsys):
     from ntk_bridge.cli import main
 
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     sw.run_sweep(cfg, str(tmp_path / "api"))
     args = ["sweep", "--depth", "1,2,3,5", "--inner-time", "0.1,1", "--mtl-data", "all", "--train-tasks", "3",
             "--test-tasks", "2", "--support", "3", "--query", "4", "--dim", "5", "--out", str(tmp_path / "cli")]
@@ -180,11 +181,11 @@ def test_the_python_api_writes_the_run_folder_the_cli_writes(tmp_path, capsys):
 
 
 def test_a_rerun_with_nothing_new_does_not_redraw_the_figure(tmp_path):
-    cfg = sw.SweepConfig(**SMALL)
+    cfg = sw.SweepConfig.of(**SMALL)
     sw.run_sweep(cfg, str(tmp_path))
     png = tmp_path / "gap_vs_depth.png"
     stamp = png.stat().st_mtime_ns
     sw.run_sweep(cfg, str(tmp_path))
     assert png.stat().st_mtime_ns == stamp
-    sw.run_sweep(sw.SweepConfig(**dict(SMALL, depths=(1, 2, 3, 5, 6))), str(tmp_path))
+    sw.run_sweep(sw.SweepConfig.of(**dict(SMALL, depths=(1, 2, 3, 5, 6))), str(tmp_path))
     assert png.stat().st_mtime_ns != stamp  # a new depth: a new table, a new figure

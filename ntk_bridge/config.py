@@ -1,0 +1,270 @@
+"""The configuration of a sweep: nested frozen dataclasses, the one source of truth.
+
+Every field that the command line sets carries its option in its metadata (:func:`option`): the
+flag, the help text, how the typed text is parsed and the default as typed. ``ntk-bridge sweep``
+builds its options from these (:func:`cli_option`) and its config with :meth:`SweepConfig.from_options`,
+validation errors name the option the user typed, and ``tests/test_config.py`` checks that every
+option of the command is a field here and every field with an option is on the command.
+
+A :class:`SweepConfig` is hashable and serialisable (:meth:`SweepConfig.to_dict`); the parts that
+determine a cell's numbers enter its cache key (:func:`ntk_bridge.sweep.cell_context`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterator
+
+from ntk_bridge import methods as registry
+from ntk_bridge import ranges, runtime
+from ntk_bridge.errors import UserError, require
+
+__all__ = ["GridConfig", "TaskConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
+           "TASK_FAMILIES"]
+
+#: Generated task families (:data:`ntk_bridge.tasks.GENERATORS`); anything else must be a ``.npz`` file.
+TASK_FAMILIES = ("subspace", "linear", "sinusoid")
+
+
+def option(flag: str, help: str, default, text: str | None = None, parse: Callable[[str], Any] | None = None,
+           choices: tuple[str, ...] | None = None, **field_kwargs):
+    """A dataclass field set by the command-line option ``flag`` (metadata: the flag, its help, the
+    default as typed, the parser of the typed text, the fixed choices if any)."""
+    meta = dict(flag=flag, help=help, text=text, parse=parse, choices=choices)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed")
+    return dataclasses.field(default=default, metadata=meta, **field_kwargs)
+
+
+def flag(cls, name: str) -> str:
+    """The command-line flag of field ``name`` of dataclass ``cls``."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["flag"]
+
+
+def _outer_times(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("auto", "inf"):
+        return (math.inf,)
+    return tuple(ranges.parse_floats(text, "--outer-time", positive=True))
+
+
+def _tuple(parser, option_name, *args):
+    return lambda text: tuple(parser(text, option_name, *args))
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """The grid: every combination of these is one cell (per depth)."""
+
+    depths: tuple[int, ...] = option(
+        "--depth", "Depths (hidden layers): '2..32', '1..128:x2' (geometric), '1..10:3' (step), or '1,2,4,8'.",
+        tuple(range(2, 33)), "2..32", _tuple(ranges.parse_int_range, "--depth"))
+    widths: tuple[float, ...] = option(
+        "--width", "Widths: 'inf' (closed-form infinite-width predictors) and/or finite widths trained by gradient "
+        "descent, e.g. '64..1024:x2'.", (math.inf,), "inf", lambda t: tuple(ranges.parse_widths(t, "--width")))
+    inner_times: tuple[float, ...] = option(
+        "--inner-time", "Inner-loop time lambda*tau of ANIL/MAML meta-training (comma list).", (0.01, 0.1, 1.0),
+        "0.01,0.1,1", _tuple(ranges.parse_floats, "--inner-time"))
+    finetune_times: tuple[float, ...] = option(
+        "--finetune-time", "Test-time fine-tuning time s_hat (comma list).", (1.0,), "1",
+        _tuple(ranges.parse_floats, "--finetune-time"))
+    outer_times: tuple[float, ...] = option(
+        "--outer-time", "Outer (meta-)training time eta*t; 'inf' (= 'auto') trains to convergence: closed forms at "
+        "t = inf, finite networks for --outer-steps steps of size 1/lambda_max.", (math.inf,), "auto", _outer_times)
+    methods: tuple[str, ...] = option(
+        "--methods", f"Comma list of methods among {', '.join(registry.SWEEPABLE)} (fomaml: finite widths only); the "
+        "no-transfer baseline is always computed.", registry.DEFAULT_SWEEP, ",".join(registry.DEFAULT_SWEEP),
+        _tuple(ranges.parse_choices, "--methods", registry.SWEEPABLE))
+    mtl_data: tuple[str, ...] = option(
+        "--mtl-data", "MTL training data, comma list of: 'all' (support+query merged, the paper's MTL), 'query' "
+        "(the same data as ANIL's outer loss).", ("all", "query"), "all,query",
+        _tuple(ranges.parse_choices, "--mtl-data", ("all", "query")))
+
+    def __post_init__(self):
+        require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
+        require(len(self.widths) > 0 and all(w >= 1 for w in self.widths), "--width: widths must be >= 1")
+        for name, values in (("--inner-time", self.inner_times), ("--finetune-time", self.finetune_times)):
+            require(len(values) > 0 and all(not math.isnan(v) and v >= 0 for v in values), f"{name}: times must be >= 0")
+        require(len(self.outer_times) > 0 and all(v > 0 for v in self.outer_times), "--outer-time: times must be > 0")
+        bad = [m for m in self.methods if m not in registry.SWEEPABLE]
+        require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(registry.SWEEPABLE)}")
+        steps_only = [m for m in self.methods if registry.get(m).closed_form_needs_steps]
+        require(not steps_only or any(math.isfinite(w) for w in self.widths),
+                f"--methods: {', '.join(steps_only)} has a closed form in discrete time only, so it needs a finite "
+                "--width (whose cells follow discrete steps)")
+        bad = [d for d in self.mtl_data if d not in ("all", "query")]
+        require(self.mtl_data and not bad, f"--mtl-data: use 'all' and/or 'query', got {', '.join(bad)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The task set: a generated family (sizes and seed apply) or a ``.npz`` file."""
+
+    family: str = option("--tasks", "Task family: subspace (shared low-rank teachers), linear (independent "
+                         "teachers), sinusoid, or a .npz task file.", "subspace")
+    train_tasks: int = option("--train-tasks", "Number of training tasks N (generated tasks).", 10)
+    support: int = option("--support", "Support points per task.", 5)
+    query: int = option("--query", "Query points per task.", 10)
+    test_tasks: int = option("--test-tasks", "Number of unseen test tasks.", 20)
+    dim: int = option("--dim", "Input dimension d (inputs on the sphere ||x||^2 = d).", 16)
+    task_seed: int = option("--task-seed", "Seed of the generated task set.", 0)
+
+    def __post_init__(self):
+        if self.family not in TASK_FAMILIES:
+            if self.family.endswith(".npz") or os.sep in self.family:
+                require(os.path.isfile(self.family), f"--tasks: file not found: {self.family}")
+            else:
+                raise UserError(f"--tasks: unknown task family {self.family!r}; use "
+                                f"{', '.join(TASK_FAMILIES)} or a .npz file")
+        for name in ("train_tasks", "support", "query", "test_tasks", "dim"):
+            require(int(getattr(self, name)) >= 1, f"{flag(TaskConfig, name)} must be >= 1")
+
+    @property
+    def generated(self) -> bool:
+        return self.family in TASK_FAMILIES
+
+    def load(self, seed: int | None = None):
+        """The :class:`~ntk_bridge.tasks.TaskSet` (generated with ``seed``, default :attr:`task_seed`, or read)."""
+        from ntk_bridge.tasks import GENERATORS, load_tasks
+
+        if not self.generated:
+            return load_tasks(self.family)
+        sizes = dict(n_train=self.train_tasks, n_test=self.test_tasks, n_support=self.support, n_query=self.query,
+                     dim=max(self.dim, 2) if self.family == "sinusoid" else self.dim)
+        return GENERATORS[self.family](seed=self.task_seed if seed is None else seed, **sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class FiniteConfig:
+    """How finite networks are trained and compared (:class:`ntk_bridge.finite.TrainingConfig`)."""
+
+    seeds: int = option("--seeds", "Networks per finite-width cell (independent initialisations; an "
+                        "ensemble-mean row is added).", 1)
+    finite_mode: str = option("--finite-mode", "Finite networks: 'centred' (f - f0 vs the mean predictor) or 'raw' (f vs "
+                       "the full-f0 closed form).", "centred", choices=("centred", "raw"))
+    outer_steps: int = option("--outer-steps", "Finite networks with an infinite outer time: outer gradient steps of "
+                              "size 1/lambda_max(Theta) (the closed forms they are compared with take the same "
+                              "steps).", 300)
+    finite_dtype: str = option("--finite-dtype", "Finite networks: 'float64' (exact comparisons) or 'float32' (faster "
+                        "matrix products; the closed forms stay float64).", "float64", choices=("float64", "float32"))
+    linearized: bool = option("--linearized/--no-linearized", "Finite networks: also train each network's linearised "
+                              "twin (dist_to_linearized_rel, linearized_to_infinite_rel; about doubles the cost).",
+                              True)
+
+    def __post_init__(self):
+        require(int(self.seeds) >= 1, "--seeds must be >= 1")
+        require(self.finite_mode in ("centred", "raw"), "--finite-mode must be 'centred' or 'raw'")
+        require(int(self.outer_steps) >= 1, "--outer-steps must be >= 1")
+        require(self.finite_dtype in ("float64", "float32"), "--finite-dtype must be 'float64' or 'float32'")
+
+    def training(self):
+        """:class:`ntk_bridge.finite.TrainingConfig` of these settings."""
+        from ntk_bridge.finite import TrainingConfig
+
+        return TrainingConfig(outer_steps=int(self.outer_steps), dtype=self.finite_dtype,
+                              linearized=bool(self.linearized))
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericsConfig:
+    """Settings of the dense linear algebra (part of every cell's key)."""
+
+    blas_threads: int = option("--blas-threads", "Threads of the BLAS/LAPACK behind the dense solves (part of every "
+                               "cell's cache key: results are exact for one count).", runtime.DEFAULT_BLAS_THREADS)
+    rcond: float = 1e-10  # relative ridge floor of infinite-time solves (reported whenever used)
+
+    def __post_init__(self):
+        require(int(self.blas_threads) >= 1, "--blas-threads must be >= 1")
+        require(0 < self.rcond < 1, f"rcond must be in (0, 1), got {self.rcond!r}")
+
+
+_PARTS = {"grid": GridConfig, "tasks": TaskConfig, "finite": FiniteConfig, "numerics": NumericsConfig}
+
+
+def json_number(v):
+    """JSON-friendly: ``inf`` as the string ``"inf"``."""
+    return "inf" if isinstance(v, float) and math.isinf(v) else v
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: the grid and everything that defines its cells.
+
+    Build one from flat field names with :meth:`of` (``SweepConfig.of(depths=(2, 4), dim=8,
+    family="linear")``), or from the parts. ``finite`` applies to finite-width cells only; infinite-width cells are the mean
+    predictor (no network seed).
+    """
+
+    grid: GridConfig = GridConfig()
+    tasks: TaskConfig = TaskConfig()
+    finite: FiniteConfig = FiniteConfig()
+    numerics: NumericsConfig = NumericsConfig()
+
+    @classmethod
+    def of(cls, **flat) -> "SweepConfig":
+        """A config from flat field names (each name belongs to exactly one part)."""
+        parts = {}
+        for part, klass in _PARTS.items():
+            names = {f.name for f in dataclasses.fields(klass)}
+            kw = {k: v for k, v in flat.items() if k in names}
+            parts[part] = klass(**kw)
+        unknown = set(flat) - {f.name for klass in _PARTS.values() for f in dataclasses.fields(klass)}
+        if unknown:
+            raise TypeError(f"unknown SweepConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**parts)
+
+    def replace(self, **flat) -> "SweepConfig":
+        """A copy with flat fields changed."""
+        parts = {}
+        for part, klass in _PARTS.items():
+            names = {f.name for f in dataclasses.fields(klass)}
+            kw = {k: v for k, v in flat.items() if k in names}
+            parts[part] = dataclasses.replace(getattr(self, part), **kw)
+        return SweepConfig(**parts)
+
+    @staticmethod
+    def options() -> Iterator[tuple[str, dataclasses.Field]]:
+        """``(part, field)`` of every field set by a command-line option."""
+        for part, klass in _PARTS.items():
+            for f in dataclasses.fields(klass):
+                if "flag" in f.metadata:
+                    yield part, f
+
+    @classmethod
+    def from_options(cls, **typed) -> "SweepConfig":
+        """A config from the command line's option values (keyed by :func:`parameter` names): text
+        options are parsed by their field's parser; the result is validated."""
+        flat = {}
+        for _, f in cls.options():
+            value = typed[parameter(f)]
+            parse = f.metadata.get("parse")
+            flat[f.name] = parse(value) if parse is not None else value
+        return cls.of(**flat)
+
+    def load_tasks(self, seed: int | None = None):
+        return self.tasks.load(seed)
+
+    def training(self):
+        return self.finite.training()
+
+    def to_dict(self) -> dict:
+        out = {}
+        for part in _PARTS:
+            d = dataclasses.asdict(getattr(self, part))
+            out[part] = {k: ([json_number(x) for x in v] if isinstance(v, tuple) else json_number(v)) for k, v in d.items()}
+        return out
+
+
+def parameter(f: dataclasses.Field) -> str:
+    """The command function's parameter name for a field: its flag without dashes."""
+    return f.metadata["flag"].split("/")[0].lstrip("-").replace("-", "_")
+
+
+def cli_option(part: str, name: str):
+    """``typer.Option`` of a field: its flag, its default as typed, its help (and choices via the
+    parameter's ``Literal`` type)."""
+    import typer
+
+    f = next(f for f in dataclasses.fields(_PARTS[part]) if f.name == name)
+    default = f.metadata["text"] if f.metadata["text"] is not None else f.default
+    return typer.Option(default, *f.metadata["flag"].split(" "), help=f.metadata["help"])

@@ -1,0 +1,144 @@
+"""The methods, one object each: the only place where a method is defined.
+
+A :class:`Method` says what it is (name, label, colour, role), which grid settings its predictions
+depend on, and where its implementations live: the infinite-width closed form
+(:mod:`ntk_bridge.predictors`), the finite-width trainer (:mod:`ntk_bridge.finite.objectives`) and
+the few-shot objective (:mod:`ntk_bridge.fewshot.methods`). Implementations are named by import path
+and resolved on first use (:meth:`Method.implementation`), so reading the registry imports nothing
+heavy: the command line builds its choices from it without loading JAX.
+
+Everything that lists methods reads :data:`METHODS`: the command line's choices, the sweep's
+planning (a method is computed once for all the values of a setting it does not depend on), the
+report's tables, the figures' colours and labels. Adding a method is one new object here, its
+implementations, and their tests.
+
+Roles: ``mtl`` is the method every gap is measured against; ``gbml`` methods are compared with it;
+the ``baseline`` (a head fine-tuned on an untrained body) shows what no transfer gives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Iterable
+
+from ntk_bridge.errors import UserError
+
+__all__ = ["Method", "METHODS", "SETTINGS", "MTL", "ANIL", "MAML", "FOMAML", "BASELINE", "get", "names",
+           "ordered", "SWEEPABLE", "DEFAULT_SWEEP"]
+
+#: Grid settings a method's predictions can depend on (the sweep's cell dimensions beside depth).
+SETTINGS = ("width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method.
+
+    Attributes:
+      name: the identifier in tables and on the command line.
+      label: for figures and reports.
+      color: its colour in every figure.
+      role: ``'mtl'``, ``'gbml'`` or ``'baseline'`` (module docstring).
+      summary: one line: what it trains and how it adapts at test time.
+      depends_on: the :data:`SETTINGS` its own predictions depend on.
+      inner_kernel: the tangent kernel of its inner loop (``'K'``: the head, ``'Theta'``: every
+        parameter), ``None`` without one.
+      closed_form: ``'module:function'`` of its infinite-width closed form, or ``None``.
+      closed_form_needs_steps: the closed form exists only for discrete times (every ``*_steps``
+        set), so the method has no gradient-flow, infinite-time cell.
+      finite: ``'module:object'`` of its finite-width trainer, or ``None``.
+      fewshot: ``'module:object'`` of its few-shot objective, or ``None``.
+    """
+
+    name: str
+    label: str
+    color: str
+    role: str
+    summary: str
+    depends_on: tuple[str, ...]
+    inner_kernel: str | None = None
+    closed_form: str | None = None
+    closed_form_needs_steps: bool = False
+    finite: str | None = None
+    fewshot: str | None = None
+
+    def depends(self, setting: str) -> bool:
+        """Whether this method's predictions change with ``setting`` (one of :data:`SETTINGS`)."""
+        return setting in self.depends_on
+
+    def implementation(self, kind: str):
+        """The object named by ``closed_form``, ``finite`` or ``fewshot`` (imported on first use)."""
+        path = getattr(self, kind)
+        if path is None:
+            raise UserError(f"method {self.name!r} has no {kind.replace('_', ' ')} implementation")
+        module, _, attr = path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_GBML_SETTINGS = ("width", "inner_time", "finetune_time", "outer_time", "test_head")
+
+MTL = Method(
+    "mtl", "MTL", "#1b9e77", "mtl",
+    "shared body, one head per training task (all initialised to w0), trained jointly; at test the head "
+    "is reset to w0 and fine-tuned on the support",
+    ("width", "finetune_time", "outer_time", "mtl_data"),
+    inner_kernel=None, closed_form="ntk_bridge.predictors:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER")
+ANIL = Method(
+    "anil", "ANIL", "#d95f02", "gbml",
+    "inner loop on the head only (kernel K), outer loss on the queries of the adapted network",
+    _GBML_SETTINGS, inner_kernel="K", closed_form="ntk_bridge.predictors:anil",
+    finite="ntk_bridge.finite.objectives:ANIL_TRAINER")
+MAML = Method(
+    "maml", "MAML", "#7570b3", "gbml",
+    "inner loop on every parameter (kernel Theta), second order",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.predictors:maml",
+    finite="ntk_bridge.finite.objectives:MAML_TRAINER")
+FOMAML = Method(
+    "fomaml", "FO-MAML", "#e7298a", "gbml",
+    "MAML with the inner gradients held constant in the outer derivative (first order)",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.predictors:fomaml",
+    closed_form_needs_steps=True, finite="ntk_bridge.finite.objectives:FOMAML_TRAINER")
+BASELINE = Method(
+    "baseline", "no-transfer baseline", "#444444", "baseline",
+    "no training: a head fine-tuned on the test support of the untrained body",
+    ("width", "finetune_time"), closed_form="ntk_bridge.predictors:baseline",
+    finite="ntk_bridge.finite.objectives:BASELINE_TRAINER")
+
+#: Every method, in display order.
+METHODS: dict[str, Method] = {m.name: m for m in (MTL, ANIL, MAML, FOMAML, BASELINE)}
+#: What a sweep can be asked for (the baseline is always computed as well).
+SWEEPABLE = tuple(m.name for m in METHODS.values() if m.role != "baseline")
+#: What ``ntk-bridge sweep`` computes unless ``--methods`` says otherwise (the baseline always).
+DEFAULT_SWEEP = tuple(m.name for m in (MTL, ANIL, MAML))
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; ``UserError`` naming the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)}") from None
+
+
+def names(role: str | None = None, closed_form: bool | None = None, finite: bool | None = None,
+          fewshot: bool | None = None) -> tuple[str, ...]:
+    """Names of the methods with the given role and implementations, in display order."""
+    out = []
+    for m in METHODS.values():
+        if role is not None and m.role != role:
+            continue
+        if closed_form is not None and (m.closed_form is not None) != closed_form:
+            continue
+        if finite is not None and (m.finite is not None) != finite:
+            continue
+        if fewshot is not None and (m.fewshot is not None) != fewshot:
+            continue
+        out.append(m.name)
+    return tuple(out)
+
+
+def ordered(selected: Iterable[str]) -> tuple[str, ...]:
+    """``selected`` (method names, any order, repeats allowed) in display order, each once."""
+    chosen = set(selected)
+    return tuple(name for name in METHODS if name in chosen) + tuple(
+        sorted(n for n in chosen if n not in METHODS))

@@ -1,0 +1,201 @@
+"""One schema for every results table, one status vocabulary, one row builder.
+
+:data:`COLUMNS` documents every column of ``results.csv`` once (the README's table is checked
+against it by a test); :data:`STATUSES` is the only list of row statuses, used by the closed forms
+(infinite width), the finite-width comparison and the few-shot path; :func:`prediction_rows` turns
+the predictions of one grid cell into rows, whichever path made them.
+
+Norms are per test task: ``||A||`` is the Frobenius norm of the task's ``[m_q, k]`` query
+predictions (``numpy.linalg.norm``, evaluated task by task so that a row's numbers do not depend
+on how many other rows are computed with it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ntk_bridge import methods
+
+__all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "status_of", "with_mtl_status", "relative",
+           "rms", "prediction_rows", "empty_table"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of ``results.csv``: its name, type (``str``, ``int``, ``float``) and meaning."""
+
+    name: str
+    kind: str
+    meaning: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("method", "str", "`mtl`, `anil`, `maml`, `fomaml`, `baseline` (head fine-tuned on an untrained body)"),
+    Column("depth", "int", "hidden layers `L`"),
+    Column("width", "float", "hidden width (`inf` = the closed form)"),
+    Column("inner_time", "float", "`lambda*tau` of the inner loop during meta-training"),
+    Column("finetune_time", "float", "`s_hat`, the test-time adaptation"),
+    Column("outer_time", "float", "`eta*t` of (meta-)training (`inf` = to convergence)"),
+    Column("mtl_data", "str", "MTL's training set: `all` or `query` (rows of other methods repeat per value, for "
+                              "pairing)"),
+    Column("seed", "int", "network seed (finite widths; 0 for closed forms)"),
+    Column("network", "str", "network index for finite widths (`ensemble` = ensemble mean); `mean` for closed forms"),
+    Column("test_task", "int", "index of the unseen task"),
+    Column("pred_rms", "float", "`||F|| / sqrt(#entries)` on the task's query set"),
+    Column("gap_to_mtl_rel", "float", "`||F_method - F_MTL|| / ||F_MTL||` on the task's query set"),
+    Column("gap_to_mtl_abs", "float", "`||F_method - F_MTL|| / sqrt(#entries)`"),
+    Column("gap_to_baseline_rel", "float", "`||F_method - F_baseline|| / ||F_baseline||`"),
+    Column("test_mse", "float", "mean squared error against `test_query_y` (empty without labels)"),
+    Column("dist_to_infinite_rel", "float", "finite widths: `||F - F_inf|| / ||F_inf||`, the closed form with the "
+                                            "same discrete steps (0 for closed forms)"),
+    Column("dist_to_linearized_rel", "float", "finite widths: distance to the trained linearised twin"),
+    Column("status", "str", "see the status vocabulary"),
+    Column("ridge_rel", "float", "the largest ridge among the method's solves, relative to the largest eigenvalue"),
+    Column("min_eig_rel", "float", "the smallest relative eigenvalue among its solves (negative: not PSD)"),
+    Column("cond", "float", "the largest condition number among its solves"),
+    Column("tasks", "str", "task family, or the task file's stem"),
+    Column("task_seed", "int", "seed of the generated task set"),
+    Column("mode", "str", "`mean` (closed forms), `centred` or `raw` (finite networks)"),
+    Column("cell", "str", "the cell's cache key"),
+    Column("inner_steps", "int", "finite widths: inner steps of the discrete schedule followed"),
+    Column("finetune_steps", "int", "finite widths: fine-tuning steps"),
+    Column("outer_steps", "int", "finite widths: outer steps (an `outer_time` of `inf` becomes `--outer-steps` "
+                                 "steps of size `1/lambda_max`)"),
+    Column("outer_time_used", "float", "finite widths: the outer time of those steps"),
+    Column("linearized_to_infinite_rel", "float", "finite widths: the linearised twin's distance to the closed form "
+                                                  "(the width error alone)"),
+    Column("infinite_gap_to_mtl_rel", "float", "finite widths: `gap_to_mtl_rel` of the closed forms under the same "
+                                               "discrete schedule"),
+    Column("train_loss_rel", "float", "finite widths: final / initial training loss"),
+    Column("dtype", "str", "finite widths: `float64` or `float32`"),
+)
+#: Column names in ``results.csv`` order.
+NAMES = [c.name for c in COLUMNS]
+
+OK = "ok"
+#: Every row status, on every path. ``mtl_<status>``: the method's own numbers are fine, but MTL's
+#: prediction (the reference of every gap) has ``<status>``.
+STATUSES = {
+    OK: "no numerical trouble",
+    "ridge": "a solve needed a ridge (an infinite-time solve of a near-singular kernel)",
+    "not_psd": "a kernel had an eigenvalue below -1e-9 times its largest",
+    "nonfinite": "NaN or inf in the predictions (their metrics are empty)",
+    "diverged": "a finite network's training or test-time adaptation diverged (its metrics are empty)",
+    "linearized_diverged": "the network trained, its linearised twin diverged (twin metrics are empty)",
+    "mtl_<status>": "the method's numbers are fine but MTL's, against which its gaps are measured, have <status>",
+}
+
+
+def status_of(diag, psd_tol: float = 1e-9) -> str:
+    """The status of a closed form's :class:`~ntk_bridge.predictors.Diagnostics`: ``'ok'``, or the
+    first problem found: ``'nonfinite'``, ``'not_psd'`` (an eigenvalue below ``-psd_tol`` x the
+    largest), ``'ridge'``."""
+    if not diag.finite:
+        return "nonfinite"
+    if diag.min_eig_rel < -psd_tol:
+        return "not_psd"
+    if diag.ridge_rel > 0:
+        return "ridge"
+    return OK
+
+
+def with_mtl_status(status: str, mtl_status: str) -> str:
+    """A row's status given MTL's: its own trouble first, else MTL's as ``mtl_<status>``."""
+    if status == OK and mtl_status != OK:
+        return f"mtl_{mtl_status}"
+    return status
+
+
+def _norms(a: np.ndarray) -> np.ndarray:
+    """Frobenius norm of each ``[m_q, k]`` matrix of ``a [..., m_q, k]``, one ``numpy.linalg.norm``
+    per matrix: ``[...]``."""
+    flat = a.reshape(-1, *a.shape[-2:])
+    return np.array([np.linalg.norm(x) for x in flat]).reshape(a.shape[:-2])
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``||a - b|| / ||b||`` per task (NaN where ``||b|| = 0``): ``[..., m_q, k] -> [...]``."""
+    num, den = _norms(a - b), _norms(np.broadcast_to(b, a.shape))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def rms(a: np.ndarray) -> np.ndarray:
+    """``||a|| / sqrt(#entries)`` per task."""
+    return _norms(a) / math.sqrt(a.shape[-2] * a.shape[-1])
+
+
+def _mse(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    flat = (a - y).reshape(-1, *a.shape[-2:])
+    return np.array([float(np.mean(x ** 2)) for x in flat]).reshape(a.shape[:-2])
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame(columns=NAMES)
+
+
+def prediction_rows(
+    values: Mapping[str, np.ndarray],
+    status: Mapping[str, Sequence[str]],
+    y: np.ndarray | None,
+    networks: Sequence,
+    constants: Mapping[str, object],
+    extra: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    diagnostics: Mapping[str, object] | None = None,
+    report: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The rows of one grid cell: one per (method, network, test task), in the :data:`NAMES` schema.
+
+    Args:
+      values: ``{method: [R, M, m_q, k]}`` predictions on the test queries of ``R`` networks (the
+        closed forms' mean predictor is one "network"); must hold MTL and the baseline, the
+        references of the gaps (of the same network).
+      status: ``{method: [R]}`` each network's own status (:data:`STATUSES`); MTL's is inherited as
+        ``mtl_<status>`` (:func:`with_mtl_status`).
+      y: ``[M, m_q, k]`` test labels, or ``None``.
+      networks: the ``R`` network labels (``'mean'``, ``0, 1, ...``, ``'ensemble'``).
+      constants: columns equal on every row of the cell (depth, times, ...).
+      extra: ``{method: {column: [R, M]}}`` further per-row metrics (finite widths).
+      diagnostics: ``{method: Diagnostics}`` of the closed forms (``ridge_rel``, ``min_eig_rel``,
+        ``cond``).
+      report: the methods to write rows for (default: every method in ``values``).
+
+    A row whose status is ``nonfinite`` or ``diverged`` has empty metrics.
+    """
+    mtl, base = values[methods.MTL.name], values[methods.BASELINE.name]
+    mtl_status = list(status[methods.MTL.name])
+    frames = []
+    for method in (report if report is not None else list(values)):
+        v = values[method]
+        R, M = v.shape[:2]
+        own = [with_mtl_status(s, ms) for s, ms in zip(status[method], mtl_status)]
+        cols = {
+            "method": method,
+            "network": np.repeat(np.array(list(networks), dtype=object), M),
+            "test_task": np.tile(np.arange(M), R),
+            "pred_rms": rms(v).ravel(),
+            "gap_to_mtl_rel": relative(v, mtl).ravel(),
+            "gap_to_mtl_abs": (_norms(v - mtl) / math.sqrt(v.shape[-2] * v.shape[-1])).ravel(),
+            "gap_to_baseline_rel": relative(v, base).ravel(),
+            "test_mse": _mse(v, y[None]).ravel() if y is not None else np.full(R * M, np.nan),
+            "status": np.repeat(np.array(own, dtype=object), M),
+        }
+        for name, arr in (extra or {}).get(method, {}).items():
+            cols[name] = np.asarray(arr, dtype=np.float64).ravel()
+        diag = (diagnostics or {}).get(method)
+        if diag is not None:
+            cols.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond)
+        frame = pd.DataFrame(cols)
+        empty = frame["status"].isin(["nonfinite", "diverged"])
+        if empty.any():
+            for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse"):
+                frame.loc[empty, col] = np.nan
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    for name, value in constants.items():
+        out[name] = value
+    return out.reindex(columns=NAMES)

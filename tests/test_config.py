@@ -1,0 +1,73 @@
+"""ntk_bridge.config: one source of truth for the sweep's options, checked against the command line."""
+import dataclasses
+import inspect
+import math
+import typing
+
+import pytest
+
+from ntk_bridge import cli
+from ntk_bridge.config import SweepConfig, parameter
+from ntk_bridge.errors import UserError
+
+
+def command_parameters():
+    return inspect.signature(cli.sweep.__wrapped__).parameters
+
+
+def test_every_option_of_the_command_is_a_config_field_and_back():
+    params = command_parameters()
+    hints = typing.get_type_hints(cli.sweep.__wrapped__)
+    fields = {parameter(f): (part, f) for part, f in SweepConfig.options()}
+    run_only = {"ctx", "out", "scheduler", "workers", "figures"}  # how to run, not what is computed
+    assert set(params) - run_only == set(fields)
+    for name, (part, f) in fields.items():
+        option = params[name].default
+        assert option.help == f.metadata["help"], name
+        assert f.metadata["flag"].split("/")[0] in option.param_decls[0], name
+        # the default as typed parses to the field's default
+        text = option.default
+        parse = f.metadata["parse"]
+        assert (parse(text) if parse else text) == f.default, name
+        choices = f.metadata["choices"]
+        if choices:
+            assert typing.get_args(hints[name]) == choices, name
+
+
+def test_defaults_match_and_flat_construction():
+    assert SweepConfig.of() == SweepConfig()
+    cfg = SweepConfig.of(depths=(1, 2), dim=8, family="linear", seeds=3, blas_threads=2)
+    assert (cfg.grid.depths, cfg.tasks.dim, cfg.tasks.family, cfg.finite.seeds, cfg.numerics.blas_threads) == \
+        ((1, 2), 8, "linear", 3, 2)
+    assert cfg.replace(dim=4).tasks.dim == 4 and cfg.replace(dim=4).grid == cfg.grid
+    with pytest.raises(TypeError):
+        SweepConfig.of(depth=(1, 2))  # the field is 'depths'
+    d = SweepConfig().to_dict()
+    assert d["grid"]["widths"] == ["inf"] and d["grid"]["depths"][0] == 2 and d["tasks"]["family"] == "subspace"
+    assert hash(cfg) == hash(SweepConfig.of(depths=(1, 2), dim=8, family="linear", seeds=3, blas_threads=2))
+
+
+@pytest.mark.parametrize("flat, flag", [
+    (dict(depths=(0, 1)), "--depth"),
+    (dict(widths=(0.5,)), "--width"),
+    (dict(inner_times=(math.nan,)), "--inner-time"),
+    (dict(methods=("reptile",)), "--methods"),
+    (dict(methods=("fomaml",)), "--methods"),
+    (dict(mtl_data=("support",)), "--mtl-data"),
+    (dict(family="spiral"), "--tasks"),
+    (dict(family="missing.npz"), "--tasks"),
+    (dict(test_tasks=0), "--test-tasks"),
+    (dict(seeds=0), "--seeds"),
+    (dict(finite_dtype="float16"), "--finite-dtype"),
+    (dict(outer_steps=0), "--outer-steps"),
+    (dict(blas_threads=0), "--blas-threads"),
+])
+def test_errors_name_the_option(flat, flag):
+    with pytest.raises(UserError, match=flag):
+        SweepConfig.of(**flat)
+
+
+def test_parts_are_frozen():
+    cfg = SweepConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.grid.depths = (1,)

@@ -1,0 +1,144 @@
+"""The package's structure: no import circles, method names spelled in one place, modules of a
+readable size, every reference to the theory document resolvable, the README's results table equal
+to the metrics schema."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from ntk_bridge import methods
+from ntk_bridge.metrics import COLUMNS, STATUSES
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ntk_bridge"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its source (module level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def test_no_import_circles():
+    mods = modules()
+    known = set(mods)
+    graph = {name: imports_of(path, name, known) for name, path in mods.items()}
+    # a package's __init__ importing its own submodules is how re-exports work, not a circle
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not t.startswith(name + ".") and not name.startswith(t + ".")}
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, cycles
+
+
+def test_method_names_are_spelled_in_the_registry_only():
+    """No list or tuple of two or more method names outside ``ntk_bridge/methods.py`` (and the
+    few-shot package, whose methods are its own objects)."""
+    names = "|".join(methods.METHODS)
+    pattern = re.compile(rf"""[\(\[]\s*["']({names})["']\s*,\s*["']({names})["']""")
+    stray = []
+    for name, path in modules().items():
+        if name in ("ntk_bridge.methods",) or name.startswith("ntk_bridge.fewshot"):
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line) and "__all__" not in line:
+                stray.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not stray, "\n".join(stray)
+
+
+@pytest.mark.parametrize("limit", [420])
+def test_no_module_is_too_long(limit):
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > limit}
+    assert not long, long
+
+
+def _sections() -> set[str]:
+    """Section numbers of docs/theory.md: '1', '3', '3.2', ..."""
+    out = set()
+    for line in (ROOT / "docs" / "theory.md").read_text().splitlines():
+        m = re.match(r"#+ (\d+(?:\.\d+)*)\.? ", line)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def test_every_reference_to_the_theory_resolves():
+    sections = _sections()
+    assert {"1", "2", "3", "3.1", "3.2", "3.3", "3.4", "4", "5", "6"} <= sections
+    missing = []
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "notebooks").glob("*.py"),
+             ROOT / "README.md", *(ROOT / "benchmarks").glob("*.py")]
+    for path in files:
+        text = path.read_text()
+        if path != Path(__file__).resolve():
+            assert "THEORY" + ".md" not in text, f"{path}: cites a file that is not in the repository"
+        for ref in re.findall(r"theory\.md`? §(\d+(?:\.\d+)*)", text):
+            if ref not in sections:
+                missing.append(f"{path.relative_to(ROOT)}: §{ref}")
+    assert not missing, missing
+
+
+def test_readme_results_table_is_the_metrics_schema():
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| column | meaning |")
+    cut = next(i for i, line in enumerate(text[start:].splitlines()[2:]) if not line.startswith("|"))
+    rows = text[start:].splitlines()[2:2 + cut]
+    documented = {}
+    for row in rows:
+        cell = row.split("|")[1]
+        for col in re.findall(r"`([a-z_0-9]+)`", cell):
+            documented[col] = row
+    assert set(documented) == {c.name for c in COLUMNS}, set(documented) ^ {c.name for c in COLUMNS}
+    statuses = text[text.index("### Row status"):]
+    for status in STATUSES:
+        assert f"`{status}`" in statuses, status
+
+
+def test_registry_implementations_resolve():
+    for m in methods.METHODS.values():
+        for kind in ("closed_form", "finite", "fewshot"):
+            if getattr(m, kind) is not None:
+                assert m.implementation(kind) is not None, (m.name, kind)
