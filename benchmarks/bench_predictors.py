@@ -151,6 +151,7 @@ def main(argv=None):
 
     import ntk_bridge  # noqa: F401  (float64)
     import reference as ref
+    from ntk_bridge import closed_forms as CF
     from ntk_bridge import operators as O
     from ntk_bridge import predictors as P
     from ntk_bridge.metrics import status_of
@@ -251,8 +252,8 @@ def main(argv=None):
 
             # the library's jitted function, called directly (no Python pre/post-processing)
             P_ = tasks.layout.n_points
-            data = P._Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
-                           *P._split_f0(np.zeros((P_, tasks.n_outputs)), layout))
+            data = CF.Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
+                           *CF.split_f0(np.zeros((P_, tasks.n_outputs)), layout))
             times = np.asarray([[cfg.inner_time, cfg.finetune_time, cfg.outer_time]], np.float64)
             ThB, KB = np.asarray(Th)[None], np.asarray(K)[None]
             static = P._static_config(cfg, method)

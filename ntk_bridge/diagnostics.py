@@ -23,8 +23,8 @@ def kernel_degeneracy_table(tasks: TaskSet, depths: Sequence[int], architecture:
     """One row per depth: diagonal ratio, normalised off-diagonal NTK (mean/min/max),
     ``(1 - rho) L^2`` (median over pairs), condition numbers of the training support kernels
     (median over tasks) — from one kernel pass over the task set's training points."""
-    L = tasks.layout
-    sl = L.slices()
+    lay = tasks.layout
+    sl = lay.slices()
     n = sl["train_query"].stop  # training supports and queries
     x = tasks.all_points()[:n]
     off = ~np.eye(n, dtype=bool)
@@ -34,9 +34,9 @@ def kernel_degeneracy_table(tasks: TaskSet, depths: Sequence[int], architecture:
         norm = k.ntk / np.sqrt(np.outer(diag_t, diag_t))
         rho = k.readout / np.sqrt(np.outer(diag_k, diag_k))
         s = sl["train_support"]
-        sup_k = k.readout[s, s].reshape(L.n_train, L.n_support, L.n_train, L.n_support)
-        sup_t = k.ntk[s, s].reshape(L.n_train, L.n_support, L.n_train, L.n_support)
-        idx = np.arange(L.n_train)
+        sup_k = k.readout[s, s].reshape(lay.n_train, lay.n_support, lay.n_train, lay.n_support)
+        sup_t = k.ntk[s, s].reshape(lay.n_train, lay.n_support, lay.n_train, lay.n_support)
+        idx = np.arange(lay.n_train)
         cond_k = np.linalg.cond(sup_k[idx, :, idx, :])
         cond_t = np.linalg.cond(sup_t[idx, :, idx, :])
         rows.append(dict(depth=k.depth, k_over_theta_diag=float(np.median(diag_k / diag_t)),

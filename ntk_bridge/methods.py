@@ -2,7 +2,7 @@
 
 A :class:`Method` says what it is (name, label, colour, role), which grid settings its predictions
 depend on, and where its implementations live: the infinite-width closed form
-(:mod:`ntk_bridge.predictors`), the finite-width trainer (:mod:`ntk_bridge.finite.objectives`) and
+(:mod:`ntk_bridge.closed_forms`), the finite-width trainer (:mod:`ntk_bridge.finite.objectives`) and
 the few-shot objective (:mod:`ntk_bridge.fewshot.methods`). Implementations are named by import path
 and resolved on first use (:meth:`Method.implementation`), so reading the registry imports nothing
 heavy: the command line builds its choices from it without loading JAX.
@@ -82,26 +82,26 @@ MTL = Method(
     "shared body, one head per training task (all initialised to w0), trained jointly; at test the head "
     "is reset to w0 and fine-tuned on the support",
     ("width", "finetune_time", "outer_time", "mtl_data"),
-    inner_kernel=None, closed_form="ntk_bridge.predictors:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER")
+    inner_kernel=None, closed_form="ntk_bridge.closed_forms:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER")
 ANIL = Method(
     "anil", "ANIL", "#d95f02", "gbml",
     "inner loop on the head only (kernel K), outer loss on the queries of the adapted network",
-    _GBML_SETTINGS, inner_kernel="K", closed_form="ntk_bridge.predictors:anil",
+    _GBML_SETTINGS, inner_kernel="K", closed_form="ntk_bridge.closed_forms:anil",
     finite="ntk_bridge.finite.objectives:ANIL_TRAINER")
 MAML = Method(
     "maml", "MAML", "#7570b3", "gbml",
     "inner loop on every parameter (kernel Theta), second order",
-    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.predictors:maml",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.closed_forms:maml",
     finite="ntk_bridge.finite.objectives:MAML_TRAINER")
 FOMAML = Method(
     "fomaml", "FO-MAML", "#e7298a", "gbml",
     "MAML with the inner gradients held constant in the outer derivative (first order)",
-    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.predictors:fomaml",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.closed_forms:fomaml",
     closed_form_needs_steps=True, finite="ntk_bridge.finite.objectives:FOMAML_TRAINER")
 BASELINE = Method(
     "baseline", "no-transfer baseline", "#444444", "baseline",
     "no training: a head fine-tuned on the test support of the untrained body",
-    ("width", "finetune_time"), closed_form="ntk_bridge.predictors:baseline",
+    ("width", "finetune_time"), closed_form="ntk_bridge.closed_forms:baseline",
     finite="ntk_bridge.finite.objectives:BASELINE_TRAINER")
 
 #: Every method, in display order.

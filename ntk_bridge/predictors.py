@@ -1,18 +1,9 @@
-r"""Closed-form predictors of MTL, ANIL, MAML, FO-MAML and the no-transfer baseline
-(docs/theory.md §3), each a pure function of kernels and data.
+r"""Predictions from kernels: the configuration of the closed forms and the call that runs them
+(docs/theory.md §3).
 
-All functions take kernels over the stacked points of a :class:`~ntk_bridge.tasks.TaskSet` in its
-:class:`~ntk_bridge.tasks.Layout` order and return predictions on the test queries, shape
-``[M, m_q, k]``. Kernels are scalar (``[P, P]``; the infinite-width kernels are proportional to
-``I_k``); labels may have ``k`` columns. The operators they are built from (dynamics, inner-loop
-operator, meta-kernel, MTL kernel) are in :mod:`ntk_bridge.operators`:
-
-* GBML (§3.2), inner kernel ``G = K`` (ANIL) or ``Theta`` (MAML):
-  ``F(X) = F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``F0`` the initial network adapted to
-  each task; FO-MAML in discrete time only (:func:`fomaml`);
-* MTL (§3.3): the body trained with ``Theta_MTL = Theta - K + blockdiag_i(K)`` on 𝒟 (all points or
-  the queries of each training task), the head reset to ``w0`` and fine-tuned with ``K``;
-* the baseline (§3.4): ``f0(X) + K(X, X') T_hat_K (Y' - f0(X'))``.
+:func:`predict_from_kernels` runs each method's closed form (:mod:`ntk_bridge.closed_forms`, named by
+:mod:`ntk_bridge.methods`) as one jitted program, vmapped over a batch of kernels (every depth, say);
+:func:`predict` computes the kernels too. Predictions are on the test queries, ``[M, m_q, k]``.
 
 Every closed form is affine in the initial outputs ``f0``: ``f0 = None`` gives the mean predictor
 over initialisations; one network's ``f0`` gives what that network follows (exactly, for its
@@ -27,17 +18,16 @@ import math
 from typing import NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
-from ntk_bridge.operators import (Dynamics, Solve, adapt_test, adapt_train, block, eigh_apply, inner_operator,
-                                  merge, meta_kernel_blocks, mtl_index, mtl_kernel, own)
+from ntk_bridge.closed_forms import Data, Times, split_f0
+from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.tasks import Layout, TaskSet
 
-__all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "mtl", "anil", "maml",
-           "baseline", "fomaml", "predict", "predict_from_kernels"]
+__all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "predict",
+           "predict_from_kernels"]
 
 #: Methods with an infinite-width closed form for every config (FO-MAML's needs discrete steps: it
 #: is computed when asked for by name).
@@ -115,27 +105,6 @@ class PredictorConfig:
         return dataclasses.asdict(self)
 
 
-class _Data(NamedTuple):
-    """Labels and initial outputs, split by point group (all ``[tasks, points, k]``)."""
-
-    ys: jax.Array
-    yq: jax.Array
-    yts: jax.Array
-    f0s: jax.Array
-    f0q: jax.Array
-    f0ts: jax.Array
-    f0tq: jax.Array
-
-
-def _split_f0(f0: np.ndarray, layout: Layout) -> tuple[np.ndarray, ...]:
-    """``f0 [P, k]`` split into the four point groups, each ``[tasks, points, k]`` (numpy)."""
-    sl = layout.slices()
-    return (f0[sl["train_support"]].reshape(layout.n_train, layout.n_support, -1),
-            f0[sl["train_query"]].reshape(layout.n_train, layout.n_query, -1),
-            f0[sl["test_support"]].reshape(layout.n_test, layout.m_support, -1),
-            f0[sl["test_query"]].reshape(layout.n_test, layout.m_query, -1))
-
-
 class Diagnostics(NamedTuple):
     """Numerical health of one method's prediction (floats; :func:`ntk_bridge.metrics.status_of`)."""
 
@@ -151,134 +120,17 @@ class Prediction(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# The closed forms (``methods.Method.closed_form`` names them)
-# ---------------------------------------------------------------------------------------------
-
-def _gbml(Theta, G, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """docs/theory.md §3.2: ``F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``G`` the inner kernel."""
-    sl, N, M = layout.slices(), layout.n_train, layout.n_test
-    A, i1 = adapt_train(G, layout, cfg.inner, times[0], cfg.rcond)
-    Ahat, i2 = adapt_test(G, layout, cfg.finetune, times[1], cfg.rcond)
-    nq = N * layout.n_query
-    phi = meta_kernel_blocks(Theta, A, layout).reshape(nq, nq)
-    F0_train = d.f0q + A @ (d.ys - d.f0s)
-    F0_test = d.f0tq + Ahat @ (d.yts - d.f0ts)
-    cross = (block(Theta, sl["test_query"], sl["train_query"], M, N)
-             - jnp.einsum("mab,mbjc->majc", Ahat, block(Theta, sl["test_support"], sl["train_query"], M, N))
-             - jnp.einsum("majd,jcd->majc", block(Theta, sl["test_query"], sl["train_support"], M, N), A)
-             + jnp.einsum("mab,mbjd,jcd->majc", Ahat,
-                          block(Theta, sl["test_support"], sl["train_support"], M, N), A))
-    solve, i3 = eigh_apply(phi, cfg.outer, times[2], cfg.rcond)
-    coef = solve @ (d.yq - F0_train).reshape(nq, -1)
-    out = F0_test + cross.reshape(M, layout.m_query, nq) @ coef
-    return out, merge(i1, i2, i3)
-
-
-def _finetune_head(K, g_ts, g_tq, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """``g(X) + K(X, X') T_hat_K (Y' - g(X'))`` per test task."""
-    Ahat, info = adapt_test(K, layout, cfg.finetune, times[1], cfg.rcond)
-    return g_tq + Ahat @ (d.yts - g_ts), info
-
-
-def mtl(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """MTL (docs/theory.md §3.3): the body trained with ``Theta_MTL`` on 𝒟, the head reset to ``w0``
-    and fine-tuned with ``K`` on the test support."""
-    if cfg.mtl_heads == "independent":
-        # A fresh test head is independent of the trained heads: the body's change is invisible.
-        return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
-    sl = layout.slices()
-    idx, task = mtl_index(layout, cfg.mtl_data)
-    kern = mtl_kernel(Theta[jnp.ix_(idx, idx)], K[jnp.ix_(idx, idx)], task)
-    y_all = jnp.concatenate([d.ys.reshape(-1, d.ys.shape[-1]), d.yq.reshape(-1, d.yq.shape[-1])])
-    f0_all = jnp.concatenate([d.f0s.reshape(-1, d.f0s.shape[-1]), d.f0q.reshape(-1, d.f0q.shape[-1])])
-    idx_local = idx - sl["train_support"].start  # supports then queries, as in y_all
-    solve, i1 = eigh_apply(kern, cfg.outer, times[2], cfg.rcond)
-    alpha = solve @ (y_all[idx_local] - f0_all[idx_local])
-    body = Theta - K
-    g_ts = d.f0ts + (body[sl["test_support"]][:, idx] @ alpha).reshape(d.f0ts.shape)
-    g_tq = d.f0tq + (body[sl["test_query"]][:, idx] @ alpha).reshape(d.f0tq.shape)
-    out, i2 = _finetune_head(K, g_ts, g_tq, d, layout, cfg, times)
-    return out, merge(i1, i2)
-
-
-def anil(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """ANIL: GBML with the head's kernel ``K`` in the inner loop and at test time."""
-    return _gbml(Theta, K, d, layout, cfg, times)
-
-
-def maml(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """MAML: GBML with the full NTK ``Theta`` in the inner loop and at test time."""
-    return _gbml(Theta, Theta, d, layout, cfg, times)
-
-
-def baseline(Theta, K, d: _Data, layout: Layout, cfg: PredictorConfig, times):
-    """The no-transfer baseline (docs/theory.md §3.4): a head fine-tuned on the untrained body."""
-    return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
-
-
-def fomaml(Theta, tasks: TaskSet, config: PredictorConfig, f0=None) -> np.ndarray:
-    r"""Discrete-time closed form of first-order MAML for a linearised network (kernel ``Theta``).
-
-    With ``A_i = Theta(X_i, X'_i) T_i`` (MAML's inner operator, discrete) and ``A_hat`` the test
-    task's at the fine-tuning time, the first-order outer step ``theta -= eta sum_i J(X_i)^T r_i``
-    (``r`` the adapted query residuals) moves the residuals by the non-symmetric kernel
-    ``Phi_FO(i, j) = Theta(X_i, X_j) - A_i Theta(X'_i, X_j)``::
-
-        r_0 = F0(𝒳) - 𝒴,   r_{s+1} = (I - eta Phi_FO) r_s
-        F(X) = F0(X) - eta [Theta(X, 𝒳) - A_hat Theta(X', 𝒳)] sum_{s<S} r_s
-
-    ``F0`` as in docs/theory.md §3.2. Requires a discrete config (:attr:`PredictorConfig.discrete`). Returns
-    ``[M, m_q, k]``; ``f0 [P, k]`` or ``None`` (mean predictor).
-    """
-    require(config.discrete, "FO-MAML's closed form needs discrete inner, fine-tuning and outer steps "
-            "and a finite outer time (ntk_bridge.finite.discretise gives them)")
-    L = tasks.layout
-    sl = L.slices()
-    k = tasks.n_outputs
-    Theta = np.asarray(Theta, dtype=np.float64)
-    f0 = np.zeros((L.n_points, k)) if f0 is None else np.asarray(f0, np.float64).reshape(L.n_points, k)
-
-    def blocks(rows, cols, r_tasks, c_tasks):
-        return block(Theta, sl[rows], sl[cols], r_tasks, c_tasks)
-
-    N, M = L.n_train, L.n_test
-    T = inner_operator(own(blocks("train_support", "train_support", N, N)), config.inner_time, config.inner_steps)
-    A = own(blocks("train_query", "train_support", N, N)) @ T  # [N, n_q, n_s]
-    T_hat = inner_operator(own(blocks("test_support", "test_support", M, M)), config.finetune_time,
-                           config.finetune_steps)
-    A_hat = own(blocks("test_query", "test_support", M, M)) @ T_hat  # [M, m_q, m_s]
-    f0s = f0[sl["train_support"]].reshape(N, L.n_support, k)
-    f0q = f0[sl["train_query"]].reshape(N, L.n_query, k)
-    f0ts = f0[sl["test_support"]].reshape(M, L.m_support, k)
-    f0tq = f0[sl["test_query"]].reshape(M, L.m_query, k)
-    F0 = (f0q + A @ (tasks.train_support_y - f0s)).reshape(N * L.n_query, k)
-    F0_test = f0tq + A_hat @ (tasks.test_support_y - f0ts)
-    nq = N * L.n_query
-    phi = Theta[sl["train_query"], sl["train_query"]] - np.einsum(
-        "iab,ibc->iac", A, Theta[sl["train_support"], sl["train_query"]].reshape(N, L.n_support, nq)).reshape(nq, nq)
-    cross = Theta[sl["test_query"], sl["train_query"]].reshape(M, L.m_query, nq) - np.einsum(
-        "mab,mbc->mac", A_hat, Theta[sl["test_support"], sl["train_query"]].reshape(M, L.m_support, nq))
-    eta = config.outer_time / config.outer_steps
-    r = F0 - tasks.train_query_y.reshape(nq, k)
-    total = np.zeros_like(r)
-    for _ in range(int(config.outer_steps)):
-        total += r
-        r = r - eta * (phi @ r)
-    return F0_test - eta * (cross @ total)
-
-
-# ---------------------------------------------------------------------------------------------
 # Predictions from kernels
 # ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("layout", "cfg", "method"))
-def _predict_batched(Theta, K, d: _Data, times, layout: Layout, cfg: PredictorConfig, method: str):
+def _predict_batched(Theta, K, d: Data, times, layout: Layout, cfg: PredictorConfig, method: str):
     """One method's closed form, vmapped over a leading batch axis of ``Theta``, ``K`` (depths) and of
     ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
     compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
     is not recomputed for it."""
     fn = functools.partial(registry.get(method).implementation("closed_form"), layout=layout, cfg=cfg)
-    return jax.vmap(lambda th, k, t: fn(th, k, d, times=t), in_axes=(0, 0, 0))(Theta, K, times)
+    return jax.vmap(lambda th, k, t: fn(th, k, d, times=Times(t[0], t[1], t[2])), in_axes=(0, 0, 0))(Theta, K, times)
 
 
 def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:
@@ -349,8 +201,8 @@ def predict_from_kernels(
         require(bool(np.all(np.isfinite(f0))), "f0 contains NaN or inf")
         require(configs[0].mtl_heads == "shared" or registry.MTL.name not in methods,
                 "f0 (a single network's outputs) is defined for shared MTL heads only")
-    data = _Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
-                 *_split_f0(f0.reshape(P, -1), layout))
+    data = Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
+                 *split_f0(f0.reshape(P, -1), layout))
     times = np.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], np.float64)
     jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps]
     raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)

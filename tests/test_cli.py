@@ -138,27 +138,6 @@ def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp
     assert cfg["outer_steps"] == 5 and cfg["linearized"] is False and cfg["finite_dtype"] == "float64"
 
 
-def test_finite_gap_table_counts_each_closed_form_once(runner, tmp_path):
-    """Centred networks share one closed form per test task; raw networks each have their own."""
-    from ntk_bridge import figures as figs
-
-    rows = []
-    for mode in ("centred", "raw"):
-        for width in (16, 32):
-            for net in (0, 1):
-                for task in (0, 1):
-                    own = 0.1 * (task + 1) + (0.01 * (net + 1) + 0.001 * width if mode == "raw" else 0.0)
-                    rows.append(dict(method="anil", mtl_data="query", inner_time=0.1, finetune_time=1.0,
-                                     outer_time=float("inf"), depth=1, width=width, network=net, test_task=task,
-                                     mode=mode, status="ok", gap_to_mtl_rel=0.5, infinite_gap_to_mtl_rel=own))
-    df = pd.DataFrame(rows)
-    centred = figs.finite_gap_vs_depth_table(df[df["mode"] == "centred"])
-    assert centred["infinite_gap_to_mtl_rel_q25"].iloc[0] == pytest.approx(0.125)  # quartile of {0.1, 0.2}
-    raw = df[df["mode"] == "raw"]
-    table = figs.finite_gap_vs_depth_table(raw)
-    assert table["infinite_gap_to_mtl_rel_q50"].iloc[0] == pytest.approx(raw["infinite_gap_to_mtl_rel"].median())
-
-
 def test_version_and_choices_in_help(runner):
     import ntk_bridge
 

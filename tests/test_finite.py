@@ -14,7 +14,6 @@ import neural_tangents as nt
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.stats
 
 from ntk_bridge import finite
 from ntk_bridge.errors import UserError
@@ -22,8 +21,8 @@ from ntk_bridge.finite import comparison, networks
 from ntk_bridge.finite import objectives
 from ntk_bridge.finite import training as trainers
 from ntk_bridge.metrics import NAMES
-from ntk_bridge.predictors import fomaml
-from ntk_bridge.results import fit_power_law, width_exponents
+from ntk_bridge.closed_forms import fomaml
+from ntk_bridge.results import width_exponents
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import subspace_tasks
@@ -238,22 +237,6 @@ def test_vmap_and_map_batching_train_the_same_networks(small_tasks):
     for method in ("mtl", "maml"):
         np.testing.assert_allclose(out["vmap"].finite[method], out["map"].finite[method], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(out["vmap"].history[method], out["map"].history[method], rtol=1e-10)
-
-
-def test_fit_power_law_matches_scipy_and_recovers_a_known_exponent(rng):
-    x = np.repeat([64.0, 128, 256, 512, 1024], 8)
-    y = 3.0 * x ** -0.5 * np.exp(0.1 * rng.standard_normal(x.size))
-    p, lo, hi, n = fit_power_law(x, y)
-    ref = scipy.stats.linregress(np.log(x), np.log(y))
-    half = scipy.stats.t.ppf(0.975, x.size - 2) * ref.stderr
-    assert n == x.size
-    np.testing.assert_allclose([p, lo, hi], [ref.slope, ref.slope - half, ref.slope + half], rtol=1e-12)
-    assert lo < -0.5 < hi
-    # non-finite and non-positive points are dropped; too few points give NaN
-    p2, _, _, n2 = fit_power_law(np.append(x, [1.0, 2.0]), np.append(y, [np.nan, -1.0]))
-    assert n2 == x.size and p2 == pytest.approx(p)
-    assert math.isnan(fit_power_law([1.0, 2.0], [1.0, 0.5])[1])
-    assert math.isnan(fit_power_law([1.0], [1.0])[0])
 
 
 def test_bad_arguments_raise_user_errors(small_tasks):

@@ -9,7 +9,7 @@ import pytest
 
 from ntk_bridge import sweep as sw
 from ntk_bridge.predictors import PredictorConfig, predict
-from ntk_bridge.results import depth_slopes, fit_power_law
+from ntk_bridge.results import depth_slopes
 from ntk_bridge.metrics import NAMES
 from ntk_bridge.runs import RunFolder
 
@@ -114,14 +114,6 @@ def test_flagged_rows_are_reported_not_hidden(tmp_path):
     assert set(maml.status) <= {"ridge", "not_psd", "nonfinite"}
     slopes = depth_slopes(df)
     assert slopes.empty or "maml" not in set(slopes["method"])  # flagged rows never enter fits
-
-
-def test_fit_power_law_recovers_exponent(rng):
-    x = np.geomspace(2, 64, 12)
-    y = 3.0 * x ** -0.7 * np.exp(0.01 * rng.standard_normal(12))
-    b, lo, hi, n = fit_power_law(x, y)
-    assert n == 12 and lo < -0.7 < hi and hi - lo < 0.05
-    assert math.isnan(fit_power_law([1, 2], [1, 2])[1])
 
 
 def test_finite_cells_of_one_width_and_depth_share_runs_and_match_cells_run_alone(tmp_path):

@@ -66,17 +66,17 @@ class Rates(NamedTuple):
 
 def network_data(tasks: TaskSet, mtl_data: str, shift: np.ndarray) -> Data:
     """Task arrays with labels shifted by ``shift [S, P, k]`` (``f0`` when centred, 0 when raw)."""
-    L = tasks.layout
-    sl = L.slices()
+    lay = tasks.layout
+    sl = lay.slices()
     S = shift.shape[0]
     k = tasks.n_outputs
 
     def labels(y, name, tasks_, points):
         return y[None] + shift[:, sl[name]].reshape(S, tasks_, points, k)
 
-    ys = labels(tasks.train_support_y, "train_support", L.n_train, L.n_support)
-    yq = labels(tasks.train_query_y, "train_query", L.n_train, L.n_query)
-    yts = labels(tasks.test_support_y, "test_support", L.n_test, L.m_support)
+    ys = labels(tasks.train_support_y, "train_support", lay.n_train, lay.n_support)
+    yq = labels(tasks.train_query_y, "train_query", lay.n_train, lay.n_query)
+    yts = labels(tasks.test_support_y, "test_support", lay.n_test, lay.m_support)
     if mtl_data == "all":
         xd = np.concatenate([tasks.train_support_x, tasks.train_query_x], axis=1)
         yd = np.concatenate([ys, yq], axis=2)

@@ -110,11 +110,11 @@ def discretise(config: PredictorConfig, Theta, tasks: TaskSet,
             "inner_l2 (an l2 inner problem at optimum) has no finite-network counterpart here")
     require(config.mtl_heads == "shared", "finite MTL networks initialise every head to the same w0 "
             "(mtl_heads='shared'); 'independent' is not supported here")
-    L = tasks.layout
-    sl = L.slices()
+    lay = tasks.layout
+    sl = lay.slices()
     Theta = np.asarray(Theta, dtype=np.float64)
-    require(Theta.shape == (L.n_points, L.n_points),
-            f"Theta must be [{L.n_points}, {L.n_points}] over tasks.all_points(), got {Theta.shape}")
+    require(Theta.shape == (lay.n_points, lay.n_points),
+            f"Theta must be [{lay.n_points}, {lay.n_points}] over tasks.all_points(), got {Theta.shape}")
     train = np.r_[sl["train_support"], sl["train_query"]]
 
     def steps_for(time, steps, top):
@@ -123,9 +123,9 @@ def discretise(config: PredictorConfig, Theta, tasks: TaskSet,
         return max(1, int(math.ceil(time * top / training.max_inner_step - 1e-12)))
 
     inner_steps = steps_for(config.inner_time, config.inner_steps,
-                            _top_eig(own(block(Theta, sl["train_support"], sl["train_support"], L.n_train, L.n_train))))
+                            _top_eig(own(block(Theta, sl["train_support"], sl["train_support"], lay.n_train, lay.n_train))))
     finetune_steps = steps_for(config.finetune_time, config.finetune_steps,
-                               _top_eig(own(block(Theta, sl["test_support"], sl["test_support"], L.n_test, L.n_test))))
+                               _top_eig(own(block(Theta, sl["test_support"], sl["test_support"], lay.n_test, lay.n_test))))
     top_outer = _top_eig(Theta[np.ix_(train, train)])
     if math.isinf(config.outer_time):  # (PredictorConfig allows no outer_steps with an infinite time)
         outer_steps = int(training.outer_steps)

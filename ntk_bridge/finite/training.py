@@ -191,8 +191,8 @@ def train_networks(
                                                       config.outer_time / steps.outer,
                                                       training.divergence_factor)))
     sl = tasks.layout.slices()
-    L = tasks.layout
-    f0_tq = f0[:, sl["test_query"]].reshape(f0.shape[0], L.n_test, L.m_query, -1)
+    lay = tasks.layout
+    f0_tq = f0[:, sl["test_query"]].reshape(f0.shape[0], lay.n_test, lay.m_query, -1)
     offset = f0_tq if mode == "centred" else 0.0
 
     def run(linear, method):

@@ -1,0 +1,58 @@
+"""ntk_bridge.figures: tables equal to quartiles computed directly, each closed form counted once,
+figures written with their tables, plain tick labels on log axes."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ntk_bridge import figures as figs
+
+
+def test_gap_vs_depth_table_is_quartiles_of_the_ok_rows_and_plots(tmp_path, rng):
+    rows = pd.DataFrame([dict(method=m, mtl_data="all", inner_time=0.1, finetune_time=1.0, outer_time=math.inf,
+                              depth=L, width=math.inf, network="mean", test_task=t, status="ok",
+                              gap_to_mtl_rel=float(rng.uniform(0.1, 1)), test_mse=float(rng.uniform(0.1, 1)))
+                         for m in ("mtl", "anil", "baseline") for L in (1, 2, 4) for t in range(7)])
+    rows.loc[0, "status"] = "ridge"  # flagged rows never reach a figure's table
+    table = figs.gap_vs_depth_table(rows)
+    ok = rows[rows["status"] == "ok"]
+    for (m, L), g in ok.groupby(["method", "depth"]):
+        r = table[(table["method"] == m) & (table["depth"] == L)].iloc[0]
+        assert r["n"] == len(g)
+        np.testing.assert_allclose([r["gap_to_mtl_rel_q25"], r["gap_to_mtl_rel_q50"], r["gap_to_mtl_rel_q75"]],
+                                   np.quantile(g["gap_to_mtl_rel"], [0.25, 0.5, 0.75]), rtol=1e-12)
+    paths = figs.plot_gap_vs_depth(table, str(tmp_path / "gap"))
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "pdf", "csv"]
+    assert all((tmp_path / f"gap.{ext}").stat().st_size > 0 for ext in ("png", "pdf", "csv"))
+    assert (tmp_path / "gap.csv").read_text() == figs.table_csv(table)
+
+
+def test_log_axes_have_plain_tick_labels():
+    plt = figs.style.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [0.02, 0.1, 0.5])
+    figs.log_y(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert labels and not any("$" in label or "times" in label for label in labels), labels
+
+
+def test_finite_gap_table_counts_each_closed_form_once():
+    """Centred networks share one closed form per test task; raw networks each have their own."""
+    rows = []
+    for mode in ("centred", "raw"):
+        for width in (16, 32):
+            for net in (0, 1):
+                for task in (0, 1):
+                    own = 0.1 * (task + 1) + (0.01 * (net + 1) + 0.001 * width if mode == "raw" else 0.0)
+                    rows.append(dict(method="anil", mtl_data="query", inner_time=0.1, finetune_time=1.0,
+                                     outer_time=float("inf"), depth=1, width=width, network=net, test_task=task,
+                                     mode=mode, status="ok", gap_to_mtl_rel=0.5, infinite_gap_to_mtl_rel=own))
+    df = pd.DataFrame(rows)
+    centred = figs.finite_gap_vs_depth_table(df[df["mode"] == "centred"])
+    assert centred["infinite_gap_to_mtl_rel_q25"].iloc[0] == pytest.approx(0.125)  # quartile of {0.1, 0.2}
+    raw = df[df["mode"] == "raw"]
+    table = figs.finite_gap_vs_depth_table(raw)
+    assert table["infinite_gap_to_mtl_rel_q50"].iloc[0] == pytest.approx(raw["infinite_gap_to_mtl_rel"].median())
