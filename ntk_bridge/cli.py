@@ -106,6 +106,9 @@ class _SweepProgress:
     def cell(self, key: str) -> None:
         self.bar.advance(self.task)
 
+    def note(self, message: str) -> None:
+        self.bar.console.print(f"note: {message}", markup=False, highlight=False)
+
     def stop(self) -> None:
         if self.task is not None:
             self.bar.stop()

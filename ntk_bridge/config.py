@@ -25,6 +25,8 @@ __all__ = ["GridConfig", "TaskConfig", "FiniteConfig", "NumericsConfig", "SweepC
 
 #: Generated task families (:data:`ntk_bridge.tasks.GENERATORS`); anything else must be a ``.npz`` file.
 TASK_FAMILIES = ("subspace", "linear", "sinusoid")
+#: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
+MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
 
 
 def option(flag: str, help: str, default, text: str | None = None, parse: Callable[[str], Any] | None = None,
@@ -58,10 +60,10 @@ class GridConfig:
 
     depths: tuple[int, ...] = option(
         "--depth", "Depths (hidden layers): '2..32', '1..128:x2' (geometric), '1..10:3' (step), or '1,2,4,8'.",
-        tuple(range(2, 33)), "2..32", _tuple(ranges.parse_int_range, "--depth"))
+        tuple(range(2, 33)), "2..32", _tuple(ranges.parse_int_range, "--depth", 1, MAX_DEPTH))
     widths: tuple[float, ...] = option(
         "--width", "Widths: 'inf' (closed-form infinite-width predictors) and/or finite widths trained by gradient "
-        "descent, e.g. '64..1024:x2'.", (math.inf,), "inf", lambda t: tuple(ranges.parse_widths(t, "--width")))
+        "descent, e.g. '64..1024:x2'.", (math.inf,), "inf", lambda t: tuple(ranges.parse_widths(t, "--width", MAX_WIDTH)))
     inner_times: tuple[float, ...] = option(
         "--inner-time", "Inner-loop time lambda*tau of ANIL/MAML meta-training (comma list).", (0.01, 0.1, 1.0),
         "0.01,0.1,1", _tuple(ranges.parse_floats, "--inner-time"))
@@ -82,9 +84,13 @@ class GridConfig:
 
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
+        require(max(self.depths) <= MAX_DEPTH, f"--depth: {max(self.depths)} is above the maximum of {MAX_DEPTH}")
         require(len(self.widths) > 0 and all(w >= 1 for w in self.widths), "--width: widths must be >= 1")
+        require(all(w <= MAX_WIDTH or math.isinf(w) for w in self.widths),
+                f"--width: widths above the maximum of {MAX_WIDTH}")
         for name, values in (("--inner-time", self.inner_times), ("--finetune-time", self.finetune_times)):
-            require(len(values) > 0 and all(not math.isnan(v) and v >= 0 for v in values), f"{name}: times must be >= 0")
+            require(not any(math.isnan(v) for v in values), f"{name}: a time is not a number")
+            require(len(values) > 0 and all(v >= 0 for v in values), f"{name}: times must be >= 0")
         require(len(self.outer_times) > 0 and all(v > 0 for v in self.outer_times), "--outer-time: times must be > 0")
         bad = [m for m in self.methods if m not in registry.SWEEPABLE]
         require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(registry.SWEEPABLE)}")
@@ -110,6 +116,8 @@ class TaskConfig:
     task_seed: int = option("--task-seed", "Seed of the generated task set.", 0)
 
     def __post_init__(self):
+        if os.path.isdir(self.family):
+            raise UserError(f"--tasks: {self.family} is a folder, not a .npz task file")
         if self.family not in TASK_FAMILIES:
             if self.family.endswith(".npz") or os.sep in self.family:
                 require(os.path.isfile(self.family), f"--tasks: file not found: {self.family}")
@@ -118,6 +126,10 @@ class TaskConfig:
                                 f"{', '.join(TASK_FAMILIES)} or a .npz file")
         for name in ("train_tasks", "support", "query", "test_tasks", "dim"):
             require(int(getattr(self, name)) >= 1, f"{flag(TaskConfig, name)} must be >= 1")
+        if self.family in ("subspace", "sinusoid"):
+            require(int(self.dim) >= 2, f"--dim: the {self.family} family needs --dim >= 2 ("
+                    + ("its teachers span a rank-2 subspace)" if self.family == "subspace"
+                       else "the input and a constant coordinate)"))
 
     @property
     def generated(self) -> bool:
@@ -130,7 +142,7 @@ class TaskConfig:
         if not self.generated:
             return load_tasks(self.family)
         sizes = dict(n_train=self.train_tasks, n_test=self.test_tasks, n_support=self.support, n_query=self.query,
-                     dim=max(self.dim, 2) if self.family == "sinusoid" else self.dim)
+                     dim=self.dim)
         return GENERATORS[self.family](seed=self.task_seed if seed is None else seed, **sizes)
 
 

@@ -137,6 +137,20 @@ def compute_remote(unit: Unit, tasks: TaskSet, versions) -> list[tuple[str, list
     return list(iter_unit(unit, tasks))
 
 
+def _check_address(address: str) -> None:
+    """``UserError`` unless ``address`` looks like a scheduler address (``tcp://HOST:PORT``): a
+    malformed one would otherwise leave Dask's half-made client to time out at exit."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls", "ucx", "ws", "wss"):
+            parse_host_port(location)
+    except (ValueError, TypeError):
+        raise UserError(f"--scheduler: {address!r} is not a scheduler address (expected tcp://HOST:PORT)") from None
+
+
 def _identity(x):
     return x
 
@@ -198,6 +212,7 @@ class DaskExecutor:
         #: The function run on workers (tests wrap it to slow units down).
         self._worker_fn: Callable = compute_remote
         if address:
+            _check_address(address)
             timeout = CONNECT_TIMEOUT if timeout is None else float(timeout)
             try:
                 self.client = distributed.Client(address, timeout=timeout, set_as_default=False)

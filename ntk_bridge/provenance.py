@@ -46,11 +46,12 @@ def _git(here: str, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def source_checkout() -> dict | None:
-    """``{'commit', 'dirty'}`` when this package runs from a git checkout of this project (the
-    package folder is ``<top>/ntk_bridge`` of the work tree and ``<top>/pyproject.toml`` names
-    ``ntk-bridge``); ``None`` otherwise (an installed copy: its version says what it is)."""
-    package = os.path.dirname(os.path.abspath(__file__))
+def source_checkout(package: str | None = None) -> dict | None:
+    """``{'commit', 'dirty'}`` when this package (folder ``package``, default this one's) runs from a
+    git checkout of this project (the package folder is ``<top>/ntk_bridge`` of the work tree and
+    ``<top>/pyproject.toml`` names ``ntk-bridge``); ``None`` otherwise (an installed copy: its
+    version says what it is)."""
+    package = package or os.path.dirname(os.path.abspath(__file__))
     top = _git(package, "rev-parse", "--show-toplevel")
     if not top or os.path.realpath(os.path.join(top, "ntk_bridge")) != os.path.realpath(package):
         return None

@@ -18,9 +18,10 @@ def _int(text: str, option: str) -> int:
         raise UserError(f"{option}: {text!r} is not an integer") from None
 
 
-def parse_int_range(text: str, option: str = "--depth", minimum: int = 1) -> list[int]:
+def parse_int_range(text: str, option: str = "--depth", minimum: int = 1, maximum: int | None = None) -> list[int]:
     """Integers from ``a..b`` (step 1), ``a..b:s`` (step s), ``a..b:xk`` (geometric, factor k,
-    ``b`` included only if reached), or a comma list. Sorted, unique, all ``>= minimum``."""
+    ``b`` included only if reached), or a comma list. Sorted, unique, all in ``[minimum, maximum]``
+    (checked before the list is built)."""
     text = str(text).strip()
     if not text:
         raise UserError(f"{option}: empty value")
@@ -35,6 +36,8 @@ def parse_int_range(text: str, option: str = "--depth", minimum: int = 1) -> lis
                 raise UserError(f"{option}: range {part!r} starts below {minimum}")
             if hi < lo:
                 raise UserError(f"{option}: range {part!r} is empty (end {hi} < start {lo})")
+            if maximum is not None and hi > maximum:
+                raise UserError(f"{option}: {hi} is above the maximum of {maximum}")
             step = step.strip()
             if step.startswith("x"):
                 factor = _int(step[1:], option)
@@ -53,11 +56,13 @@ def parse_int_range(text: str, option: str = "--depth", minimum: int = 1) -> lis
             v = _int(part, option)
             if v < minimum:
                 raise UserError(f"{option}: {v} is below {minimum}")
+            if maximum is not None and v > maximum:
+                raise UserError(f"{option}: {v} is above the maximum of {maximum}")
             values.append(v)
     return sorted(set(values))
 
 
-def parse_widths(text: str, option: str = "--width") -> list[float]:
+def parse_widths(text: str, option: str = "--width", maximum: int | None = None) -> list[float]:
     """Widths: ``inf`` (infinite width, the closed forms) and/or positive integers as in
     :func:`parse_int_range`. Returned sorted with ``inf`` last."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -66,7 +71,7 @@ def parse_widths(text: str, option: str = "--width") -> list[float]:
     finite = [p for p in parts if p.lower() not in ("inf", "infinite", "infinity")]
     out: list[float] = []
     if finite:
-        out.extend(float(w) for w in parse_int_range(",".join(finite), option, minimum=1))
+        out.extend(float(w) for w in parse_int_range(",".join(finite), option, minimum=1, maximum=maximum))
     if len(finite) < len(parts):
         out.append(math.inf)
     return out
@@ -83,7 +88,9 @@ def parse_floats(text: str, option: str, allow_inf: bool = True, positive: bool 
             v = float(p)
         except ValueError:
             raise UserError(f"{option}: {p!r} is not a number") from None
-        if math.isnan(v) or v < 0 or (positive and v == 0):
+        if math.isnan(v):
+            raise UserError(f"{option}: {p!r} is not a number")
+        if v < 0 or (positive and v == 0):
             raise UserError(f"{option}: {p!r} must be {'> 0' if positive else '>= 0'}")
         if math.isinf(v) and not allow_inf:
             raise UserError(f"{option}: must be finite, got {p!r}")

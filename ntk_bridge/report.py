@@ -165,7 +165,12 @@ def flagged_line(df: pd.DataFrame) -> str:
     bad = flagged(df)
     if not len(bad):
         return ""
-    return "Flagged rows (excluded from fits and figures): " + ", ".join(f"{k}: {v}" for k, v in bad.items()) + "."
+    flagged_rows = df[df["status"] != "ok"]
+    parts = []
+    for status, count in bad.items():
+        by_method = flagged_rows[flagged_rows["status"] == status]["method"].value_counts()
+        parts.append(f"{status}: {count} (" + ", ".join(f"{m} {n}" for m, n in by_method.items()) + ")")
+    return "Flagged rows (excluded from fits and figures): " + "; ".join(parts) + "."
 
 
 def markdown(table: ReportTable) -> str:

@@ -13,6 +13,11 @@ folder and renames it over the target (``os.replace``), so a reader (or a rerun 
 the old file or the new one, never a part. Files get the permissions the user's umask gives a new
 file (``tempfile.mkstemp`` alone would leave them ``0600``).
 
+**One writer at a time.** :meth:`RunFolder.lock` takes an exclusive lock on ``<folder>/.lock``
+(``fcntl.flock``: released by the operating system when the process ends, however it ends), so two
+sweeps started into one folder do not both compute every cell: the second waits, then finds the
+first one's cells and computes only what is still missing.
+
 **Self-verifying cells.** A cell file starts with one line ``# ntk_bridge cell v1 rows=N
 sha256=H`` followed by the CSV of its rows; ``H`` is the SHA-256 of the CSV bytes. A file that is
 empty, cut short, altered or unparseable fails :meth:`RunFolder.read_cell` and counts as missing, so
@@ -21,13 +26,14 @@ rename, a power loss before the data reached the disk, an editor).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import tempfile
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -91,6 +97,27 @@ class RunFolder:
             os.unlink(tmp)
         except OSError as exc:
             raise UserError(f"{option}: cannot write to {self.path} ({exc.strerror or exc})") from None
+
+    @contextlib.contextmanager
+    def lock(self, on_wait: Callable[[], None] | None = None):
+        """Hold the folder's exclusive lock for the block; ``on_wait()`` is called once if another
+        process holds it (then this one waits). A no-op where ``fcntl`` does not exist."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (not POSIX)
+            yield
+            return
+        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- cells ---------------------------------------------------------------------------------
     def cell_path(self, key: str) -> str:

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from typing import Iterator, Sequence
 
@@ -32,14 +33,14 @@ import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge import metrics, runtime
-from ntk_bridge.errors import require
+from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
 from ntk_bridge.config import SweepConfig, json_number
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import TaskSet
 
 __all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "iter_unit", "run_sweep", "cell_context",
-           "results_table", "sort_results", "METHODS"]
+           "results_table", "sort_results", "estimate", "check_feasible", "MAX_CELLS", "METHODS"]
 
 #: Methods a sweep can be asked for (the no-transfer baseline is always computed as well).
 METHODS = registry.SWEEPABLE
@@ -109,9 +110,9 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> d
     return ctx
 
 
-def plan(config: SweepConfig) -> tuple[TaskSet, list[Cell], list[str]]:
+def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, list[Cell], list[str]]:
     """The task set, every cell of the grid and their cache keys."""
-    tasks = config.load_tasks()
+    tasks = config.load_tasks() if tasks is None else tasks
     g = config.grid
     cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
@@ -232,7 +233,9 @@ class Progress:
     """What a sweep reports while it runs (override any method; the defaults do nothing).
 
     ``start(total, cached, damaged)``: cells in the grid, cells found in the cache, damaged cell
-    files that will be recomputed; ``cell(key)``: a cell was computed and written.
+    files that will be recomputed; ``cell(key)``: a cell was computed and written;
+    ``note(message)``: one line worth telling (a damaged cache, a wait for another sweep, a long
+    estimate).
     """
 
     def start(self, total: int, cached: int, damaged: int) -> None:
@@ -240,6 +243,77 @@ class Progress:
 
     def cell(self, key: str) -> None:
         pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+#: Largest number of cells one sweep may plan (a documented cap: a longer grid is almost surely a typo).
+MAX_CELLS = 200_000
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of ``/proc/meminfo``, else the
+    physical memory), ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
+    """Peak memory (bytes) and time (seconds, an order of magnitude) of a sweep, before anything is
+    allocated, from the sizes that drive them (docs: ``README.md``, "Guarantees").
+
+    Memory: the kernel pass holds ``Theta`` and ``K`` over all ``P`` points and neural-tangents'
+    intermediates, about 11 ``P^2`` float64 numbers; each method's program a few copies of its
+    training kernel (the meta-kernel, ``N n_q`` square; MTL's, ``N (n' + n)`` square); finite
+    networks about 20 copies of their ``width^2 depth`` parameters; plus 400 MB of libraries. Time:
+    about ``4e-8 P^2`` seconds per depth of the kernel pass and ``2e-3 + 3e-9 n^3`` per method and
+    cell (measured on a 2-core machine); finite-width training is not estimated.
+    """
+    lay = tasks.layout
+    P = lay.n_points
+    meta = lay.n_train * lay.n_query
+    mtl = lay.n_train * (lay.n_support + lay.n_query)
+    finite = [w for w in config.grid.widths if math.isfinite(w)]
+    memory = 8 * (11 * P ** 2 + 6 * meta ** 2 + 6 * mtl ** 2) + 400 * 2 ** 20
+    if finite:
+        memory += 8 * 20 * max(finite) ** 2 * max(config.grid.depths)
+    n_cells = len(config.grid.depths) * len(config.grid.widths) * len(config.grid.inner_times) * \
+        len(config.grid.finetune_times) * len(config.grid.outer_times) * len(config.grid.mtl_data)
+    seconds = max(config.grid.depths) * (0.008 + 4e-8 * P ** 2) + \
+        n_cells * (len(config.grid.methods) + 1) * (2e-3 + 3e-9 * max(meta, mtl) ** 3)
+    return dict(points=P, memory_bytes=int(memory), seconds=float(seconds), cells=n_cells)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_feasible(config: SweepConfig, tasks: TaskSet, memory: int | None = None) -> dict:
+    """Refuse (``UserError``, one line saying what it would need) a sweep whose grid exceeds
+    :data:`MAX_CELLS` or whose estimated peak memory exceeds the machine's (``memory`` bytes, default
+    :func:`available_memory`). Returns the :func:`estimate`."""
+    est = estimate(config, tasks)
+    require(est["cells"] <= MAX_CELLS, f"the grid has {est['cells']:,} cells, above the maximum of {MAX_CELLS:,} "
+            "per sweep: split it into several sweeps (they can share a --out folder)")
+    memory = available_memory() if memory is None else memory
+    require(memory is None or est["memory_bytes"] <= memory,
+            f"this sweep needs about {_size(est['memory_bytes'])} of memory (kernels over {est['points']:,} "
+            f"points) and this machine has {_size(memory)} available: use fewer or smaller tasks")
+    return est
 
 
 def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,
@@ -265,31 +339,53 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     started = time.time()
     progress = progress or Progress()
     folder = RunFolder(run_dir)
-    tasks, cells, keys = plan(config)
+    tasks = config.load_tasks()
+    est = check_feasible(config, tasks)  # before anything is planned, allocated or written
+    tasks, cells, keys = plan(config, tasks)
+    if est["seconds"] > 600:
+        progress.note(f"estimated time: about {est['seconds'] / 60:.0f} minutes ({est['cells']:,} cells over "
+                      f"{est['points']:,} points)")
     folder.check_writable()
-    done, damaged = folder.read_cells(dict.fromkeys(keys))
-    pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
-    progress.start(len(set(keys)), len(done), len(damaged))
-    if pending:
-        runtime.enable_compilation_cache()
-        units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
-        if executor is None:
-            stream = (item for u in units for item in iter_unit(u, tasks))
-        else:
-            stream = executor.map_units(units)
-        wanted = {k for _, k in pending}
-        # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
-        with contextlib.closing(stream):
-            for key, rows in stream:
-                if key in wanted:
-                    folder.write_cell(key, pd.DataFrame(rows).reindex(columns=metrics.NAMES))
-                    wanted.discard(key)
-                    progress.cell(key)
-        done.update(folder.read_cells(k for _, k in pending)[0])
-        if release_memory:
-            import jax
+    with folder.lock(on_wait=lambda: progress.note(f"another sweep is writing to {run_dir}; waiting for it")):
+        done, damaged = folder.read_cells(dict.fromkeys(keys))
+        if damaged:
+            progress.note(f"{len(damaged)} damaged cell file(s) in {folder.cells} failed verification and are "
+                          "computed again")
+        pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
+        progress.start(len(set(keys)), len(done), len(damaged))
+        if pending:
+            _compute(config, folder, tasks, pending, executor, progress)
+            done.update(folder.read_cells(k for _, k in pending)[0])
+            if release_memory:
+                import jax
 
-            jax.clear_caches()
-    df = results_table([done[k] for k in dict.fromkeys(keys) if k in done])
-    write_run(folder, df, config, command=command, started=started, figures=figures, damaged=len(damaged))
+                jax.clear_caches()
+        df = results_table([done[k] for k in dict.fromkeys(keys) if k in done])
+        try:
+            write_run(folder, df, config, command=command, started=started, figures=figures, damaged=len(damaged))
+        except OSError as exc:
+            raise UserError(f"cannot write the results into {run_dir} ({exc.strerror or exc}); every cell is saved "
+                            "in cells/: free some space and rerun the same command") from None
     return df
+
+
+def _compute(config: SweepConfig, folder: RunFolder, tasks: TaskSet, pending, executor, progress: Progress) -> None:
+    """Compute the pending cells and write each the moment it arrives."""
+    runtime.enable_compilation_cache()
+    units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
+    stream = (item for u in units for item in iter_unit(u, tasks)) if executor is None else executor.map_units(units)
+    wanted = {k for _, k in pending}
+    written = 0
+    # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
+    with contextlib.closing(stream):
+        for key, rows in stream:
+            if key not in wanted:
+                continue
+            try:
+                folder.write_cell(key, pd.DataFrame(rows).reindex(columns=metrics.NAMES))
+            except OSError as exc:
+                raise UserError(f"cannot write a cell into {folder.cells} ({exc.strerror or exc}); {written} new "
+                                "cell(s) are saved: free some space and rerun the same command to resume") from None
+            written += 1
+            wanted.discard(key)
+            progress.cell(key)

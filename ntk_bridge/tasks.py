@@ -87,8 +87,11 @@ class Layout:
 
 
 def _as_array(name: str, value, ndim: int) -> np.ndarray:
+    raw = np.asarray(value)
+    require(raw.dtype.kind in "biuf", f"{name} must hold real numbers, got dtype {raw.dtype} "
+            + ("(complex values are not cast to real)" if raw.dtype.kind == "c" else ""))
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = raw.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{name} must be a numeric array ({exc})") from None
     if ndim == 3 and arr.ndim == 2 and name.endswith("_y"):
@@ -195,8 +198,12 @@ def save_tasks(tasks: TaskSet, path: str | os.PathLike) -> None:
 def load_tasks(path: str | os.PathLike) -> TaskSet:
     """Read a task file (``.npz`` with the documented keys). Raises ``UserError`` with one clear line."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"tasks file {path} is a folder, not a .npz file")
     if not os.path.isfile(path):
         raise UserError(f"tasks file not found: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
+        raise UserError(f"tasks file {path} is not a .npz file (a numpy archive: numpy.savez, TaskSet.save)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
@@ -208,7 +215,8 @@ def load_tasks(path: str | os.PathLike) -> TaskSet:
     except UserError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"tasks file {path} is not a readable .npz file ({exc})") from None
+        reason = "it holds Python objects, which are never loaded" if "pickle" in str(exc) else str(exc)
+        raise UserError(f"tasks file {path} is not a readable .npz file ({reason})") from None
     try:
         return TaskSet(**arrays, name=os.path.splitext(os.path.basename(path))[0])
     except UserError as exc:

@@ -79,13 +79,30 @@ BAD = [
     (["--tasks", "spiral"], "--tasks"),
     (["--width", "64", "--finite-dtype", "float16"], "--finite-dtype"),
     (["--width", "64", "--outer-steps", "0"], "--outer-steps"),
+    (["--width", "64", "--finite-mode", "uncentred"], "--finite-mode"),
+    (["--inner-time", "nan"], "not a number"),
+    (["--finetune-time", "-0.5"], "--finetune-time"),
+    (["--outer-time", "0"], "--outer-time"),
+    (["--dim", "1"], "--dim"),
+    (["--task-seed", "x"], "--task-seed"),
+    (["--depth", "1..1000000"], "maximum"),
+    (["--width", "64..99999999"], "maximum"),
+    (["--depth", "1..2", "--train-tasks", "100000"], "memory"),
+    (["--methods", "fomaml"], "--methods"),
+    (["--blas-threads", "0"], "--blas-threads"),
+    (["--workers", "-1"], "--workers"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "either"),
+    (["--scheduler", "notanaddress"], "--scheduler"),
+    (["--tasks", "/"], "folder"),
+    (["--no-such-option"], "No such option"),
+    (["--depth"], "--depth"),
 ]
 
 
 @pytest.mark.parametrize("args, word", BAD)
 def test_bad_input_is_one_line_exit_2_nothing_written(runner, tmp_path, args, word):
     out = tmp_path / "run"
-    res = runner.invoke(["sweep", *args, "--out", str(out), *SMALL])
+    res = runner.invoke(["sweep", *SMALL, "--out", str(out), *args])
     assert res.exit_code == 2, res.output
     lines = [l for l in res.output.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], res.output
@@ -101,7 +118,16 @@ def test_malformed_tasks_file(runner, tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_text("hello")
     res = runner.invoke(["sweep", "--tasks", str(junk), "--out", str(tmp_path / "run")])
-    assert res.exit_code == 2 and "not a readable" in res.output
+    assert res.exit_code == 2 and "is not a .npz file" in res.stderr and "pickle" not in res.stderr
+    t = subspace_tasks(seed=1, n_train=2, n_test=2, n_support=2, n_query=2, dim=3)
+    for name, change in (("complex", lambda a: a + 1j), ("strings", lambda a: a.astype(str))):
+        arrays = t.arrays()
+        arrays["train_query_y"] = change(arrays["train_query_y"])
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        res = runner.invoke(["sweep", "--tasks", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / "run")])
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "real numbers" in lines[0], res.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_output_folder(runner, tmp_path):
@@ -123,7 +149,7 @@ def test_help_documents_every_option(runner):
 def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp_path):
     out = tmp_path / "run"
     args = ["sweep", "--width", "16,32,64", "--depth", "1,2", "--seeds", "2", "--outer-steps", "5", "--methods",
-            "mtl,anil", "--inner-time", "0.1", "--mtl-data", "query", "--no-linearized", "--out", str(out), *SMALL]
+            "mtl,anil,fomaml", "--inner-time", "0.1", "--mtl-data", "query", "--no-linearized", "--out", str(out), *SMALL]
     res = runner.invoke(args)
     assert res.exit_code == 0, res.output
     assert "exponent" in res.stdout

@@ -52,8 +52,9 @@ def test_bad_files(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_tasks(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="not a readable"):
+    with pytest.raises(UserError, match="not a .npz file") as info:
         load_tasks(tmp_path / "junk.npz")
+    assert "pickle" not in str(info.value)  # never advise loading a pickle
     t = subspace_tasks(seed=1, n_train=2, n_test=2, n_support=2, n_query=3, dim=4)
     arrays = t.arrays()
     del arrays["train_query_y"]
