@@ -39,7 +39,7 @@ import ntk_bridge  # noqa: E402,F401  (float64)
 from ntk_bridge import finite  # noqa: E402
 from ntk_bridge.kernels import kernels_by_depth  # noqa: E402
 from ntk_bridge.predictors import PredictorConfig  # noqa: E402
-from ntk_bridge.tasks import subspace_tasks  # noqa: E402
+from ntk_bridge.families import subspace_tasks  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -49,7 +49,7 @@ def child(n_train: int, depth: int) -> None:
     from ntk_bridge import predictors as P
     from ntk_bridge import runtime
     from ntk_bridge.kernels import kernels_by_depth
-    from ntk_bridge.tasks import subspace_tasks
+    from ntk_bridge.families import subspace_tasks
 
     limit = runtime.blas_threads(1)
     limit.__enter__()

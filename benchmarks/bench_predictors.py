@@ -155,7 +155,7 @@ def main(argv=None):
     from ntk_bridge import operators as O
     from ntk_bridge import predictors as P
     from ntk_bridge.metrics import status_of
-    from ntk_bridge.tasks import subspace_tasks
+    from ntk_bridge.families import subspace_tasks
 
     methods = ("anil", "maml") if args.full else ("anil",)
     Ns = [int(n) for n in args.tasks.split(",")]

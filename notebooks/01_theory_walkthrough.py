@@ -30,7 +30,7 @@ import ntk_bridge  # enables float64 in JAX
 from ntk_bridge.kernels import Architecture, kernels_by_depth
 from ntk_bridge.operators import Dynamics, inner_operator, meta_kernel
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 tasks = subspace_tasks(seed=0, n_train=3, n_test=2, n_support=3, n_query=4, dim=5)
 x = tasks.all_points()

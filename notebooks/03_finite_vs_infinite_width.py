@@ -47,7 +47,7 @@ from ntk_bridge.finite import TrainingConfig, discretise, finite_cell, infinite_
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.results import width_exponents
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 METHODS = ("mtl", "anil", "maml")
 # The test suite runs every notebook with NTK_BRIDGE_QUICK=1: fewer outer steps and networks, the

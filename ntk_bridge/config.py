@@ -23,8 +23,8 @@ from ntk_bridge.errors import UserError, require
 __all__ = ["GridConfig", "TaskConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
            "TASK_FAMILIES"]
 
-#: Generated task families (:data:`ntk_bridge.tasks.GENERATORS`); anything else must be a ``.npz`` file.
-TASK_FAMILIES = ("subspace", "linear", "sinusoid")
+#: Generated task families (:data:`ntk_bridge.families.GENERATORS`); anything else must be a ``.npz`` file.
+TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji")
 #: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
 MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
 
@@ -107,7 +107,9 @@ class TaskConfig:
     """The task set: a generated family (sizes and seed apply) or a ``.npz`` file."""
 
     family: str = option("--tasks", "Task family: subspace (shared low-rank teachers), linear (independent "
-                         "teachers), sinusoid, or a .npz task file.", "subspace")
+                         "teachers), sinusoid, common (a shared teacher plus task teachers, tanh link), kanji "
+                         "(5-way episodes of rendered handwriting; --dim a square number of pixels, --support and "
+                         "--query multiples of 5), or a .npz task file.", "subspace")
     train_tasks: int = option("--train-tasks", "Number of training tasks N (generated tasks).", 10)
     support: int = option("--support", "Support points per task.", 5)
     query: int = option("--query", "Query points per task.", 10)
@@ -126,6 +128,12 @@ class TaskConfig:
                                 f"{', '.join(TASK_FAMILIES)} or a .npz file")
         for name in ("train_tasks", "support", "query", "test_tasks", "dim"):
             require(int(getattr(self, name)) >= 1, f"{flag(TaskConfig, name)} must be >= 1")
+        if self.family == "kanji":
+            side = math.isqrt(int(self.dim))
+            require(side * side == int(self.dim) and side >= 2,
+                    f"--dim: the kanji family needs a square number of pixels (49 = 7 x 7, 196 = 14 x 14), got {self.dim}")
+            require(self.support % 5 == 0 and self.query % 5 == 0,
+                    "--support, --query: kanji tasks are 5-way: use multiples of 5")
         if self.family in ("subspace", "sinusoid"):
             require(int(self.dim) >= 2, f"--dim: the {self.family} family needs --dim >= 2 ("
                     + ("its teachers span a rank-2 subspace)" if self.family == "subspace"
@@ -137,7 +145,8 @@ class TaskConfig:
 
     def load(self, seed: int | None = None):
         """The :class:`~ntk_bridge.tasks.TaskSet` (generated with ``seed``, default :attr:`task_seed`, or read)."""
-        from ntk_bridge.tasks import GENERATORS, load_tasks
+        from ntk_bridge.tasks import load_tasks
+        from ntk_bridge.families import GENERATORS
 
         if not self.generated:
             return load_tasks(self.family)

@@ -239,7 +239,7 @@ def predict(
     Example::
 
         import ntk_bridge
-        from ntk_bridge.tasks import subspace_tasks
+        from ntk_bridge.families import subspace_tasks
         from ntk_bridge.predictors import PredictorConfig, predict
 
         tasks = subspace_tasks(seed=0, n_train=10, n_test=20)

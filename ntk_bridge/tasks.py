@@ -21,31 +21,19 @@ Labels of shape ``[tasks, points]`` are read as ``k = 1``. A ``.npz`` file with 
 (``test_query_y`` optional, any float dtype, no NaN/inf) is a valid task file for
 ``ntk-bridge sweep --tasks FILE.npz``.
 
-Generators put every input on the sphere ``||x||^2 = d`` (docs/theory.md §2) and are deterministic given
-their seed.
+The generated families are in :mod:`ntk_bridge.families`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import zipfile
-from typing import Iterable
 
 import numpy as np
 
 from ntk_bridge.errors import UserError, require
 
-__all__ = [
-    "TaskSet",
-    "Layout",
-    "subspace_tasks",
-    "linear_tasks",
-    "sinusoid_tasks",
-    "make_tasks",
-    "GENERATORS",
-    "load_tasks",
-    "save_tasks",
-]
+__all__ = ["TaskSet", "Layout", "load_tasks", "save_tasks", "on_sphere", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
 
 REQUIRED_KEYS = ("train_support_x", "train_support_y", "train_query_x", "train_query_y",
                  "test_support_x", "test_support_y", "test_query_x")
@@ -223,113 +211,7 @@ def load_tasks(path: str | os.PathLike) -> TaskSet:
         raise UserError(f"tasks file {path}: {exc}") from None
 
 
-# -- generators --------------------------------------------------------------------------------
-
-def _sphere(rng: np.random.Generator, shape: Iterable[int], dim: int) -> np.ndarray:
-    x = rng.standard_normal((*shape, dim))
-    return x / np.linalg.norm(x, axis=-1, keepdims=True) * np.sqrt(dim)
-
-
-def _check_sizes(n_train, n_test, n_support, n_query, dim):
-    for name, v in (("n_train", n_train), ("n_test", n_test), ("n_support", n_support),
-                    ("n_query", n_query), ("dim", dim)):
-        require(isinstance(v, (int, np.integer)) and v >= 1, f"{name} must be a positive integer, got {v!r}")
-
-
-def _teacher_tasks(rng, teachers, n_train, n_test, n_support, n_query, dim, noise, name):
-    """Linear teachers ``y = x @ w / sqrt(d)`` (+ noise); ``teachers`` has shape ``[N + M, d, k]``."""
-    n_tasks = n_train + n_test
-    xs = _sphere(rng, (n_tasks, n_support + n_query), dim)
-    ys = np.einsum("tpd,tdk->tpk", xs, teachers) / np.sqrt(dim)
-    ys = ys + noise * rng.standard_normal(ys.shape)
-    sx, qx = xs[:, :n_support], xs[:, n_support:]
-    sy, qy = ys[:, :n_support], ys[:, n_support:]
-    return TaskSet(sx[:n_train], sy[:n_train], qx[:n_train], qy[:n_train],
-                   sx[n_train:], sy[n_train:], qx[n_train:], qy[n_train:], name=name)
-
-
-def subspace_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5,
-                   n_query: int = 10, dim: int = 16, rank: int = 2, shared: float = 0.75,
-                   n_outputs: int = 1, noise: float = 0.0) -> TaskSet:
-    """Shared-subspace linear regression (the default task family: transfer is possible).
-
-    A shared orthonormal basis ``B [d, r]`` and a shared coefficient ``mu ~ N(0, I_r)`` are drawn
-    once; task ``t`` has teacher ``w_t = sqrt(d / r) B c_t`` with
-    ``c_t = sqrt(shared) mu + sqrt(1 - shared) z_t``, ``z_t ~ N(0, I_r)`` (so ``E||w_t||^2 = d``),
-    and labels ``y = x . w_t / sqrt(d) + noise * N(0, 1)``, ``x`` uniform on the sphere
-    ``||x||^2 = d`` (so ``Var y ~ 1``).
-
-    ``shared`` is the fraction of a teacher's variance common to all tasks. Infinite-width learners
-    do not move their features, so they can only transfer a common part of the function: with
-    ``shared = 0`` no method beats the no-transfer baseline; with the default 0.75 all of them do at
-    small depth, and drift toward it as depth grows.
-    """
-    _check_sizes(n_train, n_test, n_support, n_query, dim)
-    require(1 <= rank <= dim, f"rank must be in 1..dim={dim}, got {rank!r}")
-    require(0 <= shared <= 1, f"shared must be in [0, 1], got {shared!r}")
-    require(noise >= 0, f"noise must be >= 0, got {noise!r}")
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
-    mu = rng.standard_normal((1, rank, n_outputs))
-    coef = np.sqrt(shared) * mu + np.sqrt(1 - shared) * rng.standard_normal((n_train + n_test, rank, n_outputs))
-    teachers = np.sqrt(dim / rank) * np.einsum("dr,trk->tdk", basis, coef)
-    return _teacher_tasks(rng, teachers, n_train, n_test, n_support, n_query, dim, noise, "subspace")
-
-
-def linear_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5,
-                 n_query: int = 10, dim: int = 16, n_outputs: int = 1, noise: float = 0.0) -> TaskSet:
-    """Independent linear teachers ``w_t ~ N(0, I_d)`` per task: nothing to transfer but the input
-    distribution. Labels ``y = x . w_t / sqrt(d) + noise``, ``x`` on the sphere ``||x||^2 = d``."""
-    _check_sizes(n_train, n_test, n_support, n_query, dim)
-    require(noise >= 0, f"noise must be >= 0, got {noise!r}")
-    rng = np.random.default_rng(seed)
-    teachers = rng.standard_normal((n_train + n_test, dim, n_outputs))
-    return _teacher_tasks(rng, teachers, n_train, n_test, n_support, n_query, dim, noise, "linear")
-
-
-SINUSOID_OFFSET = 2.5
-
-
-def sinusoid_embed(x: np.ndarray, dim: int = 2) -> np.ndarray:
-    """Embed scalar inputs ``x`` on the sphere ``||e||^2 = dim``: ``e = sqrt(dim) u / ||u||`` with
-    ``u = (x, c, 0, ..., 0)``, ``c = 2.5``.
-
-    A bias-free ReLU NTK sees only angles and norms, so raw 1-D inputs would collapse to two
-    directions; the constant coordinate turns ``x in [-5, 5]`` into distinct angles (+-63 degrees).
-    """
+def on_sphere(x: np.ndarray) -> np.ndarray:
+    """Each row of ``x [..., d]`` scaled to the sphere ``||x||^2 = d`` (docs/theory.md §2)."""
     x = np.asarray(x, dtype=np.float64)
-    u = np.zeros(x.shape + (dim,))
-    u[..., 0] = x
-    u[..., 1] = SINUSOID_OFFSET
-    return u / np.linalg.norm(u, axis=-1, keepdims=True) * np.sqrt(dim)
-
-
-def sinusoid_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5,
-                   n_query: int = 10, dim: int = 2) -> TaskSet:
-    """MAML's sinusoid regression: ``y = A sin(x - phi)``, ``A ~ U[0.1, 5]``, ``phi ~ U[0, pi]``,
-    ``x ~ U[-5, 5]``; inputs embedded by :func:`sinusoid_embed` (``dim >= 2``). Predicting 0 gives
-    an expected MSE of about 4.25."""
-    _check_sizes(n_train, n_test, n_support, n_query, dim)
-    require(dim >= 2, f"sinusoid tasks need dim >= 2 (x and a constant coordinate), got {dim}")
-    rng = np.random.default_rng(seed)
-    n_tasks = n_train + n_test
-    amp = rng.uniform(0.1, 5.0, (n_tasks, 1))
-    phase = rng.uniform(0.0, np.pi, (n_tasks, 1))
-    x = rng.uniform(-5.0, 5.0, (n_tasks, n_support + n_query))
-    y = (amp * np.sin(x - phase))[..., None]
-    e = sinusoid_embed(x, dim)
-    s, q = slice(0, n_support), slice(n_support, None)
-    return TaskSet(e[:n_train, s], y[:n_train, s], e[:n_train, q], y[:n_train, q],
-                   e[n_train:, s], y[n_train:, s], e[n_train:, q], y[n_train:, q], name="sinusoid")
-
-
-GENERATORS = {"subspace": subspace_tasks, "linear": linear_tasks, "sinusoid": sinusoid_tasks}
-
-
-def make_tasks(kind: str, seed: int = 0, **sizes) -> TaskSet:
-    """A generated task set by name (``subspace``, ``linear``, ``sinusoid``) or a ``.npz`` path."""
-    if kind in GENERATORS:
-        return GENERATORS[kind](seed=seed, **sizes)
-    if kind.endswith(".npz") or os.path.sep in kind:
-        return load_tasks(kind)
-    raise UserError(f"unknown tasks {kind!r}: use one of {', '.join(GENERATORS)} or a .npz file")
+    return x / np.linalg.norm(x, axis=-1, keepdims=True) * np.sqrt(x.shape[-1])

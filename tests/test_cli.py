@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ntk_bridge.cli import main
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 SMALL = ["--train-tasks", "3", "--test-tasks", "2", "--support", "3", "--query", "4", "--dim", "5"]
 

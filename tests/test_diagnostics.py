@@ -5,7 +5,7 @@ import numpy as np
 
 from ntk_bridge.diagnostics import kernel_degeneracy_table
 from ntk_bridge.kernels import kernels_by_depth
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 
 def test_degeneracy_table_columns():

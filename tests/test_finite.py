@@ -25,7 +25,7 @@ from ntk_bridge.closed_forms import fomaml
 from ntk_bridge.results import width_exponents
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 ALL = ("mtl", "anil", "maml", "fomaml", "baseline")
 

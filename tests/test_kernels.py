@@ -10,7 +10,7 @@ from neural_tangents import stax
 
 from ntk_bridge.kernels import (Architecture, empirical_kernels, kernels_all_depths, kernels_by_depth,
                                  kernels_of_network)
-from ntk_bridge.tasks import _sphere
+from ntk_bridge.families import _sphere
 
 
 @pytest.fixture

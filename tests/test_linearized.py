@@ -15,7 +15,7 @@ import pytest
 
 from ntk_bridge.kernels import Architecture
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 TOL = 1e-8
 OUTER_STEPS, INNER_STEPS, FINETUNE_STEPS = 25, 4, 3

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ntk_bridge.kernels import kernels_all_depths
 from ntk_bridge.operators import (Dynamics, adapt_train, inner_operator, meta_kernel, meta_kernel_blocks,
                                   spectral_function)
-from ntk_bridge.tasks import subspace_tasks
+from ntk_bridge.families import subspace_tasks
 
 import reference as ref
 

@@ -6,7 +6,7 @@ import pytest
 from ntk_bridge.kernels import kernels_all_depths
 from ntk_bridge.metrics import status_of
 from ntk_bridge.predictors import PredictorConfig, predict, predict_from_kernels
-from ntk_bridge.tasks import linear_tasks, subspace_tasks
+from ntk_bridge.families import linear_tasks, subspace_tasks
 
 import reference as ref
 

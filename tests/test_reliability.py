@@ -20,7 +20,8 @@ from ntk_bridge.errors import UserError
 from ntk_bridge.metrics import STATUSES
 from ntk_bridge.provenance import source_checkout
 from ntk_bridge.runs import RunFolder
-from ntk_bridge.tasks import TaskSet, subspace_tasks
+from ntk_bridge.tasks import TaskSet
+from ntk_bridge.families import subspace_tasks
 
 SMALL = dict(depths=(1, 2, 3), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2, support=3,
              query=4, dim=5)

@@ -101,7 +101,7 @@ def test_changing_the_grid_reuses_common_cells(tmp_path):
 
 def test_flagged_rows_are_reported_not_hidden(tmp_path):
     # MAML with query = support at s = inf has Phi = 0: the solve needs a ridge / is degenerate.
-    from ntk_bridge.tasks import subspace_tasks
+    from ntk_bridge.families import subspace_tasks
     t = subspace_tasks(seed=0, n_train=3, n_test=2, n_support=4, n_query=4, dim=5)
     same = type(t)(t.train_support_x, t.train_support_y, t.train_support_x, t.train_support_y,
                    t.test_support_x, t.test_support_y, t.test_query_x, t.test_query_y)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.tasks import (TaskSet, linear_tasks, load_tasks, make_tasks, sinusoid_tasks,
-                              subspace_tasks)
+from ntk_bridge.tasks import TaskSet, load_tasks
+from ntk_bridge.families import linear_tasks, make_tasks, sinusoid_tasks, subspace_tasks
 
 
 @pytest.mark.parametrize("gen", [subspace_tasks, linear_tasks, sinusoid_tasks])
@@ -82,3 +82,38 @@ def test_validation_names_the_offending_argument(mutate, word):
     mutate(a)
     with pytest.raises(ValueError, match=word):
         TaskSet(**a)
+
+
+def test_common_family_shares_a_teacher():
+    from ntk_bridge.families import common_tasks
+
+    t = common_tasks(seed=3, n_train=4, n_test=3, n_support=50, n_query=50, dim=6, shared=1.0)
+    np.testing.assert_allclose(np.sum(t.train_support_x ** 2, axis=-1), 6.0)
+    # with shared = 1 every task is the same function: fit it on one task, it explains another
+    X, Y = t.train_support_x[0], np.arctanh(t.train_support_y[0])
+    w = np.linalg.lstsq(X, Y, rcond=None)[0]
+    np.testing.assert_allclose(np.tanh(t.test_query_x[2] @ w), t.test_query_y[2], atol=1e-10)
+    other = common_tasks(seed=3, n_train=4, n_test=3, n_support=50, n_query=50, dim=6, shared=0.0)
+    w0 = np.linalg.lstsq(other.train_support_x[0], np.arctanh(other.train_support_y[0]), rcond=None)[0]
+    assert np.abs(np.tanh(other.test_query_x[2] @ w0) - other.test_query_y[2]).max() > 0.1
+
+
+def test_kanji_family_is_episodes_of_disjoint_classes_on_the_sphere(tmp_path, monkeypatch):
+    from ntk_bridge.families import kanji_tasks
+
+    monkeypatch.setenv("NTK_BRIDGE_CACHE", str(tmp_path))
+    t = kanji_tasks(seed=0, n_train=3, n_test=2, n_support=5, n_query=10, dim=49, max_classes=30)
+    lay = t.layout
+    assert (lay.n_train, lay.n_support, lay.n_query, lay.n_test) == (3, 5, 10, 2) and t.dim == 49
+    assert t.n_outputs == 5
+    np.testing.assert_allclose(np.sum(t.train_query_x ** 2, axis=-1), 49.0)
+    # centred one-hot labels: 1 - 1/5 on the true class, -1/5 elsewhere, two queries per class
+    y = t.test_query_y[0]
+    np.testing.assert_allclose(y.sum(axis=1), 0.0, atol=1e-12)
+    assert sorted(np.argmax(y, axis=1).tolist()) == [c for c in range(5) for _ in range(2)]
+    again = kanji_tasks(seed=0, n_train=3, n_test=2, n_support=5, n_query=10, dim=49, max_classes=30)
+    assert again.fingerprint() == t.fingerprint()
+    assert kanji_tasks(seed=1, n_train=3, n_test=2, n_support=5, n_query=10, dim=49,
+                       max_classes=30).fingerprint() != t.fingerprint()
+    with pytest.raises(UserError, match="square"):
+        kanji_tasks(dim=50, max_classes=30)

@@ -18,7 +18,7 @@ One idea per module:
 
 Example::
 
-    from ntk_bridge.tasks import subspace_tasks
+    from ntk_bridge.families import subspace_tasks
     from ntk_bridge.finite import finite_cell
     rows = finite_cell(subspace_tasks(n_train=4, n_test=3), depth=2, width=256, n_networks=2)
 """
