@@ -138,12 +138,16 @@ def sweep(
     test_tasks: int = cli_option("tasks", "test_tasks"),
     dim: int = cli_option("tasks", "dim"),
     task_seed: int = cli_option("tasks", "task_seed"),
+    data_dir: Optional[str] = cli_option("tasks", "data_dir"),
+    arch: Literal["fc", "conv", "resnet"] = cli_option("model", "arch"),
+    readout: Literal["flatten", "gap"] = cli_option("model", "readout"),
     seeds: int = cli_option("finite", "seeds"),
     finite_mode: Literal["centred", "raw"] = cli_option("finite", "finite_mode"),
     outer_steps: int = cli_option("finite", "outer_steps"),
     finite_dtype: Literal["float64", "float32"] = cli_option("finite", "finite_dtype"),
     linearized: bool = cli_option("finite", "linearized"),
     blas_threads: int = cli_option("numerics", "blas_threads"),
+    solver: Literal["auto", "dense", "cholesky", "cg"] = cli_option("numerics", "solver"),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
                                                "cells/ cache). Rerunning resumes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "

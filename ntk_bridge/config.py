@@ -20,11 +20,15 @@ from ntk_bridge import methods as registry
 from ntk_bridge import ranges, runtime
 from ntk_bridge.errors import UserError, require
 
-__all__ = ["GridConfig", "TaskConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
-           "TASK_FAMILIES"]
+__all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
+           "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS"]
 
 #: Generated task families (:data:`ntk_bridge.families.GENERATORS`); anything else must be a ``.npz`` file.
-TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji")
+TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji", "omniglot")
+#: Families whose inputs are images (:data:`ntk_bridge.families.IMAGE_FAMILIES`).
+IMAGE_FAMILIES = ("kanji", "omniglot")
+#: Architectures and readouts (:mod:`ntk_bridge.convnets`), outer solvers (:mod:`ntk_bridge.structured`).
+ARCHS, READOUTS, SOLVERS = ("fc", "conv", "resnet"), ("flatten", "gap"), ("auto", "dense", "cholesky", "cg")
 #: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
 MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
 
@@ -109,13 +113,16 @@ class TaskConfig:
     family: str = option("--tasks", "Task family: subspace (shared low-rank teachers), linear (independent "
                          "teachers), sinusoid, common (a shared teacher plus task teachers, tanh link), kanji "
                          "(5-way episodes of rendered handwriting; --dim a square number of pixels, --support and "
-                         "--query multiples of 5), or a .npz task file.", "subspace")
+                         "--query multiples of 5), omniglot (the same episodes of your Omniglot copy, --data-dir), "
+                         "or a .npz task file.", "subspace")
     train_tasks: int = option("--train-tasks", "Number of training tasks N (generated tasks).", 10)
     support: int = option("--support", "Support points per task.", 5)
     query: int = option("--query", "Query points per task.", 10)
     test_tasks: int = option("--test-tasks", "Number of unseen test tasks.", 20)
     dim: int = option("--dim", "Input dimension d (inputs on the sphere ||x||^2 = d).", 16)
     task_seed: int = option("--task-seed", "Seed of the generated task set.", 0)
+    data_dir: str | None = option("--data-dir", "Folder of your Omniglot copy (--tasks omniglot): "
+                                  "DIR/images_background/... and DIR/images_evaluation/....", None)
 
     def __post_init__(self):
         if os.path.isdir(self.family):
@@ -128,12 +135,17 @@ class TaskConfig:
                                 f"{', '.join(TASK_FAMILIES)} or a .npz file")
         for name in ("train_tasks", "support", "query", "test_tasks", "dim"):
             require(int(getattr(self, name)) >= 1, f"{flag(TaskConfig, name)} must be >= 1")
-        if self.family == "kanji":
+        if self.family in IMAGE_FAMILIES:
             side = math.isqrt(int(self.dim))
             require(side * side == int(self.dim) and side >= 2,
-                    f"--dim: the kanji family needs a square number of pixels (49 = 7 x 7, 196 = 14 x 14), got {self.dim}")
+                    f"--dim: the {self.family} family needs a square number of pixels (49 = 7 x 7, 196 = 14 x 14), "
+                    f"got {self.dim}")
             require(self.support % 5 == 0 and self.query % 5 == 0,
-                    "--support, --query: kanji tasks are 5-way: use multiples of 5")
+                    f"--support, --query: {self.family} tasks are 5-way: use multiples of 5")
+        if self.family == "omniglot":
+            require(self.data_dir is not None, "--data-dir: --tasks omniglot reads your copy of Omniglot: pass "
+                    "--data-dir DIR (DIR/images_background/<alphabet>/<character>/*.png, DIR/images_evaluation/...)")
+            require(os.path.isdir(self.data_dir), f"--data-dir: {self.data_dir} is not a folder")
         if self.family in ("subspace", "sinusoid"):
             require(int(self.dim) >= 2, f"--dim: the {self.family} family needs --dim >= 2 ("
                     + ("its teachers span a rank-2 subspace)" if self.family == "subspace"
@@ -152,7 +164,39 @@ class TaskConfig:
             return load_tasks(self.family)
         sizes = dict(n_train=self.train_tasks, n_test=self.test_tasks, n_support=self.support, n_query=self.query,
                      dim=self.dim)
+        if self.family == "omniglot":
+            sizes["data_dir"] = self.data_dir
         return GENERATORS[self.family](seed=self.task_seed if seed is None else seed, **sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network (:class:`ntk_bridge.kernels.Architecture`): fully connected, convolutional or residual."""
+
+    arch: str = option("--arch", "Architecture: fc (L hidden layers Dense -> Relu, the theorem's network), conv "
+                       "(L blocks Conv 3x3 -> Relu), resnet (a stem Conv and L residual blocks); conv and resnet "
+                       "need image tasks (--tasks kanji, omniglot, or a task file with image_shape); --width is "
+                       "their number of channels.", "fc", choices=ARCHS)
+    readout: str = option("--readout", "Readout of conv and resnet: flatten (Flatten -> Dense; kernels O(P^2 HW) "
+                          "per layer) or gap (global average pooling -> Dense; O(P^2 (HW)^2) per layer).", "flatten",
+                          choices=READOUTS)
+
+    def __post_init__(self):
+        require(self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        require(self.readout in READOUTS, f"--readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+
+    def architecture(self, tasks=None):
+        """The :class:`~ntk_bridge.kernels.Architecture` for ``tasks`` (conv and resnet take their
+        ``image_shape``; ``UserError`` for tasks without one). The ``fc`` one is the default
+        ``Architecture()`` (finite widths and outputs are set per cell)."""
+        from ntk_bridge.kernels import Architecture
+
+        if self.arch == "fc":
+            return Architecture()
+        shape = None if tasks is None else tasks.image_shape
+        require(shape is not None, f"--arch {self.arch} needs image tasks: --tasks kanji, omniglot, or a task file "
+                "with the key image_shape" + ("" if tasks is None else f" ({tasks.name} tasks have flat inputs)"))
+        return Architecture(arch=self.arch, image_shape=shape, spatial_readout=self.readout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,13 +237,21 @@ class NumericsConfig:
     blas_threads: int = option("--blas-threads", "Threads of the BLAS/LAPACK behind the dense solves (part of every "
                                "cell's cache key: results are exact for one count).", runtime.DEFAULT_BLAS_THREADS)
     rcond: float = 1e-10  # relative ridge floor of infinite-time solves (reported whenever used)
+    solver: str = option("--solver", "Outer solves of MTL and GBML: dense (eigh, every outer time), cholesky "
+                         "(the meta-kernel and MTL kernel formed from their per-task blocks, one Cholesky "
+                         "factorisation), cg (block-Jacobi preconditioned conjugate gradients from the per-task "
+                         "blocks, nothing n x n formed, relative residual 1e-10); cholesky and cg need --outer-time "
+                         "inf. auto: dense below 1,500 training queries (or MTL points), else cholesky, or cg when "
+                         "3 n^2 numbers would not fit in half the available memory.", "auto", choices=SOLVERS)
 
     def __post_init__(self):
         require(int(self.blas_threads) >= 1, "--blas-threads must be >= 1")
+        require(self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(0 < self.rcond < 1, f"rcond must be in (0, 1), got {self.rcond!r}")
 
 
-_PARTS = {"grid": GridConfig, "tasks": TaskConfig, "finite": FiniteConfig, "numerics": NumericsConfig}
+_PARTS = {"grid": GridConfig, "tasks": TaskConfig, "model": ModelConfig, "finite": FiniteConfig,
+          "numerics": NumericsConfig}
 
 
 def json_number(v):
@@ -218,8 +270,19 @@ class SweepConfig:
 
     grid: GridConfig = GridConfig()
     tasks: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
     finite: FiniteConfig = FiniteConfig()
     numerics: NumericsConfig = NumericsConfig()
+
+    def __post_init__(self):
+        family = self.tasks.family
+        require(self.model.arch == "fc" or family in IMAGE_FAMILIES or family not in TASK_FAMILIES,
+                f"--arch {self.model.arch} needs image tasks: --tasks kanji, omniglot, or a task file with the key "
+                f"image_shape (the {family} family has flat inputs)")
+
+    def architecture(self, tasks=None):
+        """The cells' :class:`~ntk_bridge.kernels.Architecture` (:meth:`ModelConfig.architecture`)."""
+        return self.model.architecture(tasks)
 
     @classmethod
     def of(cls, **flat) -> "SweepConfig":

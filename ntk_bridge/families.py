@@ -16,6 +16,7 @@ family         tasks, and what transfers
                ``tanh`` link: the shared teacher (weight ``s``) transfers, nonlinearly
 ``kanji``      N-way K-shot episodes of rendered handwriting (the few-shot path's data), pixels on
                the sphere, centred one-hot labels: what transfers is how characters look
+``omniglot``   the same episodes from the user's Omniglot folder (``data_dir``)
 =============  ==================================================================================
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ import numpy as np
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import TaskSet, load_tasks, on_sphere
 
-__all__ = ["subspace_tasks", "linear_tasks", "sinusoid_tasks", "common_tasks", "kanji_tasks", "sinusoid_embed",
-           "GENERATORS", "make_tasks"]
+__all__ = ["subspace_tasks", "linear_tasks", "sinusoid_tasks", "common_tasks", "kanji_tasks", "omniglot_tasks",
+           "image_tasks", "sinusoid_embed", "GENERATORS", "IMAGE_FAMILIES", "make_tasks"]
 
 
 def _sphere(rng: np.random.Generator, shape: Iterable[int], dim: int) -> np.ndarray:
@@ -173,13 +174,13 @@ def _downsample(images: np.ndarray, side: int) -> np.ndarray:
     return out.reshape(*images.shape[:-2], side, side)
 
 
-def _episodes(rng, images: np.ndarray, n_tasks: int, ways: int, shots: int, queries: int):
+def _episodes(rng, images: np.ndarray, n_tasks: int, ways: int, shots: int, queries: int, name: str = "kanji"):
     """``n_tasks`` episodes of ``ways`` distinct classes with ``shots`` support and ``queries`` query
     samples per class (distinct samples): inputs ``[T, ways*shots, ...]``, ``[T, ways*queries, ...]``
     and labels ``0..ways-1``."""
     C, S = images.shape[:2]
-    require(ways <= C, f"kanji tasks need {ways} classes per task, the split has {C}")
-    require(shots + queries <= S, f"kanji tasks need {shots + queries} samples per class, the data has {S}")
+    require(ways <= C, f"{name} tasks need {ways} classes per task, the split has {C}")
+    require(shots + queries <= S, f"{name} tasks need {shots + queries} samples per class, the data has {S}")
     sx, qx = [], []
     for _ in range(n_tasks):
         classes = rng.choice(C, ways, replace=False)
@@ -190,43 +191,76 @@ def _episodes(rng, images: np.ndarray, n_tasks: int, ways: int, shots: int, quer
     return np.stack(sx), np.stack(qx), np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
 
 
-def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
-                dim: int = 49, ways: int = 5, max_classes: int = KANJI_CLASSES) -> TaskSet:
-    """N-way K-shot episodes of rendered kanji (:func:`ntk_bridge.fewshot.data.load_kanji`; the
-    few-shot path's data): training tasks from the meta-training classes, test tasks from the
-    meta-test classes, ``n_support / ways`` shots and ``n_query / ways`` queries per class.
-
-    Images (28 x 28) are averaged down to ``sqrt(dim) x sqrt(dim)`` pixels (``dim`` a square), each
-    image's mean is subtracted and the pixels are put on the sphere ``||x||^2 = d``; labels are
-    centred one-hot vectors (``1 - 1/ways`` on the true class, ``-1/ways`` elsewhere: ``k = ways``).
-    ``seed`` picks the episodes; the rendering is fixed (seed 0, ``max_classes`` characters).
-    """
+def _check_image_sizes(name, n_train, n_test, n_support, n_query, dim, ways) -> int:
+    """Checks of an image family's sizes (before any data is read); returns the image side."""
     _check_sizes(n_train, n_test, n_support, n_query, dim)
     side = math.isqrt(dim)
-    require(side * side == dim and side >= 2, f"kanji tasks need a square number of pixels (dim 49 = 7 x 7, 196 "
+    require(side * side == dim and side >= 2, f"{name} tasks need a square number of pixels (dim 49 = 7 x 7, 196 "
             f"= 14 x 14), got dim {dim}")
     require(ways >= 2 and n_support % ways == 0 and n_query % ways == 0,
-            f"kanji tasks are {ways}-way: the support ({n_support}) and query ({n_query}) sizes must be multiples "
+            f"{name} tasks are {ways}-way: the support ({n_support}) and query ({n_query}) sizes must be multiples "
             f"of {ways}")
-    from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
+    return side
 
-    data = load_kanji(KanjiConfig(max_classes=max_classes))
+
+def image_tasks(data, seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
+                dim: int = 49, ways: int = 5, name: str = "images") -> TaskSet:
+    """N-way K-shot episodes of a :class:`ntk_bridge.fewshot.data.FewShotDataset` (one channel used):
+    training tasks from its meta-training classes, test tasks from its meta-test classes,
+    ``n_support / ways`` shots and ``n_query / ways`` queries per class.
+
+    Images are averaged down to ``sqrt(dim) x sqrt(dim)`` pixels (``dim`` a square), each image's
+    mean is subtracted and the pixels are put on the sphere ``||x||^2 = d``; labels are centred
+    one-hot vectors (``1 - 1/ways`` on the true class, ``-1/ways`` elsewhere: ``k = ways``). The task
+    set keeps ``image_shape = (side, side, 1)``, so convolutional architectures see images.
+    ``seed`` picks the episodes.
+    """
+    side = _check_image_sizes(name, n_train, n_test, n_support, n_query, dim, ways)
     rng = np.random.default_rng(seed)
     onehot = np.eye(ways) - 1.0 / ways
     parts = []
     for split, n in (("train", n_train), ("test", n_test)):
         images = _downsample(data.splits[split][..., 0], side)
-        sx, qx, sl, ql = _episodes(rng, images, n, ways, n_support // ways, n_query // ways)
+        sx, qx, sl, ql = _episodes(rng, images, n, ways, n_support // ways, n_query // ways, name)
         flat = lambda a: a.reshape(*a.shape[:2], dim)  # noqa: E731
         centre = lambda a: a - a.mean(axis=-1, keepdims=True)  # noqa: E731
         parts.append((on_sphere(centre(flat(sx))), np.broadcast_to(onehot[sl], (n, len(sl), ways)),
                       on_sphere(centre(flat(qx))), np.broadcast_to(onehot[ql], (n, len(ql), ways))))
     (a, b, c, d), (e, f, g, h) = parts
-    return TaskSet(a, b, c, d, e, f, g, h, name="kanji")
+    return TaskSet(a, b, c, d, e, f, g, h, name=name, image_shape=(side, side, 1))
+
+
+def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
+                dim: int = 49, ways: int = 5, max_classes: int = KANJI_CLASSES) -> TaskSet:
+    """N-way K-shot episodes of rendered kanji (:func:`ntk_bridge.fewshot.data.load_kanji`; the
+    few-shot path's data), as :func:`image_tasks`: 28 x 28 renders averaged down to
+    ``sqrt(dim) x sqrt(dim)``, pixels on the sphere, centred one-hot labels, ``image_shape`` kept.
+    ``seed`` picks the episodes; the rendering is fixed (seed 0, ``max_classes`` characters).
+    """
+    _check_image_sizes("kanji", n_train, n_test, n_support, n_query, dim, ways)
+    from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
+
+    data = load_kanji(KanjiConfig(max_classes=max_classes))
+    return image_tasks(data, seed, n_train, n_test, n_support, n_query, dim, ways, name="kanji")
+
+
+def omniglot_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
+                   dim: int = 49, ways: int = 5, data_dir: str | None = None) -> TaskSet:
+    """N-way K-shot episodes of the user's Omniglot copy (``data_dir`` in the official layout, read by
+    :func:`ntk_bridge.fewshot.data.load_dataset`), as :func:`image_tasks`: background alphabets for
+    the training tasks, the test split of the evaluation alphabets for the test tasks."""
+    require(data_dir is not None, "omniglot tasks are read from your copy of Omniglot: pass --data-dir DIR")
+    _check_image_sizes("omniglot", n_train, n_test, n_support, n_query, dim, ways)
+    from ntk_bridge.fewshot.data import load_dataset
+
+    data = load_dataset("omniglot", data_dir, 0, 28)
+    return image_tasks(data, seed, n_train, n_test, n_support, n_query, dim, ways, name="omniglot")
 
 
 GENERATORS = {"subspace": subspace_tasks, "linear": linear_tasks, "sinusoid": sinusoid_tasks,
-              "common": common_tasks, "kanji": kanji_tasks}
+              "common": common_tasks, "kanji": kanji_tasks, "omniglot": omniglot_tasks}
+#: Families whose inputs are images (their task sets carry ``image_shape``).
+IMAGE_FAMILIES = ("kanji", "omniglot")
 
 
 def make_tasks(kind: str, seed: int = 0, **sizes) -> TaskSet:

@@ -19,6 +19,11 @@ through the readout's ``kernel_fn`` to read off ``(Theta_l, K_l)``, then through
 That is ``L_max`` hidden-block and ``L_max`` readout evaluations instead of ``L_max (L_max + 3) / 2``
 for a separate ``kernel_fn`` per depth.
 
+Beyond the theorem's network, ``arch='conv'`` and ``arch='resnet'`` are convolutional and residual
+ReLU networks on images (:mod:`ntk_bridge.convnets`, docs/theory.md §7): depth counts blocks, the
+kernels of every depth still come from one pass, and the pass runs in blocks of point pairs when
+one pass over all points would exceed a memory bound (:data:`KERNEL_MEMORY_BYTES`).
+
 The module imports neural-tangents (and JAX) only when a network or a kernel is built, so that
 describing an architecture (for a cache key, say) costs nothing. The kernel functions run eagerly
 (op by op). Under ``jax.jit`` XLA fuses neural-tangents' ``arccos``
@@ -33,9 +38,12 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from ntk_bridge import convnets
 from ntk_bridge.errors import require
 
 __all__ = [
+    "ARCHS",
+    "KERNEL_MEMORY_BYTES",
     "Architecture",
     "DepthKernels",
     "kernels_by_depth",
@@ -43,6 +51,12 @@ __all__ = [
     "kernels_of_network",
     "empirical_kernels",
 ]
+
+
+#: Architectures (:mod:`ntk_bridge.convnets`).
+ARCHS = convnets.ARCHS
+#: Bound on the neural-tangents intermediates of one kernel pass (2 GiB, :mod:`ntk_bridge.convnets`).
+KERNEL_MEMORY_BYTES = convnets.KERNEL_MEMORY_BYTES
 
 
 class DepthKernels(NamedTuple):
@@ -78,6 +92,14 @@ class Architecture:
       readout_w_std, readout_b_std: readout ``Dense`` standard deviations.
       n_outputs: ``k``, the readout size.
       parameterization: ``'ntk'`` (default) or ``'standard'``.
+      arch: ``'fc'`` (the theorem's network), ``'conv'`` or ``'resnet'`` (:mod:`ntk_bridge.convnets`;
+        ``width`` is then the number of channels).
+      image_shape: ``(H, W, C)`` of the inputs of ``conv`` and ``resnet`` (flat inputs ``[P, H W C]``
+        are reshaped to images).
+      spatial_readout: ``'flatten'`` or ``'gap'`` (global average pooling) before the readout of a
+        convolutional body.
+      filter_size: ``f`` of the ``f x f`` convolutions.
+      residual_w_std: ``W_std`` of the last convolution of a residual branch.
     """
 
     width: int = 512
@@ -87,6 +109,11 @@ class Architecture:
     readout_b_std: float = 0.0
     n_outputs: int = 1
     parameterization: str = "ntk"
+    arch: str = "fc"
+    image_shape: tuple[int, int, int] | None = None
+    spatial_readout: str = "flatten"
+    filter_size: int = 3
+    residual_w_std: float = 1.0
     hidden_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
     readout_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -95,10 +122,25 @@ class Architecture:
         require(int(self.n_outputs) >= 1, f"n_outputs must be positive, got {self.n_outputs!r}")
         require(self.parameterization in ("ntk", "standard"),
                 f"parameterization must be 'ntk' or 'standard', got {self.parameterization!r}")
-        for name in ("hidden_w_std", "hidden_b_std", "readout_w_std", "readout_b_std"):
+        for name in ("hidden_w_std", "hidden_b_std", "readout_w_std", "readout_b_std", "residual_w_std"):
             value = getattr(self, name)
             require(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0, got {value!r}")
+        require(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        require(self.spatial_readout in convnets.READOUTS,
+                f"spatial_readout must be one of {', '.join(convnets.READOUTS)}, got {self.spatial_readout!r}")
+        require(int(self.filter_size) >= 1, f"filter_size must be >= 1, got {self.filter_size!r}")
+        if self.convolutional:
+            shape = self.image_shape
+            require(shape is not None and len(shape) == 3 and all(int(v) >= 1 for v in shape),
+                    f"arch {self.arch!r} needs image inputs: image_shape (H, W, C), got {shape!r}")
+            require(self.hidden_layer is None and self.readout_layer is None,
+                    "custom layers replace the fully connected architecture only (arch 'fc')")
+            object.__setattr__(self, "image_shape", tuple(int(v) for v in shape))
 
+    @property
+    def convolutional(self) -> bool:
+        """Whether the inputs are images (``conv``, ``resnet``)."""
+        return self.arch != "fc"
     @classmethod
     def custom(cls, hidden_block: tuple, readout: tuple, **kwargs) -> "Architecture":
         """An architecture from user ``stax`` layers: ``hidden_block`` is repeated ``L`` times.
@@ -108,10 +150,27 @@ class Architecture:
         """
         return cls(hidden_layer=tuple(hidden_block), readout_layer=tuple(readout), **kwargs)
 
+    @classmethod
+    def for_tasks(cls, tasks, arch: str = "fc", **kwargs) -> "Architecture":
+        """The architecture ``arch`` for the inputs of ``tasks`` (a :class:`~ntk_bridge.tasks.TaskSet`):
+        ``conv`` and ``resnet`` take its ``image_shape``."""
+        if arch != "fc":
+            require(tasks.image_shape is not None, f"arch {arch!r} needs image tasks (a task set with image_shape); "
+                    f"{tasks.name} tasks have flat inputs")
+            kwargs = dict(kwargs, image_shape=tasks.image_shape)
+        return cls(arch=arch, **kwargs)
+
+    def stem(self) -> tuple | None:
+        """The layer before the first block (``resnet``: a ``Conv``), or ``None``."""
+        return convnets.stem(self) if self.convolutional else None
+
     def hidden_block(self) -> tuple:
-        """``(init_fn, apply_fn, kernel_fn)`` of one hidden layer ``Dense(h) -> Relu``."""
+        """``(init_fn, apply_fn, kernel_fn)`` of one hidden layer ``Dense(h) -> Relu`` (or one block
+        of a convolutional architecture)."""
         if self.hidden_layer is not None:
             return self.hidden_layer
+        if self.convolutional:
+            return convnets.hidden_block(self)
         from neural_tangents import stax
 
         return stax.serial(
@@ -124,22 +183,57 @@ class Architecture:
         """``(init_fn, apply_fn, kernel_fn)`` of the linear readout ``Dense(k)``."""
         if self.readout_layer is not None:
             return self.readout_layer
+        if self.convolutional:
+            return convnets.readout(self)
         from neural_tangents import stax
 
         return stax.Dense(int(self.n_outputs), W_std=self.readout_w_std, b_std=self.readout_b_std,
                           parameterization=self.parameterization)
 
-    def network(self, depth: int) -> tuple:
-        """The whole network of ``depth`` hidden layers as one ``stax`` triple."""
+    def _layers(self, depth: int) -> list:
         require(int(depth) >= 1, f"depth must be >= 1, got {depth!r}")
+        stem = self.stem()
+        return ([stem] if stem is not None else []) + [self.hidden_block()] * int(depth)
+
+    def body(self, depth: int) -> tuple:
+        """Everything before the readout (stem and ``depth`` blocks) as one ``stax`` triple."""
         from neural_tangents import stax
 
-        return stax.serial(*([self.hidden_block()] * int(depth)), self.readout())
+        return stax.serial(*self._layers(depth))
+
+    def network(self, depth: int) -> tuple:
+        """The whole network of ``depth`` hidden layers (blocks) as one ``stax`` triple; a
+        convolutional one takes images ``[P, H, W, C]`` (:meth:`as_input`)."""
+        from neural_tangents import stax
+
+        return stax.serial(*self._layers(depth), self.readout())
+
+    def input_shape(self, dim: int) -> tuple:
+        """The ``init_fn`` input shape for flat inputs of dimension ``dim``."""
+        if not self.convolutional:
+            return (-1, int(dim))
+        require(int(np.prod(self.image_shape)) == int(dim),
+                f"image_shape {self.image_shape} does not match inputs of dimension {dim}")
+        return (-1, *self.image_shape)
+
+    def as_input(self, x):
+        """Flat inputs ``[..., d]`` as the network's inputs (images ``[..., H, W, C]`` for ``conv``
+        and ``resnet``; unchanged for ``fc``)."""
+        if not self.convolutional:
+            return x
+        self.input_shape(x.shape[-1])
+        return x.reshape(*x.shape[:-1], *self.image_shape)
 
     def describe(self) -> dict:
-        """A JSON-serialisable description (for provenance and cache keys)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("hidden_layer", "readout_layer")}
+        """A JSON-serialisable description (for provenance and cache keys). The ``fc`` description
+        has the fields of the fully connected network only (cache keys of earlier runs stay valid)."""
+        conv_only = ("arch", "image_shape", "spatial_readout", "filter_size", "residual_w_std")
+        skip = ("hidden_layer", "readout_layer") + (() if self.convolutional else conv_only)
+        if self.arch == "conv":
+            skip += ("residual_w_std",)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        if "image_shape" in d:
+            d["image_shape"] = list(d["image_shape"])
         d["custom_layers"] = self.hidden_layer is not None or self.readout_layer is not None
         return d
 
@@ -158,21 +252,25 @@ def kernels_by_depth(
     max_depth: int = 32,
     architecture: Architecture | None = None,
     depths: Sequence[int] | None = None,
+    memory_bytes: int | None = KERNEL_MEMORY_BYTES,
 ) -> Iterator[DepthKernels]:
     """Yield ``DepthKernels`` for depths ``1..max_depth`` in one pass over the layers.
 
     Args:
-      x1: ``[P1, d]`` points (rows). Natural normalisation ``||x||^2 = d``.
+      x1: ``[P1, d]`` points (rows). Natural normalisation ``||x||^2 = d``. Convolutional
+        architectures reshape them to images (:meth:`Architecture.as_input`).
       x2: ``[P2, d]`` points (columns), or ``None`` for ``x1`` itself (then the kernels are symmetric).
       max_depth: the deepest network ``L_max``.
       architecture: defaults to :class:`Architecture` ``()``.
       depths: only yield these depths (the pass still walks every layer up to ``max(depths)``).
+      memory_bytes: bound on the pass's neural-tangents intermediates (:func:`ntk_bridge.convnets.pass_bytes`);
+        above it the pass runs over blocks of ``b x b`` point pairs, one pass over the depths per
+        block, and the kernels of every wanted depth are assembled before they are yielded (they
+        take ``16 D P1 P2`` bytes more). ``None``: never in blocks.
 
     Yields ``DepthKernels(depth, ntk [P1, P2], readout [P1, P2])`` in increasing depth, as float64
-    numpy arrays. Streaming keeps memory at one depth's kernels however deep the sweep.
+    numpy arrays. Unblocked, streaming keeps memory at one depth's kernels however deep the sweep.
     """
-    import jax.numpy as jnp
-
     arch = architecture or Architecture()
     x1 = _check_points(x1, "x1")
     if x2 is not None:
@@ -181,16 +279,29 @@ def kernels_by_depth(
     if depths is not None:
         wanted = sorted({int(d) for d in depths})
         require(len(wanted) > 0 and wanted[0] >= 1, f"depths must be >= 1, got {depths!r}")
-        max_depth = wanted[-1]
     else:
         require(int(max_depth) >= 1, f"max_depth must be >= 1, got {max_depth!r}")
         wanted = list(range(1, int(max_depth) + 1))
+    arch.input_shape(x1.shape[1])
+    p2 = len(x1) if x2 is None else len(x2)
+    if memory_bytes is not None and convnets.pass_bytes(len(x1), p2, arch) > memory_bytes:
+        yield from _blocked_pass(x1, x2, arch, wanted, int(memory_bytes))
+    else:
+        yield from _one_pass(x1, x2, arch, wanted)
+
+
+def _one_pass(x1, x2, arch: Architecture, wanted: list[int]) -> Iterator[DepthKernels]:
+    import jax.numpy as jnp
+
     wanted_set = set(wanted)
+    stem = arch.stem()
     _, _, hidden_kernel = arch.hidden_block()
     _, _, readout_kernel = arch.readout()
-    kernel = hidden_kernel(jnp.asarray(x1), None if x2 is None else jnp.asarray(x2))
-    for depth in range(1, int(max_depth) + 1):
-        if depth > 1:
+    first = hidden_kernel if stem is None else stem[2]
+    inputs = (jnp.asarray(arch.as_input(x1)), None if x2 is None else jnp.asarray(arch.as_input(x2)))
+    kernel = first(*inputs, **convnets.input_requirements(arch))
+    for depth in range(1, wanted[-1] + 1):
+        if depth > 1 or stem is not None:
             kernel = hidden_kernel(kernel)
         if depth in wanted_set:
             out = readout_kernel(kernel)
@@ -198,13 +309,36 @@ def kernels_by_depth(
                                np.asarray(out.nngp, dtype=np.float64))
 
 
+def _blocked_pass(x1, x2, arch: Architecture, wanted: list[int], memory_bytes: int) -> Iterator[DepthKernels]:
+    """:func:`_one_pass` over blocks of point pairs (upper blocks only when ``x2`` is ``None``)."""
+    symmetric = x2 is None
+    cols = x1 if symmetric else x2
+    b = convnets.block_points(arch, memory_bytes)
+    rows_at = [slice(i, min(i + b, len(x1))) for i in range(0, len(x1), b)]
+    cols_at = [slice(j, min(j + b, len(cols))) for j in range(0, len(cols), b)]
+    ntk = np.empty((len(wanted), len(x1), len(cols)))
+    nngp = np.empty_like(ntk)
+    for i, r in enumerate(rows_at):
+        for j, c in enumerate(cols_at):
+            if symmetric and j < i:
+                continue
+            diagonal = symmetric and i == j
+            for w, k in enumerate(_one_pass(x1[r], None if diagonal else cols[c], arch, wanted)):
+                ntk[w, r, c], nngp[w, r, c] = k.ntk, k.readout
+                if symmetric and not diagonal:
+                    ntk[w, c, r], nngp[w, c, r] = k.ntk.T, k.readout.T
+    for w, depth in enumerate(wanted):
+        yield DepthKernels(depth, ntk[w], nngp[w])
+
+
 def kernels_all_depths(x1, x2=None, max_depth: int = 32, architecture: Architecture | None = None,
-                       depths: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       depths: Sequence[int] | None = None,
+                       memory_bytes: int | None = KERNEL_MEMORY_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All depths at once: ``(depths [D], Theta [D, P1, P2], K [D, P1, P2])``.
 
     Convenience wrapper over :func:`kernels_by_depth` for small point sets.
     """
-    ks = list(kernels_by_depth(x1, x2, max_depth, architecture, depths))
+    ks = list(kernels_by_depth(x1, x2, max_depth, architecture, depths, memory_bytes))
     return (np.array([k.depth for k in ks]), np.stack([k.ntk for k in ks]),
             np.stack([k.readout for k in ks]))
 

@@ -21,7 +21,7 @@ import pandas as pd
 from ntk_bridge import methods
 
 __all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "status_of", "with_mtl_status", "relative",
-           "rms", "prediction_rows", "empty_table"]
+           "rms", "accuracy", "prediction_rows", "empty_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +50,19 @@ COLUMNS: tuple[Column, ...] = (
     Column("gap_to_mtl_abs", "float", "`||F_method - F_MTL|| / sqrt(#entries)`"),
     Column("gap_to_baseline_rel", "float", "`||F_method - F_baseline|| / ||F_baseline||`"),
     Column("test_mse", "float", "mean squared error against `test_query_y` (empty without labels)"),
+    Column("test_accuracy", "float", "classification accuracy on the task's queries: argmax of the prediction vs "
+                                     "argmax of `test_query_y` (labels with `k >= 2` outputs, e.g. centred one-hot; "
+                                     "empty otherwise)"),
     Column("dist_to_infinite_rel", "float", "finite widths: `||F - F_inf|| / ||F_inf||`, the closed form with the "
                                             "same discrete steps (0 for closed forms)"),
     Column("dist_to_linearized_rel", "float", "finite widths: distance to the trained linearised twin"),
     Column("status", "str", "see the status vocabulary"),
     Column("ridge_rel", "float", "the largest ridge among the method's solves, relative to the largest eigenvalue"),
     Column("min_eig_rel", "float", "the smallest relative eigenvalue among its solves (negative: not PSD)"),
-    Column("cond", "float", "the largest condition number among its solves"),
+    Column("cond", "float", "the largest condition number among its solves (an iterative outer solve: among its "
+                            "per-task solves)"),
+    Column("solve_residual", "float", "relative residual of an iterative outer solve (`--solver cg`; empty for "
+                                      "dense solves)"),
     Column("tasks", "str", "task family, or the task file's stem"),
     Column("task_seed", "int", "seed of the generated task set"),
     Column("mode", "str", "`mean` (closed forms), `centred` or `raw` (finite networks)"),
@@ -84,6 +90,7 @@ STATUSES = {
     "ridge": "a solve needed a ridge (an infinite-time solve of a near-singular kernel)",
     "not_psd": "a kernel had an eigenvalue below -1e-9 times its largest",
     "nonfinite": "NaN or inf in the predictions (their metrics are empty)",
+    "not_converged": "an iterative outer solve stopped above its tolerance (`solve_residual`)",
     "diverged": "a finite network's training or test-time adaptation diverged (its metrics are empty)",
     "linearized_diverged": "the network trained, its linearised twin diverged (twin metrics are empty)",
     "mtl_<status>": "the method's numbers are fine but MTL's, against which its gaps are measured, have <status>",
@@ -93,13 +100,16 @@ STATUSES = {
 def status_of(diag, psd_tol: float = 1e-9) -> str:
     """The status of a closed form's :class:`~ntk_bridge.predictors.Diagnostics`: ``'ok'``, or the
     first problem found: ``'nonfinite'``, ``'not_psd'`` (an eigenvalue below ``-psd_tol`` x the
-    largest), ``'ridge'``."""
+    largest, or negative curvature met by an iterative solve), ``'ridge'``, ``'not_converged'`` (an
+    iterative solve's residual above its tolerance)."""
     if not diag.finite:
         return "nonfinite"
     if diag.min_eig_rel < -psd_tol:
         return "not_psd"
     if diag.ridge_rel > 0:
         return "ridge"
+    if getattr(diag, "residual", math.nan) > getattr(diag, "tolerance", math.inf):
+        return "not_converged"
     return OK
 
 
@@ -132,6 +142,18 @@ def rms(a: np.ndarray) -> np.ndarray:
 def _mse(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     flat = (a - y).reshape(-1, *a.shape[-2:])
     return np.array([float(np.mean(x ** 2)) for x in flat]).reshape(a.shape[:-2])
+
+
+def accuracy(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fraction of queries whose predicted class (argmax over the ``k >= 2`` outputs) is the label's
+    (argmax of ``y``), per task: ``[..., m_q, k] -> [...]``; NaN for ``k < 2`` or non-finite predictions."""
+    a = np.asarray(a, np.float64)
+    y = np.broadcast_to(y, a.shape)
+    if a.shape[-1] < 2:
+        return np.full(a.shape[:-2], np.nan)
+    hit = np.argmax(a, axis=-1) == np.argmax(y, axis=-1)
+    out = np.mean(hit, axis=-1)
+    return np.where(np.all(np.isfinite(a), axis=(-2, -1)), out, np.nan)
 
 
 def empty_table() -> pd.DataFrame:
@@ -182,17 +204,20 @@ def prediction_rows(
             "gap_to_mtl_abs": (_norms(v - mtl) / math.sqrt(v.shape[-2] * v.shape[-1])).ravel(),
             "gap_to_baseline_rel": relative(v, base).ravel(),
             "test_mse": _mse(v, y[None]).ravel() if y is not None else np.full(R * M, np.nan),
+            "test_accuracy": accuracy(v, y[None]).ravel() if y is not None else np.full(R * M, np.nan),
             "status": np.repeat(np.array(own, dtype=object), M),
         }
         for name, arr in (extra or {}).get(method, {}).items():
             cols[name] = np.asarray(arr, dtype=np.float64).ravel()
         diag = (diagnostics or {}).get(method)
         if diag is not None:
-            cols.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond)
+            cols.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond,
+                        solve_residual=getattr(diag, "residual", np.nan))
         frame = pd.DataFrame(cols)
         empty = frame["status"].isin(["nonfinite", "diverged"])
         if empty.any():
-            for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse"):
+            for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse",
+                        "test_accuracy"):
                 frame.loc[empty, col] = np.nan
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)

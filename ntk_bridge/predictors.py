@@ -106,12 +106,17 @@ class PredictorConfig:
 
 
 class Diagnostics(NamedTuple):
-    """Numerical health of one method's prediction (floats; :func:`ntk_bridge.metrics.status_of`)."""
+    """Numerical health of one method's prediction (floats; :func:`ntk_bridge.metrics.status_of`).
+
+    ``residual`` and ``tolerance``: the relative residual of an iterative outer solve and the
+    tolerance it was asked for (NaN and inf for dense solves)."""
 
     min_eig_rel: float
     ridge_rel: float
     cond: float
     finite: bool
+    residual: float = math.nan
+    tolerance: float = math.inf
 
 
 class Prediction(NamedTuple):
@@ -160,6 +165,7 @@ def predict_from_kernels(
     config: PredictorConfig | Sequence[PredictorConfig] = PredictorConfig(),
     methods: Sequence[str] = CLOSED_FORM_METHODS,
     f0=None,
+    solver: str = "dense",
 ) -> dict[str, Prediction] | list[dict[str, Prediction]]:
     """Closed-form predictions on the test queries from given kernels.
 
@@ -172,6 +178,10 @@ def predict_from_kernels(
       methods: names of methods with a closed form (:mod:`ntk_bridge.methods`); FO-MAML's needs a
         discrete config.
       f0: ``[P, k]`` initial outputs of one network, or ``None`` for the mean predictor.
+      solver: outer solves of MTL and GBML: ``'dense'`` (``eigh``), the structured ``'cholesky'``
+        (direct) or ``'cg'`` (conjugate gradients), both from the per-task blocks at an infinite
+        outer time only, or ``'auto'`` (:func:`ntk_bridge.structured.resolve`); the baseline and
+        FO-MAML have no outer solve.
 
     Returns ``{method: Prediction(values [M, m_q, k], diagnostics)}``, or a list of those for a batch.
     Inputs are prepared in numpy (the jitted calls take numpy arrays without a copy on CPU).
@@ -204,9 +214,16 @@ def predict_from_kernels(
     data = Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
                  *split_f0(f0.reshape(P, -1), layout))
     times = np.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], np.float64)
-    jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps]
+    from ntk_bridge import structured
+
+    outer = structured.resolve(solver, layout, configs)
+    by_structure = [m for m in methods if outer != "dense" and _has_structured_form(registry.get(m), configs[0])]
+    jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps and m not in by_structure]
     raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)
                           for m in jitted})
+    residuals = {}
+    for m in by_structure:
+        raw[m], residuals[m] = _predict_structured(Theta, K, data, times, layout, configs, registry.get(m), outer)
     for m in methods:
         if m not in raw:  # a numpy closed form (FO-MAML), batch entry by batch entry
             impl = registry.get(m).implementation("closed_form")
@@ -219,10 +236,41 @@ def predict_from_kernels(
         for method in methods:
             values, info = raw[method]
             v = np.asarray(values[b])
+            residual = float(residuals[method][b]) if method in residuals else math.nan
+            extra = (residual, structured.CG_TOL) if np.isfinite(residual) else ()
             entry[method] = Prediction(v, Diagnostics(float(info.min_eig_rel[b]), float(info.ridge_rel[b]),
-                                                      float(info.cond[b]), bool(np.all(np.isfinite(v)))))
+                                                      float(info.cond[b]), bool(np.all(np.isfinite(v))), *extra))
         results.append(entry)
     return results if batched else results[0]
+
+
+def _has_structured_form(method, cfg: PredictorConfig) -> bool:
+    """MTL with shared heads and the GBML methods with a gradient-flow closed form have an outer solve
+    that :mod:`ntk_bridge.structured` can do through the per-task blocks."""
+    if method.closed_form_needs_steps:
+        return False
+    return (method.role == "mtl" and cfg.mtl_heads == "shared") or (method.role == "gbml" and
+                                                                      method.inner_kernel is not None)
+
+
+def _predict_structured(Theta, K, data: Data, times, layout: Layout, configs, method, solver: str):
+    """One batch entry after the other through :mod:`ntk_bridge.structured` (``solver``: ``cholesky``
+    or ``cg``); ``((values, Solve), residuals)`` shaped like the jitted path's output."""
+    from ntk_bridge import structured
+
+    values, infos, residuals = [], [], []
+    for b in range(Theta.shape[0]):
+        t = Times(*times[b])
+        if method.role == "mtl":
+            v, info, res = structured.mtl(Theta[b], K[b], data, layout, configs[b], t, solver)
+        else:
+            G = K[b] if method.inner_kernel == "K" else Theta[b]
+            v, info, res = structured.gbml(Theta[b], G, data, layout, configs[b], t, solver)
+        values.append(v)
+        infos.append(info)
+        residuals.append(res)
+    info = Solve(*(np.array([float(getattr(i, f)) for i in infos]) for f in Solve._fields))
+    return (np.stack(values), info), np.array(residuals)
 
 
 def predict(
@@ -232,9 +280,13 @@ def predict(
     methods: Sequence[str] = CLOSED_FORM_METHODS,
     architecture=None,
     f0=None,
+    solver: str = "dense",
 ) -> dict[str, Prediction] | dict[int, dict[str, Prediction]]:
     """Infinite-width predictions for one depth, or ``{depth: ...}`` for several depths, with the
     kernels of every depth computed in one pass (:func:`ntk_bridge.kernels.kernels_by_depth`).
+
+    ``architecture`` (:class:`ntk_bridge.kernels.Architecture`) defaults to the fully connected network;
+    a convolutional one needs ``tasks.image_shape`` (:meth:`ntk_bridge.kernels.Architecture.for_tasks`).
 
     Example::
 
@@ -251,6 +303,6 @@ def predict(
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(x) for x in depth]
     ks = list(kernels_by_depth(tasks.all_points(), None, architecture=architecture, depths=depths))
     out = predict_from_kernels(np.stack([k.ntk for k in ks]), np.stack([k.readout for k in ks]),
-                               tasks, config, methods, f0)
+                               tasks, config, methods, f0, solver)
     by_depth = {k.depth: o for k, o in zip(ks, out)}
     return by_depth[int(depth)] if np.ndim(depth) == 0 else {d: by_depth[d] for d in depths}

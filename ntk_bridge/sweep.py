@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 from ntk_bridge import methods as registry
-from ntk_bridge import metrics, runtime
+from ntk_bridge import convnets, metrics, runtime, structured
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
 from ntk_bridge.config import SweepConfig, json_number
@@ -99,12 +99,14 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> d
     data, architecture, methods, ridge floor, the BLAS thread count and the versions of ntk_bridge
     and of the numerical packages (:func:`ntk_bridge.provenance.numerics_versions`); finite-width
     cells also depend on how their networks are trained."""
-    from ntk_bridge.kernels import Architecture
     from ntk_bridge.provenance import numerics_versions
 
     ctx = dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.grid.methods),
-               architecture=Architecture().describe(), rcond=config.numerics.rcond,
+               architecture=config.architecture(tasks).describe(), rcond=config.numerics.rcond,
                blas_threads=int(config.numerics.blas_threads), versions=dict(numerics_versions()))
+    solvers = structured.grid_solvers(config.numerics.solver, tasks.layout, config.grid.outer_times, config.grid.mtl_data)
+    if solvers != ["dense"]:  # the dense eigh is what every earlier key means
+        ctx.update(outer_solver=solvers, cg_tol=structured.CG_TOL)
     if finite:
         ctx.update(seeds=config.finite.seeds, finite_mode=config.finite.finite_mode, training=config.training().to_dict())
     return ctx
@@ -163,13 +165,14 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
     for c, k in zip(unit.cells, unit.keys):
         times = (c.inner_time, c.finetune_time, c.outer_time)
         by_depth.setdefault(c.depth, {}).setdefault(times, []).append((c, k))
-    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth)):
+    solver = cfg.numerics.solver
+    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=cfg.architecture(tasks)):
         for group in by_depth[kern.depth].values():
             common = predict_from_kernels(kern.ntk, kern.readout, tasks, group[0][0].predictor_config(cfg.numerics.rcond),
-                                          shared)
+                                          shared, solver=solver)
             for cell, key in group:
                 res = dict(predict_from_kernels(kern.ntk, kern.readout, tasks, cell.predictor_config(cfg.numerics.rcond),
-                                                per_cell), **common)
+                                                per_cell, solver=solver), **common)
                 constants = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
                                  finetune_time=cell.finetune_time, outer_time=cell.outer_time,
                                  mtl_data=cell.mtl_data, seed=0, dist_to_infinite_rel=0.0,
@@ -183,14 +186,14 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
 
 def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame]]:
     from ntk_bridge import finite
-    from ntk_bridge.kernels import Architecture, kernels_by_depth
+    from ntk_bridge.kernels import kernels_by_depth
 
     cfg = unit.config
     methods = registry.ordered((registry.MTL.name,) + tuple(cfg.grid.methods))
     first = unit.cells[0]
     require(all((c.width, c.depth) == (first.width, first.depth) for c in unit.cells),
             "a finite-width unit holds cells of one width and depth")
-    arch = Architecture(width=int(first.width), n_outputs=tasks.n_outputs)
+    arch = dataclasses.replace(cfg.architecture(tasks), width=int(first.width), n_outputs=tasks.n_outputs)
     kernels = next(kernels_by_depth(tasks.all_points(), depths=[first.depth], architecture=arch))
     shared: dict = {}  # training runs shared by the cells of this unit (finite.finite_cell's cache)
     for cell, key in zip(unit.cells, unit.keys):
@@ -277,7 +280,8 @@ def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
     training kernel (the meta-kernel, ``N n_q`` square; MTL's, ``N (n' + n)`` square); finite
     networks about 20 copies of their ``width^2 depth`` parameters; plus 400 MB of libraries. Time:
     about ``4e-8 P^2`` seconds per depth of the kernel pass and ``2e-3 + 3e-9 n^3`` per method and
-    cell (measured on a 2-core machine); finite-width training is not estimated.
+    cell (measured on a 2-core machine); finite-width training is not estimated. Convolutional
+    architectures add their pass (:func:`ntk_bridge.convnets.pass_estimate`).
     """
     lay = tasks.layout
     P = lay.n_points
@@ -285,11 +289,14 @@ def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
     mtl = lay.n_train * (lay.n_support + lay.n_query)
     finite = [w for w in config.grid.widths if math.isfinite(w)]
     memory = 8 * (11 * P ** 2 + 6 * meta ** 2 + 6 * mtl ** 2) + 400 * 2 ** 20
+    conv_memory, conv_seconds = convnets.pass_estimate(config.architecture(tasks), P, len(config.grid.depths),
+                                                       max(config.grid.depths))
+    memory += conv_memory
     if finite:
         memory += 8 * 20 * max(finite) ** 2 * max(config.grid.depths)
     n_cells = len(config.grid.depths) * len(config.grid.widths) * len(config.grid.inner_times) * \
         len(config.grid.finetune_times) * len(config.grid.outer_times) * len(config.grid.mtl_data)
-    seconds = max(config.grid.depths) * (0.008 + 4e-8 * P ** 2) + \
+    seconds = conv_seconds + max(config.grid.depths) * (0.008 + 4e-8 * P ** 2) + \
         n_cells * (len(config.grid.methods) + 1) * (2e-3 + 3e-9 * max(meta, mtl) ** 3)
     return dict(points=P, memory_bytes=int(memory), seconds=float(seconds), cells=n_cells)
 

@@ -21,6 +21,11 @@ Labels of shape ``[tasks, points]`` are read as ``k = 1``. A ``.npz`` file with 
 (``test_query_y`` optional, any float dtype, no NaN/inf) is a valid task file for
 ``ntk-bridge sweep --tasks FILE.npz``.
 
+Images stay images: a task set of pictures carries ``image_shape = (H, W, C)`` beside its flat
+inputs (``d = H W C``, each point's pixels in row-major ``H, W, C`` order), which convolutional
+architectures reshape to (:mod:`ntk_bridge.convnets`); in a task file it is the optional key
+``image_shape`` (three integers).
+
 The generated families are in :mod:`ntk_bridge.families`.
 """
 from __future__ import annotations
@@ -33,11 +38,14 @@ import numpy as np
 
 from ntk_bridge.errors import UserError, require
 
-__all__ = ["TaskSet", "Layout", "load_tasks", "save_tasks", "on_sphere", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
+__all__ = ["TaskSet", "Layout", "load_tasks", "save_tasks", "on_sphere", "REQUIRED_KEYS", "OPTIONAL_KEYS",
+           "IMAGE_KEY"]
 
 REQUIRED_KEYS = ("train_support_x", "train_support_y", "train_query_x", "train_query_y",
                  "test_support_x", "test_support_y", "test_query_x")
 OPTIONAL_KEYS = ("test_query_y",)
+#: Optional key of a task file: ``(H, W, C)`` of image inputs (``d = H W C``).
+IMAGE_KEY = "image_shape"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +116,7 @@ class TaskSet:
     test_query_x: np.ndarray
     test_query_y: np.ndarray | None = None
     name: str = "tasks"
+    image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         for key in REQUIRED_KEYS:
@@ -136,6 +145,14 @@ class TaskSet:
         require(self.test_query_x.shape[0] == self.test_support_x.shape[0],
                 f"test_query_x has {self.test_query_x.shape[0]} tasks but test_support_x has "
                 f"{self.test_support_x.shape[0]}")
+        if self.image_shape is not None:
+            shape = np.asarray(self.image_shape)
+            require(shape.shape == (3,) and shape.dtype.kind in "iu" and bool(np.all(shape >= 1)),
+                    f"image_shape must be three positive integers (H, W, C), got {self.image_shape!r}")
+            shape = tuple(int(v) for v in shape)
+            require(int(np.prod(shape)) == d, f"image_shape {shape} has {int(np.prod(shape))} pixels, the inputs "
+                    f"have dimension {d}")
+            object.__setattr__(self, "image_shape", shape)
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -165,13 +182,15 @@ class TaskSet:
         return out
 
     def fingerprint(self) -> str:
-        """A SHA-256 of the arrays (for cache keys and provenance)."""
+        """A SHA-256 of the arrays and of the image shape if any (for cache keys and provenance)."""
         import hashlib
         h = hashlib.sha256()
         for key, arr in self.arrays().items():
             h.update(key.encode())
             h.update(str(arr.shape).encode())
             h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        if self.image_shape is not None:
+            h.update(f"{IMAGE_KEY}{self.image_shape}".encode())
         return h.hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
@@ -179,8 +198,9 @@ class TaskSet:
 
 
 def save_tasks(tasks: TaskSet, path: str | os.PathLike) -> None:
-    """Write ``tasks`` to ``path`` as ``.npz`` with the documented keys."""
-    np.savez(path, **tasks.arrays())
+    """Write ``tasks`` to ``path`` as ``.npz`` with the documented keys (and ``image_shape`` if set)."""
+    extra = {} if tasks.image_shape is None else {IMAGE_KEY: np.asarray(tasks.image_shape, np.int64)}
+    np.savez(path, **tasks.arrays(), **extra)
 
 
 def load_tasks(path: str | os.PathLike) -> TaskSet:
@@ -200,6 +220,8 @@ def load_tasks(path: str | os.PathLike) -> TaskSet:
                 raise UserError(f"tasks file {path} lacks key(s) {', '.join(missing)}; expected "
                                 f"{', '.join(REQUIRED_KEYS)} and optional test_query_y")
             arrays = {k: data[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in keys}
+            if IMAGE_KEY in keys:
+                arrays[IMAGE_KEY] = tuple(np.asarray(data[IMAGE_KEY]).reshape(-1))
     except UserError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

@@ -15,7 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from neural_tangents import stax
 
 from ntk_bridge.kernels import Architecture
 from ntk_bridge.tasks import TaskSet
@@ -32,9 +31,15 @@ class Network:
     """
 
     def __init__(self, architecture: Architecture, depth: int):
-        self.init_fn, self.apply_fn, _ = architecture.network(depth)
-        self.body_apply = stax.serial(*([architecture.hidden_block()] * depth))[1]
+        self.init_fn, apply_fn, _ = architecture.network(depth)
+        body_apply = architecture.body(depth)[1]
+        if architecture.convolutional:  # flat task inputs [B, H W C] -> images [B, H, W, C]
+            self.apply_fn = lambda params, x, **kw: apply_fn(params, architecture.as_input(x), **kw)
+            self.body_apply = lambda params, x, **kw: body_apply(params, architecture.as_input(x), **kw)
+        else:
+            self.apply_fn, self.body_apply = apply_fn, body_apply
         self.readout_apply = architecture.readout()[1]
+        self.input_shape = architecture.input_shape
         self.depth = depth
 
 
@@ -128,7 +133,7 @@ def architecture_for(architecture: Architecture | None, width: int, n_outputs: i
 
 @functools.partial(jax.jit, static_argnames=("net", "dim"))
 def _init_batch(keys, x, net: Network, dim: int):
-    params0 = jax.vmap(lambda key: net.init_fn(key, (-1, dim))[1])(keys)
+    params0 = jax.vmap(lambda key: net.init_fn(key, net.input_shape(dim))[1])(keys)
     return params0, jax.vmap(net.apply_fn, in_axes=(0, None))(params0, x)
 
 
