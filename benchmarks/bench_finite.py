@@ -50,7 +50,6 @@ def _tasks(args):
 
 
 def _timed(fn):
-    t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
 
@@ -181,7 +180,6 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# jax {jax.__version__} on {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load average {load:.1f}")
-    t0 = time.perf_counter()
     df = grid(args) if args.grid else per_step(args)
     df["load_average"] = load
     pd.set_option("display.width", 200)

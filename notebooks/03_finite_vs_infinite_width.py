@@ -154,6 +154,7 @@ print("median final / initial training loss:",
 
 # %%
 fits = width_exponents(rows)
+assert (fits["exponent"] < 0).all(), "the distance falls with width for every method"
 fits.assign(half_width=(fits["ci95_high"] - fits["ci95_low"]) / 2).round(3)
 
 # %% [markdown]
@@ -188,6 +189,7 @@ medians = single.groupby(["method", "width"])[parts[1:]].median()
 ratio = medians["linearized_to_infinite_rel"] / medians["dist_to_linearized_rel"]
 print(f"width error / linearisation error, per method and width: {ratio.min():.1f} to {ratio.max():.1f}")
 assert ratio.min() > 2  # the text below says "several times"
+assert (split["exponent"] < 0).all(), "both parts fall with width (the text below)"
 split[["metric", "method", "exponent", "ci95_low", "ci95_high", "n"]].round(3)
 
 # %% [markdown]

@@ -89,11 +89,12 @@ def print_tables(console, tables) -> None:
 class _SweepProgress:
     """A rich progress bar on stderr: computed / cached cells and an ETA."""
 
-    def __init__(self, console):
+    def __init__(self, console, label: str = "sweep"):
+        from rich.markup import escape
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self.bar = Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+        self.bar = Progress(TextColumn(f"[bold]{escape(label)}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
                             TextColumn("{task.fields[note]}"), TextColumn("ETA"), TimeRemainingColumn(),
                             TimeElapsedColumn(), console=console, transient=False)
         self.task = None
@@ -131,6 +132,7 @@ def sweep(
     outer_time: str = cli_option("grid", "outer_times"),
     methods: str = cli_option("grid", "methods"),
     mtl_data: str = cli_option("grid", "mtl_data"),
+    test_head: str = cli_option("grid", "test_heads"),
     tasks: str = cli_option("tasks", "family"),
     train_tasks: int = cli_option("tasks", "train_tasks"),
     support: int = cli_option("tasks", "support"),
@@ -221,6 +223,59 @@ def figures_command(
     for name, paths in written.items():
         out_console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
     out_console.print(f"done in {time.time() - started:.0f} s")
+
+
+@app.command()
+@user_errors
+def verify(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, "--quick", help="The reduced panel (3 families, 3 task seeds, 6 depths, 2 "
+                                                      "inner times; under a minute) instead of the full one (5 "
+                                                      "families, 5 seeds, 12 depths, 3 inner times)."),
+    tasks: Optional[str] = typer.Option(None, help="A .npz task file (the whole report on your tasks; statistics "
+                                                   "over its test tasks), or a comma list of task families (subspace, "
+                                                   "linear, sinusoid, common, kanji; default: the panel's)."),
+    finite: bool = typer.Option(True, help="Include the finite-width panel (claim C4)."),
+    out: str = typer.Option("runs/verify", help="Output folder (claims.csv, verdicts.csv, report.md, report.html, "
+                                                "figures; runs/ holds one cached sweep per family and seed). "
+                                                "Rerunning resumes."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to run "
+                                                       "grid cells on."),
+    workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
+):
+    """Check the theorem's claims (C1-C6) over a panel of task families, seeds and protocols; write
+    claims.csv and a one-page report.html."""
+    import dataclasses
+
+    from ntk_bridge.verify.panel import FULL, QUICK, select
+
+    if workers < 0:
+        raise UserError("--workers must be >= 0")
+    if scheduler and workers:
+        raise UserError("give either --scheduler or --workers, not both")
+    panel = QUICK if quick else FULL
+    if tasks is not None:
+        panel = select(panel, tasks)
+    if not finite:
+        panel = dataclasses.replace(panel, finite=())
+    from ntk_bridge.verify import run_verify
+
+    executor = None
+    if scheduler or workers:
+        from ntk_bridge.distributed import DaskExecutor
+        executor = DaskExecutor(address=scheduler, n_workers=workers)
+    out_console, err_console = _consoles()
+    try:
+        result = run_verify(panel, out, executor=executor, command=_command_line(ctx),
+                            progress_factory=lambda label: _SweepProgress(err_console, label))
+    finally:
+        if executor is not None:
+            executor.close()
+    from ntk_bridge.verify.report import verdict_table
+
+    print_tables(out_console, [verdict_table(result.verdicts)])
+    out_console.print(f"claims: {result.file('claims.csv')}  report: {result.file('report.html')} "
+                      f"({result.seconds:.0f} s)")
 
 
 def _register_fewshot() -> None:

@@ -60,24 +60,46 @@ class Times(NamedTuple):
 
 
 
-def _gbml(Theta, G, d: Data, layout: Layout, cfg, times):
-    """docs/theory.md §3.2: ``F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``G`` the inner kernel."""
+def _gbml(Theta, K, G, d: Data, layout: Layout, cfg, times):
+    """docs/theory.md §3.2: ``F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``G`` the inner kernel
+    (``K`` the readout kernel); with ``cfg.test_head == 'reset'`` (§3.5) the head is reset to ``w0``
+    after meta-training and the test-time adaptation starts from the trained body."""
     sl, N, M = layout.slices(), layout.n_train, layout.n_test
     A, i1 = adapt_train(G, layout, cfg.inner, times.inner, cfg.rcond)
     Ahat, i2 = adapt_test(G, layout, cfg.finetune, times.finetune, cfg.rcond)
     nq = N * layout.n_query
     phi = meta_kernel_blocks(Theta, A, layout).reshape(nq, nq)
     F0_train = d.f0q + A @ (d.ys - d.f0s)
+    solve, i3 = eigh_apply(phi, cfg.outer, times.outer, cfg.rcond)
+    coef = solve @ (d.yq - F0_train).reshape(nq, -1)
+    if cfg.test_head == "reset":
+        return _reset_head(Theta - K, A, Ahat, coef, d, layout), merge(i1, i2, i3)
     F0_test = d.f0tq + Ahat @ (d.yts - d.f0ts)
     cross = (block(Theta, sl["test_query"], sl["train_query"], M, N)
              - jnp.einsum("mab,mbjc->majc", Ahat, block(Theta, sl["test_support"], sl["train_query"], M, N))
              - jnp.einsum("majd,jcd->majc", block(Theta, sl["test_query"], sl["train_support"], M, N), A)
              + jnp.einsum("mab,mbjd,jcd->majc", Ahat,
                           block(Theta, sl["test_support"], sl["train_support"], M, N), A))
-    solve, i3 = eigh_apply(phi, cfg.outer, times.outer, cfg.rcond)
-    coef = solve @ (d.yq - F0_train).reshape(nq, -1)
     out = F0_test + cross.reshape(M, layout.m_query, nq) @ coef
     return out, merge(i1, i2, i3)
+
+
+def _reset_head(B, A, Ahat, coef, d: Data, layout: Layout):
+    """The reset protocol (docs/theory.md §3.5): the trained body with the head at ``w0``,
+    ``g(x) = f0(x) + sum_j [B(x, X_j) - B(x, X'_j) A_j^T] c_j`` (``B = Theta - K`` the body's kernel,
+    ``c`` the outer coefficients), adapted at test time from ``g`` with the inner kernel (``Ahat``)."""
+    sl, N, M = layout.slices(), layout.n_train, layout.n_test
+    c = coef.reshape(N, layout.n_query, -1)
+    u = jnp.einsum("jcd,jck->jdk", A, c)  # A_j^T c_j on the supports
+
+    def g(rows, f0, m_points):
+        moved = (jnp.einsum("majc,jck->mak", block(B, sl[rows], sl["train_query"], M, N), c)
+                 - jnp.einsum("majd,jdk->mak", block(B, sl[rows], sl["train_support"], M, N), u))
+        return f0 + moved.reshape(M, m_points, -1)
+
+    g_ts = g("test_support", d.f0ts, layout.m_support)
+    g_tq = g("test_query", d.f0tq, layout.m_query)
+    return g_tq + Ahat @ (d.yts - g_ts)
 
 
 def _finetune_head(K, g_ts, g_tq, d: Data, layout: Layout, cfg, times):
@@ -109,12 +131,12 @@ def mtl(Theta, K, d: Data, layout: Layout, cfg, times):
 
 def anil(Theta, K, d: Data, layout: Layout, cfg, times):
     """ANIL: GBML with the head's kernel ``K`` in the inner loop and at test time."""
-    return _gbml(Theta, K, d, layout, cfg, times)
+    return _gbml(Theta, K, K, d, layout, cfg, times)
 
 
 def maml(Theta, K, d: Data, layout: Layout, cfg, times):
     """MAML: GBML with the full NTK ``Theta`` in the inner loop and at test time."""
-    return _gbml(Theta, Theta, d, layout, cfg, times)
+    return _gbml(Theta, K, Theta, d, layout, cfg, times)
 
 
 def baseline(Theta, K, d: Data, layout: Layout, cfg, times):
@@ -122,7 +144,7 @@ def baseline(Theta, K, d: Data, layout: Layout, cfg, times):
     return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
 
 
-def fomaml(Theta, tasks: TaskSet, config, f0=None) -> np.ndarray:
+def fomaml(Theta, K, tasks: TaskSet, config, f0=None) -> np.ndarray:
     r"""Discrete-time closed form of first-order MAML for a linearised network (kernel ``Theta``).
 
     With ``A_i = Theta(X_i, X'_i) T_i`` (MAML's inner operator, discrete) and ``A_hat`` the test
@@ -132,6 +154,10 @@ def fomaml(Theta, tasks: TaskSet, config, f0=None) -> np.ndarray:
 
         r_0 = F0(𝒳) - 𝒴,   r_{s+1} = (I - eta Phi_FO) r_s
         F(X) = F0(X) - eta [Theta(X, 𝒳) - A_hat Theta(X', 𝒳)] sum_{s<S} r_s
+
+    With ``config.test_head == 'reset'`` the parameters moved by ``-eta J(𝒳)^T sum_s r_s`` keep only
+    their body part: ``g(x) = f0(x) - eta B(x, 𝒳) sum_s r_s`` (``B = Theta - K``), adapted at test
+    time from ``g`` with ``Theta``.
 
     ``F0`` as in docs/theory.md §3.2. Requires a discrete config (:attr:`"PredictorConfig".discrete`). Returns
     ``[M, m_q, k]``; ``f0 [P, k]`` or ``None`` (mean predictor).
@@ -170,4 +196,9 @@ def fomaml(Theta, tasks: TaskSet, config, f0=None) -> np.ndarray:
     for _ in range(int(config.outer_steps)):
         total += r
         r = r - eta * (phi @ r)
+    if config.test_head == "reset":
+        B = Theta - np.asarray(K, dtype=np.float64)
+        g_ts = f0ts - eta * (B[sl["test_support"], sl["train_query"]] @ total).reshape(M, lay.m_support, k)
+        g_tq = f0tq - eta * (B[sl["test_query"], sl["train_query"]] @ total).reshape(M, lay.m_query, k)
+        return g_tq + A_hat @ (tasks.test_support_y - g_ts)
     return F0_test - eta * (cross @ total)

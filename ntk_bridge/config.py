@@ -85,6 +85,11 @@ class GridConfig:
         "--mtl-data", "MTL training data, comma list of: 'all' (support+query merged, the paper's MTL), 'query' "
         "(the same data as ANIL's outer loss).", ("all", "query"), "all,query",
         _tuple(ranges.parse_choices, "--mtl-data", ("all", "query")))
+    test_heads: tuple[str, ...] = option(
+        "--test-head", "How ANIL's and MAML's test-time adaptation starts, comma list of: 'learned' (from the "
+        "meta-learned network), 'reset' (the head reset to its initial value, from the trained body, as MTL's "
+        "always is: the paper's protocol as reported).", ("learned",), "learned",
+        _tuple(ranges.parse_choices, "--test-head", ("learned", "reset")))
 
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
@@ -104,6 +109,8 @@ class GridConfig:
                 "--width (whose cells follow discrete steps)")
         bad = [d for d in self.mtl_data if d not in ("all", "query")]
         require(self.mtl_data and not bad, f"--mtl-data: use 'all' and/or 'query', got {', '.join(bad)}")
+        bad = [h for h in self.test_heads if h not in ("learned", "reset")]
+        require(self.test_heads and not bad, f"--test-head: use 'learned' and/or 'reset', got {', '.join(bad)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,12 +118,16 @@ def block_points(arch, memory_bytes: int) -> int:
 SECONDS_PER_ENTRY = 1.5e-7
 
 
-def pass_estimate(arch, points: int, n_depths: int, max_depth: int) -> tuple[int, float]:
-    """``(bytes, seconds)`` a convolutional kernel pass adds to a sweep's estimate (``(0, 0)`` for
-    ``fc``): the blocked pass's bound and its assembled kernels (``16 D P^2`` bytes), and the time of
-    ``max_depth`` layers (:data:`SECONDS_PER_ENTRY`)."""
+def pass_estimate(arch, points: int, n_depths: int, max_depth: int,
+                  memory_bytes: int = KERNEL_MEMORY_BYTES) -> tuple[int, float]:
+    """``(bytes, seconds)`` of a sweep's kernel pass over ``points`` points. Unblocked: the pass's
+    arrays (:func:`pass_bytes`, which hold the kernels); in blocks (above ``memory_bytes``): the bound
+    plus the assembled kernels of every depth (``16 D P^2`` bytes). Time: ``max_depth`` layers of
+    :data:`SECONDS_PER_ENTRY` per point pair and spatial entry (a ``resnet`` block is two layers),
+    or, fully connected, ``0.008 + 4e-8 P^2`` seconds per depth."""
+    full = pass_bytes(points, points, arch)
+    memory = full if full <= memory_bytes else memory_bytes + 16 * n_depths * points ** 2
     if arch.arch == "fc":
-        return 0, 0.0
-    memory = min(pass_bytes(points, points, arch), KERNEL_MEMORY_BYTES) + 16 * n_depths * points ** 2
+        return int(memory), float(max_depth * (0.008 + 4e-8 * points ** 2))
     layers = max_depth * (2 if arch.arch == "resnet" else 1)
     return int(memory), float(SECONDS_PER_ENTRY * points ** 2 * spatial_size(arch) * layers)

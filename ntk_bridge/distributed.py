@@ -61,7 +61,7 @@ RETRIES = 2
 # ---------------------------------------------------------------------------------------------
 
 def _combo(cell) -> tuple:
-    return (cell.inner_time, cell.finetune_time, cell.outer_time, cell.mtl_data)
+    return (cell.inner_time, cell.finetune_time, cell.outer_time, cell.mtl_data, cell.test_head)
 
 
 def split_units(units: Iterable[Unit], min_units: int = 1) -> list[Unit]:

@@ -15,7 +15,10 @@ family         tasks, and what transfers
 ``common``     a shared teacher plus a task-specific one, ``sqrt(s) w + sqrt(1 - s) w_t`` through a
                ``tanh`` link: the shared teacher (weight ``s``) transfers, nonlinearly
 ``kanji``      N-way K-shot episodes of rendered handwriting (the few-shot path's data), pixels on
-               the sphere, centred one-hot labels: what transfers is how characters look
+               the sphere, centred one-hot labels, no image in two episodes: the classes get new
+               labels in every episode, so what transfers is how characters look, which only a
+               learner that moves its features can use (finite networks, the few-shot path); for a
+               fixed kernel it is a family without a common part
 ``omniglot``   the same episodes from the user's Omniglot folder (``data_dir``)
 =============  ==================================================================================
 """
@@ -176,15 +179,27 @@ def _downsample(images: np.ndarray, side: int) -> np.ndarray:
 
 def _episodes(rng, images: np.ndarray, n_tasks: int, ways: int, shots: int, queries: int, name: str = "kanji"):
     """``n_tasks`` episodes of ``ways`` distinct classes with ``shots`` support and ``queries`` query
-    samples per class (distinct samples): inputs ``[T, ways*shots, ...]``, ``[T, ways*queries, ...]``
-    and labels ``0..ways-1``."""
+    samples per class: inputs ``[T, ways*shots, ...]``, ``[T, ways*queries, ...]`` and labels
+    ``0..ways-1``. No image is used twice among the episodes (a class may recur with other images):
+    the same image under two label assignments would make the meta-training targets contradict
+    each other, which no predictor fitted to them can satisfy."""
     C, S = images.shape[:2]
+    need = shots + queries
     require(ways <= C, f"{name} tasks need {ways} classes per task, the split has {C}")
-    require(shots + queries <= S, f"{name} tasks need {shots + queries} samples per class, the data has {S}")
+    require(need <= S, f"{name} tasks need {need} samples per class, the data has {S}")
+    require(n_tasks * ways * need <= C * (S - S % need),
+            f"{name} tasks: {n_tasks} episodes of {ways} x {need} distinct images do not fit in the split's "
+            f"{C} classes of {S} images")
+    order = np.stack([rng.permutation(S) for _ in range(C)])  # each class's images in a random order
+    used = np.zeros(C, dtype=int)
     sx, qx = [], []
     for _ in range(n_tasks):
-        classes = rng.choice(C, ways, replace=False)
-        picks = np.stack([rng.choice(S, shots + queries, replace=False) for _ in classes])
+        free = np.flatnonzero(used + need <= S)
+        require(len(free) >= ways, f"{name} tasks: only {len(free)} classes have {need} unused images left for the "
+                f"next episode; ask for fewer episodes or smaller ones")
+        classes = rng.choice(free, ways, replace=False)
+        picks = np.stack([order[c, used[c]:used[c] + need] for c in classes])
+        used[classes] += need
         chosen = images[classes[:, None], picks]
         sx.append(chosen[:, :shots].reshape(ways * shots, *images.shape[2:]))
         qx.append(chosen[:, shots:].reshape(ways * queries, *images.shape[2:]))

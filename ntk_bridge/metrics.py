@@ -42,6 +42,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("outer_time", "float", "`eta*t` of (meta-)training (`inf` = to convergence)"),
     Column("mtl_data", "str", "MTL's training set: `all` or `query` (rows of other methods repeat per value, for "
                               "pairing)"),
+    Column("test_head", "str", "how GBML's test-time adaptation starts: `learned` or `reset` (rows of MTL and the "
+                               "baseline repeat per value, for pairing)"),
     Column("seed", "int", "network seed (finite widths; 0 for closed forms)"),
     Column("network", "str", "network index for finite widths (`ensemble` = ensemble mean); `mean` for closed forms"),
     Column("test_task", "int", "index of the unseen task"),

@@ -39,6 +39,7 @@ SETTING_FIELDS = {
     "finetune_time": ("finetune_time", "finetune_steps"),
     "outer_time": ("outer_time", "outer_steps"),
     "mtl_data": ("mtl_data", "mtl_heads"),
+    "test_head": ("test_head",),
 }
 
 
@@ -58,6 +59,9 @@ class PredictorConfig:
       inner_l2: MetaOptNet/R2D2-like l2 inner problem at optimum, ``T = (G' + mu I)^-1``.
       mtl_data: ``'all'`` (support and query of each training task merged, the paper's MTL) or
         ``'query'`` (queries only, ANIL's outer data).
+      test_head: how GBML's test-time adaptation starts (docs/theory.md §3.5): ``'learned'`` (from
+        the meta-learned network, the standard protocol) or ``'reset'`` (the head reset to its
+        initial ``w0``, from the trained body, as MTL's always is).
       mtl_heads: ``'shared'`` (every head initialised to the same ``w0``, docs/theory.md §3.3) or
         ``'independent'`` (independent heads: at infinite width no transfer, MTL = baseline).
       rcond: relative ridge floor for infinite-time solves (reported whenever used).
@@ -72,6 +76,7 @@ class PredictorConfig:
     inner_l2: float | None = None
     mtl_data: str = "all"
     mtl_heads: str = "shared"
+    test_head: str = "learned"
     rcond: float = 1e-10
 
     def __post_init__(self):
@@ -79,6 +84,7 @@ class PredictorConfig:
         self.finetune.validate("finetune_time")
         self.outer.validate("outer_time")
         require(self.mtl_data in ("all", "query"), f"mtl_data must be 'all' or 'query', got {self.mtl_data!r}")
+        require(self.test_head in ("learned", "reset"), f"test_head must be 'learned' or 'reset', got {self.test_head!r}")
         require(self.mtl_heads in ("shared", "independent"),
                 f"mtl_heads must be 'shared' or 'independent', got {self.mtl_heads!r}")
         require(0 < self.rcond < 1, f"rcond must be in (0, 1), got {self.rcond!r}")
@@ -227,7 +233,7 @@ def predict_from_kernels(
     for m in methods:
         if m not in raw:  # a numpy closed form (FO-MAML), batch entry by batch entry
             impl = registry.get(m).implementation("closed_form")
-            values = np.stack([impl(Theta[b], tasks, configs[b], f0) for b in range(Theta.shape[0])])
+            values = np.stack([impl(Theta[b], K[b], tasks, configs[b], f0) for b in range(Theta.shape[0])])
             nan = np.full(len(values), np.nan)
             raw[m] = (values, Solve(nan, np.zeros(len(values)), nan))
     results = []
@@ -265,7 +271,7 @@ def _predict_structured(Theta, K, data: Data, times, layout: Layout, configs, me
             v, info, res = structured.mtl(Theta[b], K[b], data, layout, configs[b], t, solver)
         else:
             G = K[b] if method.inner_kernel == "K" else Theta[b]
-            v, info, res = structured.gbml(Theta[b], G, data, layout, configs[b], t, solver)
+            v, info, res = structured.gbml(Theta[b], G, data, layout, configs[b], t, solver, K=K[b])
         values.append(v)
         infos.append(info)
         residuals.append(res)

@@ -12,7 +12,7 @@ __all__ = ["CACHE_VERSION", "PACKAGES", "NUMERICS", "provenance", "numerics_vers
 
 #: Bumped when a change of ntk_bridge's code changes the numbers a sweep cell holds (part of every
 #: cell's cache key, with :func:`numerics_versions`).
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 #: Distributions whose versions are recorded.
 PACKAGES = ("ntk-bridge", "jax", "jaxlib", "neural-tangents", "numpy", "scipy", "pandas", "optax",

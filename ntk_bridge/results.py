@@ -47,7 +47,7 @@ def fit_power_law(x, y) -> tuple[float, float, float, int]:
     return slope, slope - half, slope + half, n
 
 
-GROUP = ["method", "width", "inner_time", "finetune_time", "outer_time", "mtl_data"]
+GROUP = ["method", "width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head"]
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +124,7 @@ def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
         d = d[d["network"].astype(str).isin(["mean", "ensemble"])]
     if d["test_mse"].isna().all():
         return pd.DataFrame()
-    keys = ["width", "inner_time", "finetune_time", "outer_time", "mtl_data"]
+    keys = ["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head"]
     med = d.groupby(keys + ["method", "depth"], dropna=False)["test_mse"].median().reset_index()
     rows = []
     for key, g in med.groupby(keys, dropna=False):

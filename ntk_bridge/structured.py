@@ -42,8 +42,8 @@ from ntk_bridge.errors import require
 from ntk_bridge.operators import Solve, adapt_test, adapt_train, block, eigh_apply, mtl_index, own
 from ntk_bridge.tasks import Layout
 
-__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "outer_size", "gbml",
-           "mtl"]
+__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "solve_estimate",
+           "outer_size", "gbml", "mtl"]
 
 #: Outer solvers: ``auto`` picks one of the others (:func:`resolve`).
 SOLVERS = ("auto", "dense", "cholesky", "cg")
@@ -133,6 +133,20 @@ def resolve(solver: str, layout: Layout, configs, memory: int | None = None) -> 
     return "cholesky" if memory is None or 24 * n * n <= AUTO_MEMORY_FRACTION * memory else "cg"
 
 
+def solve_estimate(solvers, layout: Layout) -> tuple[int, float]:
+    """``(bytes, seconds)`` of one method's outer solve in the worst of ``solvers``: ``dense`` holds
+    about 6 copies of the meta-kernel (``N n_q`` square) and of MTL's kernel (``N (n' + n)``) and takes
+    ``2e-3 + 3e-9 n^3`` s; ``cholesky`` two ``n x n`` arrays (the formed system, factorised in place,
+    and one product while forming it) and ``2e-3 + 4e-11 n^3`` s; ``cg`` nothing ``n x n`` and, at
+    ``n`` iterations of a product with the training kernel, ``2e-3 + 1e-9 n^3`` s (measured on a
+    2-core machine, ``benchmarks/README.md``)."""
+    meta, mtl = layout.n_train * layout.n_query, outer_size(layout, "all")
+    n = max(meta, mtl)
+    cost = {"dense": (8 * 6 * (meta ** 2 + mtl ** 2), 2e-3 + 3e-9 * n ** 3),
+            "cholesky": (8 * 2 * n ** 2, 2e-3 + 4e-11 * n ** 3), "cg": (8 * 8 * n, 2e-3 + 1e-9 * n ** 3)}
+    return max(cost[s][0] for s in solvers), max(cost[s][1] for s in solvers)
+
+
 def grid_solvers(solver: str, layout: Layout, outer_times, mtl_data) -> list[str]:
     """The outer solvers a sweep grid's infinite-width cells use (sorted, without repeats)."""
     return sorted({resolve(solver, layout, [_Outer(float(o), None, m)]) for o in outer_times for m in mtl_data})
@@ -175,12 +189,15 @@ def _solve(system: _System, rhs: np.ndarray, solver: str, dyn, rcond: float, tol
 
     a = system.form()
     norm1 = float(np.max(np.sum(np.abs(a), axis=0)))
-    factor, info = lapack.dpotrf(a, lower=1, overwrite_a=0, clean=1)
+    # factorised in place (the only n x n array held); a.T is its Fortran-ordered view, whose lower
+    # triangle is the upper triangle of the (symmetric) formed matrix
+    factor, info = lapack.dpotrf(a.T if a.flags.c_contiguous else a, lower=1, overwrite_a=1, clean=1)
     rc = lapack.dpocon(factor, norm1, uplo="L")[0] if info == 0 else 0.0
     if info == 0 and rc > rcond:
         x = scipy.linalg.cho_solve((factor, True), rhs)
         return x, Solve(math.nan, 0.0, 1.0 / rc), math.nan
-    del factor
+    del factor, a
+    a = system.form()  # formed again: the failed factorisation overwrote it
     op, info = eigh_apply(a, dyn, math.inf, rcond)  # near-singular: the dense path, with its ridge
     return np.asarray(op) @ rhs, Solve(*(float(v) for v in info)), math.nan
 
@@ -190,10 +207,13 @@ def _own_blocks(G, rows: slice, cols: slice, tasks: int) -> np.ndarray:
 
 
 def gbml(Theta, G, d, layout: Layout, cfg, times, solver: str = "cholesky", tol: float = CG_TOL,
-         max_iter: int | None = None):
-    """docs/theory.md §3.2 at an infinite outer time (``G``: the inner kernel) by a structured solve.
-    ``d``: :class:`ntk_bridge.closed_forms.Data` (numpy). Returns ``(values [M, m_q, k], Solve,
-    residual)``."""
+         max_iter: int | None = None, K=None):
+    """docs/theory.md §3.2 at an infinite outer time (``G``: the inner kernel) by a structured solve;
+    with ``cfg.test_head == 'reset'`` (§3.5, needs the readout kernel ``K``) the test-time adaptation
+    starts from the trained body with the head at ``w0``. ``d``: :class:`ntk_bridge.closed_forms.Data`
+    (numpy). Returns ``(values [M, m_q, k], Solve, residual)``."""
+    require(getattr(cfg, "test_head", "learned") == "learned" or K is not None,
+            "the reset test-head protocol needs the readout kernel K")
     sl, N, ns, nq = layout.slices(), layout.n_train, layout.n_support, layout.n_query
     A, i1 = adapt_train(G, layout, cfg.inner, times.inner, cfg.rcond)
     Ahat, i2 = adapt_test(G, layout, cfg.finetune, times.finetune, cfg.rcond)
@@ -228,6 +248,13 @@ def gbml(Theta, G, d, layout: Layout, cfg, times, solver: str = "cholesky", tol:
     F0_test = np.asarray(d.f0tq) + Ahat @ (np.asarray(d.yts) - np.asarray(d.f0ts))
     rhs = (np.asarray(d.yq) - F0_train).reshape(n, -1)
     coef, i3, residual = _solve(_System(matvec, blocks, form), rhs, solver, cfg.outer, cfg.rcond, tol, max_iter)
+    if getattr(cfg, "test_head", "learned") == "reset":  # §3.5: the trained body, the head back at w0
+        w = lift(coef)
+        moved = Theta[n_tr:, :n_tr] @ w - K[n_tr:, :n_tr] @ w
+        n_ts = layout.n_test * layout.m_support
+        g_ts = np.asarray(d.f0ts) + moved[:n_ts].reshape(d.f0ts.shape)
+        g_tq = np.asarray(d.f0tq) + moved[n_ts:].reshape(d.f0tq.shape)
+        return g_tq + Ahat @ (np.asarray(d.yts) - g_ts), _merged(i1, i2, i3), residual
     u = Theta[n_tr:, :n_tr] @ lift(coef)
     return F0_test + reduce(u, Ahat, layout.m_support, layout.m_query, layout.n_test), _merged(i1, i2, i3), residual
 
@@ -255,8 +282,13 @@ def mtl(Theta, K, d, layout: Layout, cfg, times, solver: str = "cholesky", tol: 
         body = (Theta[span, span] @ w - K[span, span] @ w)[local]
         return body + np.einsum("tab,tbk->tak", own_k, v.reshape(N, per, -1)).reshape(v.shape)
 
-    def form():
-        a = Theta[np.ix_(idx, idx)] - K[np.ix_(idx, idx)]
+    def form():  # row block by row block: no temporary of the whole size
+        a = np.empty((len(idx), len(idx)))
+        step = max(1, (1 << 24) // max(len(idx), 1))
+        for r in range(0, len(idx), step):
+            rows = idx[r:r + step]
+            a[r:r + step] = Theta[rows][:, idx]
+            a[r:r + step] -= K[rows][:, idx]
         for i in range(N):
             a[i * per:(i + 1) * per, i * per:(i + 1) * per] += own_k[i]
         return a

@@ -1,7 +1,7 @@
 """Sweeps over depth, width and times: the grid, the resumable cell cache and the executors.
 
 A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time,
-mtl_data)``. Its rows (one per method x test task, and per network for finite widths) are written
+mtl_data, test_head)``. Its rows (one per method x test task, and per network for finite widths) are written
 atomically to ``<run>/cells/<key>.csv`` the moment they are computed, where ``key`` is a SHA-256 of
 everything that determines them (:func:`cell_context`: task data fingerprint, architecture, methods,
 the BLAS thread count, the versions of ntk_bridge and of the numerical packages). A rerun skips
@@ -46,6 +46,10 @@ __all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "ite
 METHODS = registry.SWEEPABLE
 
 
+#: The settings of a cell that methods can depend on (:data:`ntk_bridge.methods.SETTINGS` but width).
+CELL_SETTINGS = ("inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One grid point of a sweep."""
@@ -57,6 +61,7 @@ class Cell:
     finetune_time: float
     outer_time: float
     mtl_data: str
+    test_head: str = "learned"
 
     @property
     def infinite(self) -> bool:
@@ -67,7 +72,8 @@ class Cell:
         from ntk_bridge.predictors import PredictorConfig
 
         return PredictorConfig(inner_time=self.inner_time, finetune_time=self.finetune_time,
-                               outer_time=self.outer_time, mtl_data=self.mtl_data, rcond=rcond,
+                               outer_time=self.outer_time, mtl_data=self.mtl_data, test_head=self.test_head,
+                               rcond=rcond,
                                **(steps or {}))
 
     def key(self, context: dict) -> str:
@@ -116,9 +122,9 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, li
     """The task set, every cell of the grid and their cache keys."""
     tasks = config.load_tasks() if tasks is None else tasks
     g = config.grid
-    cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m)
+    cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m, h)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
-             for o in g.outer_times for m in g.mtl_data for d in g.depths]
+             for o in g.outer_times for m in g.mtl_data for h in g.test_heads for d in g.depths]
     ctx = {finite: cell_context(config, tasks, finite=finite)
            for finite in {not c.infinite for c in cells}}
     return tasks, cells, [c.key(ctx[not c.infinite]) for c in cells]
@@ -147,41 +153,43 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
     """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass over the
     layers gives every depth; each depth's cells are computed as soon as its kernels exist.
 
-    Each method is one jitted call per (depth, times) (compiled once per task layout and method):
+    Each method is one jitted call per (depth, settings) (compiled once per task layout and method):
     XLA's batched kernels round differently for different batch sizes, and a cell's numbers must not
     depend on which other cells happened to be pending (resume, Dask). On CPU this is also no slower
-    than vmapping over depths (``benchmarks/``). A method that does not depend on MTL's training set
-    (:mod:`ntk_bridge.methods`) is computed once for all the ``mtl_data`` cells of a depth and time
-    combination; its numbers are the same bits as when computed per cell.
+    than vmapping over depths (``benchmarks/``). A method is computed once for all the cells of a
+    depth that agree on the settings it depends on (:mod:`ntk_bridge.methods`: ANIL not on MTL's
+    training set, MTL not on the inner time or the test-head protocol, the baseline on neither);
+    its numbers are the same bits as when computed per cell.
     """
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.predictors import predict_from_kernels
 
     cfg = unit.config
     reported = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(cfg.grid.methods))
-    per_cell = tuple(m for m in reported if registry.get(m).depends("mtl_data"))
-    shared = tuple(m for m in reported if m not in per_cell)
-    by_depth: dict[int, dict[tuple, list[tuple[Cell, str]]]] = {}
+    by_depth: dict[int, list[tuple[Cell, str]]] = {}
     for c, k in zip(unit.cells, unit.keys):
-        times = (c.inner_time, c.finetune_time, c.outer_time)
-        by_depth.setdefault(c.depth, {}).setdefault(times, []).append((c, k))
+        by_depth.setdefault(c.depth, []).append((c, k))
     solver = cfg.numerics.solver
     for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=cfg.architecture(tasks)):
-        for group in by_depth[kern.depth].values():
-            common = predict_from_kernels(kern.ntk, kern.readout, tasks, group[0][0].predictor_config(cfg.numerics.rcond),
-                                          shared, solver=solver)
-            for cell, key in group:
-                res = dict(predict_from_kernels(kern.ntk, kern.readout, tasks, cell.predictor_config(cfg.numerics.rcond),
-                                                per_cell, solver=solver), **common)
-                constants = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
-                                 finetune_time=cell.finetune_time, outer_time=cell.outer_time,
-                                 mtl_data=cell.mtl_data, seed=0, dist_to_infinite_rel=0.0,
-                                 dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
-                                 mode="mean", cell=key)
-                yield key, metrics.prediction_rows(
-                    {m: res[m].values[None] for m in reported},
-                    {m: [metrics.status_of(res[m].diagnostics)] for m in reported},
-                    tasks.test_query_y, ["mean"], constants, diagnostics={m: res[m].diagnostics for m in reported})
+        computed: dict[tuple, object] = {}
+        for cell, key in by_depth[kern.depth]:
+            res = {}
+            for m in reported:
+                memo = (m,) + tuple(getattr(cell, setting) for setting in CELL_SETTINGS if registry.get(m).depends(setting))
+                if memo not in computed:
+                    computed[memo] = predict_from_kernels(kern.ntk, kern.readout, tasks,
+                                                          cell.predictor_config(cfg.numerics.rcond), (m,),
+                                                          solver=solver)[m]
+                res[m] = computed[memo]
+            constants = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
+                             finetune_time=cell.finetune_time, outer_time=cell.outer_time, mtl_data=cell.mtl_data,
+                             test_head=cell.test_head, seed=0, dist_to_infinite_rel=0.0,
+                             dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
+                             mode="mean", cell=key)
+            yield key, metrics.prediction_rows(
+                {m: res[m].values[None] for m in reported},
+                {m: [metrics.status_of(res[m].diagnostics)] for m in reported},
+                tasks.test_query_y, ["mean"], constants, diagnostics={m: res[m].diagnostics for m in reported})
 
 
 def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -219,7 +227,7 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(registry.METHODS)}
     df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
-    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "depth",
+    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
                          "_m", "_n", "test_task"], kind="stable")
     return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
 
@@ -273,31 +281,25 @@ def available_memory() -> int | None:
 
 def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
     """Peak memory (bytes) and time (seconds, an order of magnitude) of a sweep, before anything is
-    allocated, from the sizes that drive them (docs: ``README.md``, "Guarantees").
-
-    Memory: the kernel pass holds ``Theta`` and ``K`` over all ``P`` points and neural-tangents'
-    intermediates, about 11 ``P^2`` float64 numbers; each method's program a few copies of its
-    training kernel (the meta-kernel, ``N n_q`` square; MTL's, ``N (n' + n)`` square); finite
-    networks about 20 copies of their ``width^2 depth`` parameters; plus 400 MB of libraries. Time:
-    about ``4e-8 P^2`` seconds per depth of the kernel pass and ``2e-3 + 3e-9 n^3`` per method and
-    cell (measured on a 2-core machine); finite-width training is not estimated. Convolutional
-    architectures add their pass (:func:`ntk_bridge.convnets.pass_estimate`).
-    """
-    lay = tasks.layout
+    allocated, from the sizes that drive them (docs: ``README.md``, "Guarantees"): the kernel pass
+    (:func:`ntk_bridge.convnets.pass_estimate`: for the fully connected network about 11 ``P^2``
+    float64 numbers and ``4e-8 P^2`` seconds per depth), the outer solves of every method and cell
+    (:func:`ntk_bridge.structured.solve_estimate`: the dense path holds a few copies of its training
+    kernels, ``N n_q`` and ``N (n' + n)`` square, and takes ``2e-3 + 3e-9 n^3`` seconds), finite
+    networks about 20 copies of their ``width^2 depth`` parameters, plus 400 MB of libraries
+    (measured on a 2-core machine); finite-width training is not estimated."""
+    lay, grid = tasks.layout, config.grid
     P = lay.n_points
-    meta = lay.n_train * lay.n_query
-    mtl = lay.n_train * (lay.n_support + lay.n_query)
-    finite = [w for w in config.grid.widths if math.isfinite(w)]
-    memory = 8 * (11 * P ** 2 + 6 * meta ** 2 + 6 * mtl ** 2) + 400 * 2 ** 20
-    conv_memory, conv_seconds = convnets.pass_estimate(config.architecture(tasks), P, len(config.grid.depths),
-                                                       max(config.grid.depths))
-    memory += conv_memory
+    solvers = structured.grid_solvers(config.numerics.solver, lay, grid.outer_times, grid.mtl_data)
+    solve_memory, solve_seconds = structured.solve_estimate(solvers, lay)
+    pass_memory, pass_seconds = convnets.pass_estimate(config.architecture(tasks), P, len(grid.depths), max(grid.depths))
+    memory = pass_memory + solve_memory + 400 * 2 ** 20
+    finite = [w for w in grid.widths if math.isfinite(w)]
     if finite:
-        memory += 8 * 20 * max(finite) ** 2 * max(config.grid.depths)
-    n_cells = len(config.grid.depths) * len(config.grid.widths) * len(config.grid.inner_times) * \
-        len(config.grid.finetune_times) * len(config.grid.outer_times) * len(config.grid.mtl_data)
-    seconds = conv_seconds + max(config.grid.depths) * (0.008 + 4e-8 * P ** 2) + \
-        n_cells * (len(config.grid.methods) + 1) * (2e-3 + 3e-9 * max(meta, mtl) ** 3)
+        memory += 8 * 20 * max(finite) ** 2 * max(grid.depths)
+    n_cells = len(grid.depths) * len(grid.widths) * len(grid.inner_times) * len(grid.finetune_times) * \
+        len(grid.outer_times) * len(grid.mtl_data)
+    seconds = pass_seconds + n_cells * (len(grid.methods) + 1) * solve_seconds
     return dict(points=P, memory_bytes=int(memory), seconds=float(seconds), cells=n_cells)
 
 

@@ -33,8 +33,8 @@ def split(tasks, f0):
     return idx, f0
 
 
-def gbml(Theta, G, tasks, inner, finetune, outer, f0=None):
-    """inner/finetune/outer: (time, steps) tuples."""
+def gbml(Theta, G, tasks, inner, finetune, outer, f0=None, K=None, test_head="learned"):
+    """inner/finetune/outer: (time, steps) tuples; ``test_head='reset'`` needs the readout kernel ``K``."""
     idx, f0 = split(tasks, f0)
     N, M = tasks.layout.n_train, tasks.layout.n_test
     A = []
@@ -53,6 +53,19 @@ def gbml(Theta, G, tasks, inner, finetune, outer, f0=None):
     Y = tasks.train_query_y.reshape(-1, tasks.n_outputs)
     coef = operator(Phi, *outer) @ (Y - F0)
     preds = []
+    if test_head == "reset":
+        B = Theta - K
+        for m in range(M):
+            s, q = idx["ts"][m], idx["tq"][m]
+            g = {}
+            for name, rows in (("s", s), ("q", q)):
+                g[name] = f0[rows].copy()
+                for j in range(N):
+                    c_j = coef[j * len(idx["q"][j]):(j + 1) * len(idx["q"][j])]
+                    g[name] += B[np.ix_(rows, idx["q"][j])] @ c_j - B[np.ix_(rows, idx["s"][j])] @ A[j].T @ c_j
+            Ahat = G[np.ix_(q, s)] @ operator(G[np.ix_(s, s)], *finetune)
+            preds.append(g["q"] + Ahat @ (tasks.test_support_y[m] - g["s"]))
+        return np.stack(preds), Phi
     for m in range(M):
         s, q = idx["ts"][m], idx["tq"][m]
         Ahat = G[np.ix_(q, s)] @ operator(G[np.ix_(s, s)], *finetune)

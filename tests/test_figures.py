@@ -10,7 +10,7 @@ from ntk_bridge import figures as figs
 
 
 def test_gap_vs_depth_table_is_quartiles_of_the_ok_rows_and_plots(tmp_path, rng):
-    rows = pd.DataFrame([dict(method=m, mtl_data="all", inner_time=0.1, finetune_time=1.0, outer_time=math.inf,
+    rows = pd.DataFrame([dict(method=m, mtl_data="all", test_head="learned", inner_time=0.1, finetune_time=1.0, outer_time=math.inf,
                               depth=L, width=math.inf, network="mean", test_task=t, status="ok",
                               gap_to_mtl_rel=float(rng.uniform(0.1, 1)), test_mse=float(rng.uniform(0.1, 1)))
                          for m in ("mtl", "anil", "baseline") for L in (1, 2, 4) for t in range(7)])
@@ -47,7 +47,7 @@ def test_finite_gap_table_counts_each_closed_form_once():
             for net in (0, 1):
                 for task in (0, 1):
                     own = 0.1 * (task + 1) + (0.01 * (net + 1) + 0.001 * width if mode == "raw" else 0.0)
-                    rows.append(dict(method="anil", mtl_data="query", inner_time=0.1, finetune_time=1.0,
+                    rows.append(dict(method="anil", mtl_data="query", test_head="learned", inner_time=0.1, finetune_time=1.0,
                                      outer_time=float("inf"), depth=1, width=width, network=net, test_task=task,
                                      mode=mode, status="ok", gap_to_mtl_rel=0.5, infinite_gap_to_mtl_rel=own))
     df = pd.DataFrame(rows)

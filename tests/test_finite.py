@@ -101,12 +101,12 @@ def test_discretise_follows_the_documented_step_rule(small_tasks):
 # Rung 2 through this module: trained linearised networks == discrete closed forms, empirical kernels
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["raw", "centred"])
-def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, mode):
+@pytest.mark.parametrize("mode, test_head", [("raw", "learned"), ("centred", "learned"), ("centred", "reset")])
+def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, mode, test_head):
     t, depth, width = small_tasks, 2, 48
     _, apply_fn, kernel_fn = Architecture(width=width).network(depth)
     x = t.all_points()
-    cfg = finite.discretise(PredictorConfig(inner_time=0.3, finetune_time=0.5, mtl_data="all"),
+    cfg = finite.discretise(PredictorConfig(inner_time=0.3, finetune_time=0.5, mtl_data="all", test_head=test_head),
                             np.asarray(kernel_fn(x, None, "ntk")), t, finite.TrainingConfig(outer_steps=25))
     run = finite.train_networks(t, depth, width, cfg, ALL, seed=3, n_networks=2, mode=mode)
     for j in range(2):
@@ -115,7 +115,7 @@ def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, m
         f0 = run.f0[j] if mode == "raw" else None
         closed = {m: p.values for m, p in
                   predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline"), f0=f0).items()}
-        closed["fomaml"] = fomaml(theta, t, cfg, f0)
+        closed["fomaml"] = fomaml(theta, K, t, cfg, f0)
         for method in ALL:
             lin, cf = run.linearized[method][j], closed[method]
             assert not run.linearized_diverged[method][j]

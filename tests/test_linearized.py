@@ -55,10 +55,11 @@ def setup():
                 eta=float(eta), lam=float(lam))
 
 
-def closed_form(s, method):
+def closed_form(s, method, test_head="learned"):
     cfg = PredictorConfig(inner_time=s["lam"] * INNER_STEPS, inner_steps=INNER_STEPS,
                           finetune_time=s["lam"] * FINETUNE_STEPS, finetune_steps=FINETUNE_STEPS,
-                          outer_time=s["eta"] * OUTER_STEPS, outer_steps=OUTER_STEPS, mtl_data="all")
+                          outer_time=s["eta"] * OUTER_STEPS, outer_steps=OUTER_STEPS, mtl_data="all",
+                          test_head=test_head)
     return predict_from_kernels(s["theta"], s["K"], s["tasks"], cfg, methods=(method,), f0=s["f0"])[method].values
 
 
@@ -114,6 +115,14 @@ def test_gbml_closed_form_equals_linearised_gradient_descent(setup, method):
     cf = closed_form(s, method)
     assert np.max(np.abs(gd - s["f0"][-gd.size:].reshape(gd.shape))) > 1e-2  # training moved the outputs
     assert rel(cf, gd) < TOL
+    # the reset protocol: the trained body with the head back at its initial value, then the same
+    # test-time adaptation (head only for ANIL, every parameter for MAML)
+    reset = join(split(params)[0], split(s["params0"])[1])
+    preds = [f_lin(adapt(f_lin, reset, t.test_support_x[m], t.test_support_y[m], lam, FINETUNE_STEPS, head_only),
+                   t.test_query_x[m]) for m in range(t.layout.n_test)]
+    gd_reset = np.stack([np.asarray(p) for p in preds])
+    assert rel(gd_reset, gd) > 1e-3  # the protocols differ
+    assert rel(closed_form(s, method, "reset"), gd_reset) < TOL
 
 
 def test_mtl_closed_form_equals_linearised_gradient_descent(setup):

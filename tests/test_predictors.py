@@ -1,5 +1,7 @@
 """ntk_bridge.predictors, rung 1 of docs/theory.md §5: the vectorised closed forms vs a naive loop and
 exact identities."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,10 @@ def test_vectorised_equals_naive_loop(small, kw, with_f0, rng):
     outer = (cfg.outer_time, cfg.outer_steps)
     assert rel(out["anil"].values, ref.gbml(Th, K, tasks, inner, fine, outer, f0)[0]) < 1e-9
     assert rel(out["maml"].values, ref.gbml(Th, Th, tasks, inner, fine, outer, f0)[0]) < 1e-9
+    reset = predict_from_kernels(Th, K, tasks, dataclasses.replace(cfg, test_head="reset"), ("anil", "maml"), f0=f0)
+    assert rel(reset["anil"].values, ref.gbml(Th, K, tasks, inner, fine, outer, f0, K=K, test_head="reset")[0]) < 1e-9
+    assert rel(reset["maml"].values, ref.gbml(Th, Th, tasks, inner, fine, outer, f0, K=K, test_head="reset")[0]) < 1e-9
+    assert rel(reset["anil"].values, out["anil"].values) > 1e-3  # the protocols differ
     assert rel(out["mtl"].values, ref.mtl(Th, K, tasks, fine, outer, cfg.mtl_data, f0)) < 1e-9
     assert rel(out["baseline"].values, ref.baseline(K, tasks, fine, f0)) < 1e-12
     for p in out.values():

@@ -27,7 +27,7 @@ def test_fit_power_law_matches_scipy_and_recovers_a_known_exponent(rng):
 
 
 def rows(gap_of_depth, method="anil", status="ok", **fixed):
-    base = dict(width=math.inf, inner_time=0.1, finetune_time=1.0, outer_time=math.inf, mtl_data="all",
+    base = dict(width=math.inf, inner_time=0.1, finetune_time=1.0, outer_time=math.inf, mtl_data="all", test_head="learned",
                 network="mean", test_mse=np.nan)
     base.update(fixed)
     return [dict(base, method=method, depth=L, test_task=t, gap_to_mtl_rel=gap_of_depth(L) * (1 + 0.1 * t),
@@ -48,7 +48,7 @@ def test_baseline_table_and_depth_ranges():
     # ranges are of consecutive integers: depths 2 and 4 of a geometric grid are listed apart
     mse = {1: 0.5, 2: 0.3, 4: 0.1, 8: 0.35, 16: 0.2}
     df = pd.DataFrame([dict(method=m, depth=L, test_task=0, width=math.inf, inner_time=0.1, finetune_time=1.0,
-                            outer_time=math.inf, mtl_data="all", network="mean", status="ok",
+                            outer_time=math.inf, mtl_data="all", test_head="learned", network="mean", status="ok",
                             test_mse=(mse[L] if m == "anil" else 0.32))
                        for m in ("anil", "baseline") for L in mse])
     (row,) = baseline_table(df).to_dict("records")

@@ -117,3 +117,25 @@ def test_kanji_family_is_episodes_of_disjoint_classes_on_the_sphere(tmp_path, mo
                        max_classes=30).fingerprint() != t.fingerprint()
     with pytest.raises(UserError, match="square"):
         kanji_tasks(dim=50, max_classes=30)
+
+
+def test_kanji_episodes_never_reuse_an_image(tmp_path, monkeypatch):
+    """An image in two episodes (under two label assignments) would give contradictory targets."""
+    from ntk_bridge.families import _episodes, kanji_tasks
+
+    # 4 classes of 6 images (numbered), episodes of 2 classes x 3 images: 24 images hold 4 episodes
+    images = np.arange(4 * 6, dtype=float).reshape(4, 6, 1)
+    for seed in range(20):
+        sx, qx, _, _ = _episodes(np.random.default_rng(seed), images, 3, 2, 1, 2)
+        used = np.concatenate([sx.ravel(), qx.ravel()])
+        assert len(set(used.tolist())) == len(used) == 18
+        # each episode's classes are distinct and its images belong to them
+        assert all(len({int(v) // 6 for v in np.concatenate([sx[t].ravel(), qx[t].ravel()])}) == 2 for t in range(3))
+    with pytest.raises(UserError, match="do not fit"):
+        _episodes(np.random.default_rng(0), images, 5, 2, 1, 2)
+    monkeypatch.setenv("NTK_BRIDGE_CACHE", str(tmp_path))
+    t = kanji_tasks(seed=0, n_train=10, n_test=6, n_support=5, n_query=10, dim=49, max_classes=30)
+    for x in (np.concatenate([t.train_support_x, t.train_query_x], 1), np.concatenate([t.test_support_x,
+                                                                                       t.test_query_x], 1)):
+        flat = x.reshape(-1, 49)
+        assert len(np.unique(flat.round(12), axis=0)) == len(flat)

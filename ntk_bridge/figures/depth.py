@@ -8,7 +8,7 @@ import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge.figures.style import (BASELINE, COLORS, GBML, GBML_FLOW, LABELS, LINESTYLES, MTL, STYLE, band,
-                                      depth_axis, log_y, pyplot, save, summarise)
+                                      depth_axis, log_y, one_protocol, pyplot, save, summarise)
 from ntk_bridge.results import fit_power_law, ok_rows
 
 __all__ = ["gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth", "gap_vs_inner_time_table",
@@ -28,7 +28,7 @@ def gap_vs_depth_table(df: pd.DataFrame, width=math.inf) -> pd.DataFrame:
     """Quartiles over test tasks of the gap to MTL and of the test MSE, per method, MTL training
     set, inner time and depth."""
     d = _closed_form_rows(df, width)
-    return summarise(d, ["method", "mtl_data", "inner_time", "finetune_time", "outer_time", "depth"],
+    return summarise(d, ["method", "mtl_data", "test_head", "inner_time", "finetune_time", "outer_time", "depth"],
                      ["gap_to_mtl_rel", "test_mse"])
 
 
@@ -85,6 +85,7 @@ def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """One panel per MTL training set: log-log gap to MTL vs depth per method and inner time
     (median, band = interquartile range over test tasks), fitted slope and 95% CI in the legend,
     a 1/L guide; last panel: test MSE of every method and of the baseline (smallest inner time)."""
+    table = one_protocol(table)
     plt = pyplot()
     datas = [m for m in ("query", "all") if m in set(table["mtl_data"])]
     with plt.rc_context(STYLE):
@@ -98,6 +99,7 @@ def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
 
 def plot_test_error_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Test MSE of every method and of the no-transfer baseline vs depth (a gap_vs_depth table)."""
+    table = one_protocol(table)
     plt = pyplot()
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(3.4, 2.8))
@@ -111,11 +113,12 @@ def plot_test_error_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]
 def gap_vs_inner_time_table(df: pd.DataFrame) -> pd.DataFrame:
     d = _closed_form_rows(df)
     d = d[d["method"].isin(GBML_FLOW)]
-    return summarise(d, ["method", "mtl_data", "depth", "inner_time"], ["gap_to_mtl_rel"])
+    return summarise(d, ["method", "mtl_data", "test_head", "depth", "inner_time"], ["gap_to_mtl_rel"])
 
 
 def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Gap to MTL vs inner time ``lambda*tau`` at a few depths (the ``lambda*tau`` term)."""
+    table = one_protocol(table)
     plt = pyplot()
     depths = sorted(table["depth"].unique())
     cmap = plt.get_cmap("viridis")

@@ -10,7 +10,7 @@ import pandas as pd
 from ntk_bridge import methods as registry
 
 __all__ = ["STYLE", "COLORS", "LABELS", "MTL", "BASELINE", "GBML", "GBML_FLOW", "LINESTYLES", "save", "table_csv",
-           "log_y", "depth_axis", "summarise", "band", "pyplot"]
+           "log_y", "depth_axis", "summarise", "band", "pyplot", "one_protocol"]
 
 STYLE = {
     "figure.dpi": 110,
@@ -46,6 +46,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def one_protocol(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one test-head protocol (``learned`` when several are present): a figure draws one;
+    its table (the CSV beside it) keeps them all."""
+    if "test_head" not in table or table["test_head"].nunique() < 2:
+        return table
+    keep = "learned" if "learned" in set(table["test_head"]) else sorted(table["test_head"].unique())[0]
+    return table[table["test_head"] == keep]
 
 
 def table_csv(table: pd.DataFrame) -> str:

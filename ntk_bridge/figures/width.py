@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ntk_bridge.figures.style import COLORS, GBML, LABELS, MTL, STYLE, band, depth_axis, log_y, pyplot, save, summarise
+from ntk_bridge.figures.style import (COLORS, GBML, LABELS, MTL, STYLE, band, depth_axis, log_y, one_protocol, pyplot,
+                                      save, summarise)
 from ntk_bridge.results import ok_rows, width_exponents
 
 __all__ = ["distance_vs_width_table", "plot_distance_vs_width", "finite_gap_vs_depth_table",
@@ -20,8 +21,8 @@ def distance_vs_width_table(df: pd.DataFrame) -> pd.DataFrame:
     """Quartiles over test tasks and networks of the distance to the infinite-width predictor, per
     method, depth and width (finite widths only; individual networks, not the ensemble mean), and
     of the ensemble mean's distance; with the fitted width exponent of individual networks
-    (:func:`ntk_bridge.results.width_exponents`) and its 95% CI."""
-    d = ok_rows(df)
+    (:func:`ntk_bridge.results.width_exponents`) and its 95% CI (one test-head protocol)."""
+    d = one_protocol(ok_rows(df))
     d = d[np.isfinite(d["width"].astype(float))]
     single = d[~d["network"].astype(str).isin(["ensemble", "mean"])].assign(kind="network")
     ens = d[d["network"].astype(str) == "ensemble"].assign(kind="ensemble")
@@ -88,7 +89,7 @@ def finite_gap_vs_depth_table(df: pd.DataFrame) -> pd.DataFrame:
     d = d[d["method"] != MTL]
     if d.empty:
         return pd.DataFrame()
-    by = ["method", "mtl_data", "inner_time", "finetune_time", "outer_time", "depth"]
+    by = ["method", "mtl_data", "test_head", "inner_time", "finetune_time", "outer_time", "depth"]
     finite = summarise(d, by + ["width"], ["gap_to_mtl_rel"])
     # centred networks share one closed form (the mean predictor): one value per test task; raw
     # networks each have their own (full-f0 form with the network's f0): every network counts
@@ -102,6 +103,7 @@ def plot_finite_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]
     """Finite-width gap to MTL vs depth, one line per width (median over networks and test tasks),
     drawn over the infinite-width closed forms' gap under the same discrete schedule (black): one
     panel per method and (inner time, MTL training set)."""
+    table = one_protocol(table)
     plt = pyplot()
     combos = table[["inner_time", "mtl_data"]].drop_duplicates().sort_values(["inner_time", "mtl_data"])
     methods = [m for m in GBML if m in set(table["method"])]

@@ -171,7 +171,7 @@ def finite_cell(
                              train_loss_rel=np.repeat(np.append(run.train_loss_rel[method], np.nan), M).reshape(S + 1, M))
     constants = dict(depth=int(depth), width=int(width), inner_time=config.inner_time,
                      finetune_time=config.finetune_time, outer_time=config.outer_time,
-                     outer_time_used=cfg.outer_time, inner_steps=cfg.inner_steps,
+                     outer_time_used=cfg.outer_time, test_head=config.test_head, inner_steps=cfg.inner_steps,
                      finetune_steps=cfg.finetune_steps, outer_steps=cfg.outer_steps, mtl_data=cfg.mtl_data,
                      mode=mode, dtype=training.dtype, seed=int(seed))
     return metrics.prediction_rows(values, status, tasks.test_query_y, list(range(S)) + ["ensemble"], constants,

@@ -165,12 +165,15 @@ class Trainer:
       value_and_grad: ``(net, linear, data, rates, steps, anchor) -> (state -> (loss, grad))``.
       test: ``(net, linear, state, head0, data, rates, steps, anchor) -> (predictions, support loss
         before, after)``: the test-time adaptation from the trained state.
+      test_reset: the same from the trained body with the head reset to ``head0`` (the ``reset``
+        test-head protocol, docs/theory.md §3.5; MTL and the baseline always start there).
     """
 
     name: str
     init: Callable | None
     value_and_grad: Callable | None
     test: Callable
+    test_reset: Callable
 
 
 def _pair(body0, head0, data):
@@ -201,16 +204,22 @@ def _test_every_parameter(net, linear, state, head0, data, rates, steps, anchor)
     return _test_all(net, linear, state, data, rates, steps, anchor)
 
 
+def _test_every_parameter_from_head0(net, linear, state, head0, data, rates, steps, anchor):
+    return _test_all(net, linear, (state[0], head0), data, rates, steps, anchor)
+
+
 MTL_TRAINER = Trainer(
     registry.MTL.name, _heads_per_task,
     lambda net, linear, data, rates, steps, anchor: jax.value_and_grad(
         lambda s: _mtl_loss(net, linear, s, data, anchor)),
-    _test_reset_head)
+    _test_reset_head, _test_reset_head)
 ANIL_TRAINER = Trainer(
     registry.ANIL.name, _pair,
     lambda net, linear, data, rates, steps, anchor: jax.value_and_grad(
         lambda s: _anil_loss(net, linear, s, data, rates, steps, anchor)),
-    _test_trained_head)
-MAML_TRAINER = Trainer(registry.MAML.name, _pair, _maml_objective(first_order=False), _test_every_parameter)
-FOMAML_TRAINER = Trainer(registry.FOMAML.name, _pair, _maml_objective(first_order=True), _test_every_parameter)
-BASELINE_TRAINER = Trainer(registry.BASELINE.name, None, None, _test_reset_head)
+    _test_trained_head, _test_reset_head)
+MAML_TRAINER = Trainer(registry.MAML.name, _pair, _maml_objective(first_order=False), _test_every_parameter,
+                       _test_every_parameter_from_head0)
+FOMAML_TRAINER = Trainer(registry.FOMAML.name, _pair, _maml_objective(first_order=True), _test_every_parameter,
+                         _test_every_parameter_from_head0)
+BASELINE_TRAINER = Trainer(registry.BASELINE.name, None, None, _test_reset_head, _test_reset_head)

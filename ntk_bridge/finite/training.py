@@ -67,7 +67,8 @@ class _Out(NamedTuple):
 
 
 
-def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trainer: Trainer, steps: Steps):
+def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trainer: Trainer, steps: Steps,
+             test_head: str):
     body0, head0 = list(params0[:-1]), params0[-1]
     anchor = (body0, head0)
     factor = rates.divergence_factor
@@ -80,18 +81,19 @@ def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trai
         state, history, stopped = _gradient_descent(value_and_grad, trainer.init(body0, head0, data), rates.outer,
                                                     steps.outer, factor)
         loss0, loss1 = history[0], history[-1]
-    preds, before, after = trainer.test(net, linear, state, head0, data, rates, steps, anchor)
+    test = trainer.test_reset if test_head == "reset" else trainer.test
+    preds, before, after = test(net, linear, state, head0, data, rates, steps, anchor)
     test_bad = (~jnp.all(jnp.isfinite(preds)) | ~jnp.all(jnp.isfinite(after))
                 | jnp.any(after > factor * jnp.maximum(before, jnp.finfo(before.dtype).tiny)))
     return _Out(preds, history, loss0, loss1, stopped | test_bad)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "linear", "trainer", "steps", "batching"))
+@functools.partial(jax.jit, static_argnames=("net", "linear", "trainer", "steps", "batching", "test_head"))
 def _run_batched(params0, data: Data, rates: Rates, net: Network, linear: bool, trainer: Trainer, steps: Steps,
-                 batching: str = "vmap"):
+                 batching: str = "vmap", test_head: str = "learned"):
     """Every network of the batch in one compiled call: ``jax.vmap`` over networks, or ``lax.map``
     (one network after the other inside the same program)."""
-    fn = functools.partial(_run_one, net=net, linear=linear, trainer=trainer, steps=steps)
+    fn = functools.partial(_run_one, net=net, linear=linear, trainer=trainer, steps=steps, test_head=test_head)
     if batching == "vmap":
         return jax.vmap(fn, in_axes=(0, DATA_AXES, None))(params0, data, rates)
 
@@ -198,9 +200,10 @@ def train_networks(
     def run(linear, method):
         # a method without an inner loop (MTL, the baseline): one program serves every inner time
         used = steps if registry.get(method).depends("inner_time") else steps._replace(inner=0)
+        head = config.test_head if registry.get(method).depends("test_head") else "learned"
         out = jax.device_get(_run_batched(params_run, data, rates, net=net, linear=linear,
                                           trainer=registry.get(method).implementation("finite"), steps=used,
-                                          batching=batching))
+                                          batching=batching, test_head=head))
         diverged = np.asarray(out.diverged, bool)
         preds = np.asarray(out.predictions, np.float64) - offset
         preds[diverged] = np.nan

@@ -1,0 +1,142 @@
+"""The panel of ``ntk-bridge verify``: task families x task seeds x the grid, run through the sweep
+machinery (one cached, resumable run folder per family and seed, in-process or on Dask), and a small
+finite-width panel; the rows of every run gathered into one table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import pandas as pd
+
+from ntk_bridge import methods as registry
+from ntk_bridge.config import SweepConfig
+
+__all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One task family of the panel and its sizes (the ``TaskConfig`` fields)."""
+
+    name: str
+    sizes: tuple[tuple[str, int], ...] = ()
+
+    def config(self, panel: "Panel", seed: int) -> SweepConfig:
+        return SweepConfig.of(family=self.name, task_seed=seed, depths=panel.depths, inner_times=panel.inner_times,
+                              mtl_data=panel.mtl_data, test_heads=panel.test_heads, methods=panel.methods,
+                              **dict(self.sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """What ``verify`` computes: every family at every seed over the grid, and the finite panel
+    (``finite``: flat :class:`~ntk_bridge.config.SweepConfig` fields of one finite-width sweep)."""
+
+    name: str
+    families: tuple[Family, ...]
+    seeds: tuple[int, ...]
+    depths: tuple[int, ...]
+    inner_times: tuple[float, ...]
+    mtl_data: tuple[str, ...] = ("all", "query")
+    test_heads: tuple[str, ...] = ("learned", "reset")
+    methods: tuple[str, ...] = registry.DEFAULT_SWEEP
+    finite: tuple[tuple[str, object], ...] = ()
+
+    def describe(self) -> dict:
+        return dict(name=self.name, families=[f.name for f in self.families], seeds=list(self.seeds),
+                    depths=list(self.depths), inner_times=list(self.inner_times), mtl_data=list(self.mtl_data),
+                    test_heads=list(self.test_heads), methods=list(self.methods),
+                    finite={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.finite})
+
+
+_SMALL_FINITE = dict(family="subspace", train_tasks=4, test_tasks=4, support=4, query=6, dim=8, mtl_data=("query",),
+                     test_heads=("learned",), inner_times=(0.5,), methods=(registry.MTL.name, registry.ANIL.name),
+                     seeds=2, linearized=False)
+
+#: Every generated family as the panels run it (sizes other than the defaults).
+FAMILIES = {"subspace": Family("subspace"), "linear": Family("linear"), "sinusoid": Family("sinusoid", (("dim", 2),)),
+            "common": Family("common"), "kanji": Family("kanji", (("dim", 49),))}
+
+#: The full panel: five families (two without transfer by design, one of real images), five seeds.
+FULL = Panel(
+    "full",
+    families=tuple(FAMILIES.values()),
+    seeds=(0, 1, 2, 3, 4),
+    depths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    inner_times=(0.01, 0.1, 1.0),
+    finite=tuple(dict(_SMALL_FINITE, depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), outer_steps=100).items()),
+)
+#: The quick panel (CI): three families, three seeds, a coarser grid.
+QUICK = Panel(
+    "quick",
+    families=(FAMILIES["subspace"], FAMILIES["common"], FAMILIES["kanji"]),
+    seeds=(0, 1, 2),
+    depths=(1, 2, 4, 8, 16, 32),
+    inner_times=(0.01, 1.0),
+    finite=tuple(dict(_SMALL_FINITE, depths=(1,), widths=(32.0, 64.0, 128.0), outer_steps=40).items()),
+)
+
+
+def panel_for_file(path: str, base: Panel) -> Panel:
+    """``base``'s grid on one task file (one 'family', no seeds to vary: statistics are then taken over
+    its test tasks), and the finite panel on the same file."""
+    finite = dict(base.finite)
+    for key in ("family", "train_tasks", "test_tasks", "support", "query", "dim"):
+        finite.pop(key, None)
+    finite["family"] = path
+    return dataclasses.replace(base, name=f"{base.name} on {os.path.basename(path)}", families=(Family(path),),
+                               seeds=(0,), finite=tuple(finite.items()))
+
+
+def select(panel: Panel, tasks: str) -> Panel:
+    """``panel`` restricted to the families of ``tasks`` (a comma list of generated families, each
+    run at the panel's seeds), or ``panel``'s grid on one ``.npz`` task file (:func:`panel_for_file`)."""
+    from ntk_bridge.errors import UserError
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise UserError("--tasks: give a task file or a comma list of families")
+    files = [n for n in names if n not in FAMILIES]
+    if not files:
+        return dataclasses.replace(panel, families=tuple(FAMILIES[n] for n in dict.fromkeys(names)))
+    if len(names) > 1:
+        raise UserError(f"--tasks: {', '.join(files)} is not a task family ({', '.join(FAMILIES)}); a task file "
+                        "is given alone")
+    SweepConfig.of(family=names[0]).load_tasks()  # one clear line for a missing or malformed file
+    return panel_for_file(names[0], panel)
+
+
+def _family_label(name: str) -> str:
+    return os.path.splitext(os.path.basename(name))[0] if name.endswith(".npz") else name
+
+
+def _run(run_sweep, config: SweepConfig, run_dir: str, executor, progress) -> pd.DataFrame:
+    try:
+        return run_sweep(config, run_dir, executor=executor, progress=progress, figures=False)
+    finally:
+        if progress is not None and hasattr(progress, "stop"):
+            progress.stop()
+
+
+def run_panel(panel: Panel, out: str, executor=None, progress_factory: Callable[[str], object] | None = None,
+              finite: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every sweep of ``panel`` under ``out`` (``<out>/runs/<family>-s<seed>/`` and
+    ``<out>/runs/finite/``; each cached and resumable) and return ``(infinite rows, finite rows)``;
+    the ``tasks`` and ``task_seed`` columns say which family and seed a row belongs to."""
+    from ntk_bridge.sweep import run_sweep
+
+    frames = []
+    for family in panel.families:
+        for seed in panel.seeds:
+            label = f"{_family_label(family.name)}-s{seed}"
+            frames.append(_run(run_sweep, family.config(panel, seed), os.path.join(out, "runs", label), executor,
+                               progress_factory(label) if progress_factory else None))
+    infinite = pd.concat(frames, ignore_index=True)
+    finite_rows = pd.DataFrame()
+    if finite and panel.finite:
+        spec = dict(panel.finite)
+        finite_rows = _run(run_sweep, SweepConfig.of(**spec), os.path.join(out, "runs", "finite"), executor,
+                           progress_factory("finite widths") if progress_factory else None)
+    return infinite, finite_rows
