@@ -33,8 +33,9 @@ def split(tasks, f0):
     return idx, f0
 
 
-def gbml(Theta, G, tasks, inner, finetune, outer, f0=None, K=None, test_head="learned"):
-    """inner/finetune/outer: (time, steps) tuples; ``test_head='reset'`` needs the readout kernel ``K``."""
+def gbml(Theta, G, tasks, inner, finetune, outer, f0=None, K=None, test_head="learned", outer_solve=None):
+    """inner/finetune/outer: (time, steps) tuples; ``test_head='reset'`` needs the readout kernel ``K``.
+    ``outer_solve(Phi, R)``: replaces ``operator(Phi, *outer) @ R`` (a linear solve at an infinite outer time)."""
     idx, f0 = split(tasks, f0)
     N, M = tasks.layout.n_train, tasks.layout.n_test
     A = []
@@ -51,7 +52,7 @@ def gbml(Theta, G, tasks, inner, finetune, outer, f0=None, K=None, test_head="le
     F0 = np.concatenate([f0[idx["q"][i]] + A[i] @ (tasks.train_support_y[i] - f0[idx["s"][i]])
                          for i in range(N)])
     Y = tasks.train_query_y.reshape(-1, tasks.n_outputs)
-    coef = operator(Phi, *outer) @ (Y - F0)
+    coef = operator(Phi, *outer) @ (Y - F0) if outer_solve is None else outer_solve(Phi, Y - F0)
     preds = []
     if test_head == "reset":
         B = Theta - K
@@ -78,7 +79,7 @@ def gbml(Theta, G, tasks, inner, finetune, outer, f0=None, K=None, test_head="le
     return np.stack(preds), Phi
 
 
-def mtl(Theta, K, tasks, finetune, outer, data="all", f0=None):
+def mtl(Theta, K, tasks, finetune, outer, data="all", f0=None, outer_solve=None):
     idx, f0 = split(tasks, f0)
     N, M = tasks.layout.n_train, tasks.layout.n_test
     D = [np.concatenate([idx["s"][i], idx["q"][i]]) if data == "all" else idx["q"][i] for i in range(N)]
@@ -93,7 +94,8 @@ def mtl(Theta, K, tasks, finetune, outer, data="all", f0=None):
             blocks[i][j] = B
     Kmtl = np.block(blocks)
     allD = np.concatenate(D)
-    alpha = operator(Kmtl, *outer) @ (np.concatenate(Yd) - f0[allD])
+    R = np.concatenate(Yd) - f0[allD]
+    alpha = operator(Kmtl, *outer) @ R if outer_solve is None else outer_solve(Kmtl, R)
     preds = []
     for m in range(M):
         s, q = idx["ts"][m], idx["tq"][m]

@@ -1,0 +1,226 @@
+"""Structured outer solves (docs/theory.md §3.7, ``ntk_bridge.structured``): the Cholesky solve from
+per-task blocks and block-Jacobi conjugate gradients against a dense ``scipy.linalg.solve`` of the
+meta-kernel and of the MTL kernel built by the naive loops of ``tests/reference.py``; the stopping
+rule and statuses of conjugate gradients; which solver runs when.
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from ntk_bridge import metrics, structured
+from ntk_bridge.cli import main
+from ntk_bridge.errors import UserError
+from ntk_bridge.kernels import kernels_all_depths
+from ntk_bridge.predictors import Diagnostics, PredictorConfig, predict_from_kernels
+from ntk_bridge.tasks import Layout, TaskSet, on_sphere
+
+import reference
+
+INNER, FINETUNE = 0.3, 1.0
+
+
+def random_tasks(seed=0, n_train=8, n_test=3, n_support=3, n_query=4, dim=8, k=2):
+    """Linear teachers sharing a common part, ``k`` outputs (every solve is checked column by column)."""
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal((dim, k))
+
+    def split(n):
+        x = on_sphere(rng.standard_normal((n, n_support + n_query, dim)))
+        y = x @ (common + 0.7 * rng.standard_normal((n, dim, k))) / np.sqrt(dim)
+        return x[:, :n_support], y[:, :n_support], x[:, n_support:], y[:, n_support:]
+
+    return TaskSet(*split(n_train), *split(n_test), name="linear2")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    tasks = random_tasks()
+    _, Th, K = kernels_all_depths(tasks.all_points(), depths=[2])
+    f0 = 0.3 * np.random.default_rng(1).standard_normal((tasks.layout.n_points, tasks.n_outputs))
+    return tasks, Th[0], K[0], f0
+
+
+def dense_solve(A, R):
+    return scipy.linalg.solve(A, R, assume_a="pos")
+
+
+def expected(method, Theta, K, tasks, f0, mtl_data="all", test_head="learned"):
+    inner, fine, outer = (INNER, None), (FINETUNE, None), (math.inf, None)
+    if method == "mtl":
+        return reference.mtl(Theta, K, tasks, fine, outer, mtl_data, f0, outer_solve=dense_solve)
+    G = K if method == "anil" else Theta
+    return reference.gbml(Theta, G, tasks, inner, fine, outer, f0, K=K, test_head=test_head,
+                          outer_solve=dense_solve)[0]
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+CASES = [("mtl", "all", "learned"), ("mtl", "query", "learned"), ("anil", "all", "learned"),
+         ("maml", "all", "learned"), ("anil", "all", "reset"), ("maml", "all", "reset")]
+
+
+@pytest.mark.parametrize("method, mtl_data, test_head", CASES)
+def test_cholesky_from_blocks_equals_a_dense_solve(problem, method, mtl_data, test_head):
+    """One Cholesky factorisation of the meta-kernel (MTL kernel) formed from per-task blocks, with a
+    network's own f0, equals ``scipy.linalg.solve`` of the naively built matrix to 1e-10."""
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE, mtl_data=mtl_data, test_head=test_head)
+    got = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
+    assert got.diagnostics.ridge_rel == 0 and math.isfinite(got.diagnostics.cond)  # factorised, no fallback
+    assert math.isnan(got.diagnostics.residual)
+    assert rel(got.values, expected(method, Th, K, tasks, f0, mtl_data, test_head)) < 1e-10
+
+
+def _meta_kernel(problem, method="maml"):
+    tasks, Th, K, f0 = problem
+    G = K if method == "anil" else Th
+    _, Phi = reference.gbml(Th, G, tasks, (INNER, None), (FINETUNE, None), (math.inf, None), f0)
+    return Phi
+
+
+def _mtl_kernel(problem, mtl_data):
+    """``Theta - K + blockdiag_i(K_ii)`` on MTL's training points, by a loop over tasks."""
+    tasks, Th, K, f0 = problem
+    idx, _ = reference.split(tasks, f0)
+    D = [np.r_[idx["s"][i], idx["q"][i]] if mtl_data == "all" else idx["q"][i] for i in range(tasks.layout.n_train)]
+    A = np.block([[Th[np.ix_(a, b)] - (0 if a is b else K[np.ix_(a, b)]) for b in D] for a in D])
+    return A
+
+
+@pytest.mark.parametrize("method, mtl_data, test_head", CASES)
+def test_conjugate_gradients_equal_a_dense_solve_to_their_tolerance(problem, method, mtl_data, test_head):
+    """Stopped at a relative residual r <= CG_TOL, the coefficients are within cond * r of the exact
+    ones; the predictions are linear in them, so within cond * CG_TOL (relative) too: that bound,
+    computed from the matrix itself, is the tolerance."""
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE, mtl_data=mtl_data, test_head=test_head)
+    got = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cg")[method]
+    d = got.diagnostics
+    assert d.residual <= structured.CG_TOL and d.tolerance == structured.CG_TOL
+    assert metrics.status_of(d) == "ok"
+    cond = np.linalg.cond(_mtl_kernel(problem, mtl_data) if method == "mtl" else _meta_kernel(problem, method))
+    bound = 10 * cond * structured.CG_TOL  # 10: the prediction's own rounding on top
+    assert bound < 1e-5  # the bound says something
+    assert rel(got.values, expected(method, Th, K, tasks, f0, mtl_data, test_head)) < bound
+
+
+def test_pcg_on_a_meta_kernel_against_scipy(problem, rng):
+    """pcg's recomputed residual is the true one, the block-Jacobi preconditioner is exact on a
+    block-diagonal matrix (one iteration), and the solution is within cond * tol of scipy's."""
+    Phi = _meta_kernel(problem)
+    b = rng.standard_normal((Phi.shape[0], 3))
+    blocks = np.stack([Phi[i:i + 4, i:i + 4] for i in range(0, Phi.shape[0], 4)])
+    res = structured.pcg(lambda v: Phi @ v, b, structured._block_jacobi(blocks))
+    true = np.max(np.linalg.norm(Phi @ res.x - b, axis=0) / np.linalg.norm(b, axis=0))
+    assert res.residual == pytest.approx(true, rel=1e-6) and res.residual <= structured.CG_TOL
+    exact = scipy.linalg.solve(Phi, b, assume_a="pos")
+    assert rel(res.x, exact) < 10 * np.linalg.cond(Phi) * structured.CG_TOL
+    diag = scipy.linalg.block_diag(*blocks)
+    one = structured.pcg(lambda v: diag @ v, b, structured._block_jacobi(blocks))
+    assert one.iterations == 1 and rel(one.x, scipy.linalg.solve(diag, b)) < 1e-12
+
+
+def test_pcg_statuses(rng):
+    """Too few iterations: the residual is reported above the tolerance (status not_converged);
+    a negative definite matrix: negative curvature (status not_psd)."""
+    n = 60
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    spd = (Q * np.geomspace(1, 1e6, n)) @ Q.T
+    b = rng.standard_normal((n, 1))
+    ident = lambda r: r  # noqa: E731
+    short = structured.pcg(lambda v: spd @ v, b, ident, max_iter=3)
+    assert short.iterations == 3 and short.residual > structured.CG_TOL and not short.negative_curvature
+    d = Diagnostics(math.nan, 0.0, math.nan, True, short.residual, structured.CG_TOL)
+    assert metrics.status_of(d) == "not_converged"
+    bad = structured.pcg(lambda v: -spd @ v, b, ident)  # negative definite: b^T A b < 0 at once
+    assert bad.negative_curvature
+    assert metrics.status_of(Diagnostics(-1.0, 0.0, math.nan, True, bad.residual, structured.CG_TOL)) == "not_psd"
+
+
+def test_cholesky_falls_back_to_the_dense_ridge_when_singular(problem):
+    """Two identical training tasks make the meta-kernel singular: the factorisation is refused
+    (condition estimate above 1 / rcond) and the dense eigh with its ridge is used, as the dense
+    path does; both report the ridge."""
+    tasks, _, _, _ = problem
+    arrays = tasks.arrays()
+    for key in ("train_support_x", "train_support_y", "train_query_x", "train_query_y"):
+        arrays[key] = np.concatenate([arrays[key], arrays[key][:1]])
+    twin = TaskSet(**arrays, name="twin")
+    _, Th, K = kernels_all_depths(twin.all_points(), depths=[2])
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
+    got = predict_from_kernels(Th[0], K[0], twin, cfg, ("maml",), solver="cholesky")["maml"]
+    dense = predict_from_kernels(Th[0], K[0], twin, cfg, ("maml",), solver="dense")["maml"]
+    assert got.diagnostics.ridge_rel > 0 and dense.diagnostics.ridge_rel > 0
+    assert metrics.status_of(got.diagnostics) == metrics.status_of(dense.diagnostics) == "ridge"
+
+
+# -- which solver runs when ---------------------------------------------------------------------
+
+def layout(n_train, n_support=5, n_query=15):
+    return Layout(n_train, n_support, n_query, 10, n_support, n_query)
+
+
+INF = PredictorConfig()
+FINITE = PredictorConfig(outer_time=5.0)
+
+
+def test_resolve_rule():
+    small, big = layout(10), layout(200)  # MTL on all data: 200 and 4,000 points
+    n = structured.outer_size(big, "all")
+    assert n == 4000 and structured.outer_size(big, "query") == 3000
+    assert structured.resolve("auto", small, [INF]) == "dense"  # every default sweep
+    assert structured.resolve("auto", big, [FINITE]) == "dense"  # finite outer times need the spectrum
+    assert structured.resolve("auto", big, [INF], memory=48 * n * n) == "cholesky"  # 3 n^2 floats in half of it
+    assert structured.resolve("auto", big, [INF], memory=48 * n * n - 8) == "cg"
+    just = layout(structured.AUTO_MIN_SIZE // 20)
+    assert structured.outer_size(just, "all") == structured.AUTO_MIN_SIZE
+    assert structured.resolve("auto", just, [INF], memory=1 << 40) == "cholesky"
+    assert structured.resolve("auto", layout(structured.AUTO_MIN_SIZE // 20 - 1), [INF], memory=1 << 40) == "dense"
+    for named in ("dense", "cholesky", "cg"):
+        assert structured.resolve(named, small, [INF]) == named
+    with pytest.raises(UserError, match="outer-time inf"):
+        structured.resolve("cholesky", small, [FINITE])
+    with pytest.raises(UserError, match="solver must be one of"):
+        structured.resolve("qr", small, [INF])
+
+
+def test_auto_takes_the_structured_path_above_the_threshold(problem, monkeypatch):
+    """Below the threshold ``auto`` is the dense path bit for bit; above it the structured solves run
+    for MTL (shared heads), ANIL and MAML, and never for the baseline or FO-MAML."""
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
+    methods = ("mtl", "anil", "maml", "baseline")
+    auto = predict_from_kernels(Th, K, tasks, cfg, methods, solver="auto")
+    dense = predict_from_kernels(Th, K, tasks, cfg, methods, solver="dense")
+    for m in methods:
+        np.testing.assert_array_equal(auto[m].values, dense[m].values)
+    calls = []
+    for name in ("gbml", "mtl"):
+        fn = getattr(structured, name)
+        monkeypatch.setattr(structured, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    monkeypatch.setattr(structured, "AUTO_MIN_SIZE", 10)
+    big = predict_from_kernels(Th, K, tasks, cfg, methods, solver="auto")
+    assert sorted(calls) == ["gbml", "gbml", "mtl"]
+    cho = predict_from_kernels(Th, K, tasks, cfg, methods, solver="cholesky")
+    for m in methods:
+        np.testing.assert_array_equal(big[m].values, cho[m].values)
+    calls.clear()
+    steps = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE, inner_steps=2, finetune_steps=2,
+                            outer_time=5.0, outer_steps=10)
+    predict_from_kernels(Th, K, tasks, steps, ("fomaml", "mtl"), solver="auto")
+    assert calls == []  # a finite outer time: dense
+
+
+@pytest.mark.parametrize("args, word", [(["--solver", "qr"], "--solver"),
+                                        (["--solver", "cg", "--outer-time", "5"], "outer-time inf")])
+def test_solver_errors_are_one_line(capsys, tmp_path, args, word):
+    code = main(["sweep", "--train-tasks", "3", "--test-tasks", "2", "--depth", "1", "--out", str(tmp_path / "r"),
+                 *args])
+    out, err = capsys.readouterr()
+    lines = [l for l in (out + err).splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and word in lines[0] and "Traceback" not in out + err, out + err
+    assert not (tmp_path / "r").exists()
