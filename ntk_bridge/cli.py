@@ -203,7 +203,7 @@ def figures_command(
     out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them."),
     only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
                                                   "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
-                                                  "finite_gap_vs_depth, fewshot."),
+                                                  "finite_gap_vs_depth, fewshot, conv_gap_vs_depth."),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps "
                                                   "(default runs/figures/quick or runs/figures/full)."),
 ):
@@ -236,6 +236,9 @@ def verify(
                                                    "over its test tasks), or a comma list of task families (subspace, "
                                                    "linear, sinusoid, common, kanji; default: the panel's)."),
     finite: bool = typer.Option(True, help="Include the finite-width panel (claim C4)."),
+    arch: str = typer.Option("fc", help="Comma list of architectures: fc (the theorem's network), conv, resnet; conv "
+                                        "and resnet run on the panel's image families (kanji), each reported as a "
+                                        "family of its own (kanji/conv)."),
     out: str = typer.Option("runs/verify", help="Output folder (claims.csv, verdicts.csv, report.md, report.html, "
                                                 "figures; runs/ holds one cached sweep per family and seed). "
                                                 "Rerunning resumes."),
@@ -258,6 +261,10 @@ def verify(
         panel = select(panel, tasks)
     if not finite:
         panel = dataclasses.replace(panel, finite=())
+    if arch != "fc":
+        from ntk_bridge.verify.panel import with_archs
+
+        panel = with_archs(panel, arch)
     from ntk_bridge.verify import run_verify
 
     executor = None

@@ -17,7 +17,7 @@ from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
-__all__ = ["FIGURES", "make_figures", "grids"]
+__all__ = ["FIGURES", "make_figures", "grids", "conv_configs"]
 
 #: The methods of the few-shot figure.
 FEWSHOT_METHODS = registry.DEFAULT_SWEEP
@@ -119,6 +119,30 @@ def _fig_fewshot(g: Grids, run_root: str, out: str) -> list[str]:
     return written
 
 
+def conv_configs(quick: bool) -> dict[str, SweepConfig]:
+    """The sweeps behind ``conv_gap_vs_depth``: kanji 5-way 1-shot episodes with 15 queries (3 per
+    class), 7 x 7 pixels, closed forms of the fully connected, convolutional and residual networks
+    (docs/theory.md §7). Quick: 10 training and 5 test episodes, depths to 8 (about a minute on 2
+    cores); full: 25 and 15, depths to 12."""
+    sizes = dict(family="kanji", dim=49, support=5, query=15, mtl_data=("all",), inner_times=(0.1, 1.0),
+                 test_heads=("learned",), methods=(registry.ANIL.name, registry.MAML.name))
+    if quick:
+        sizes.update(train_tasks=10, test_tasks=5, depths=(1, 2, 3, 4, 6, 8))
+    else:
+        sizes.update(train_tasks=25, test_tasks=15, depths=(1, 2, 3, 4, 6, 8, 12))
+    return {arch: SweepConfig.of(arch=arch, **sizes) for arch in ("fc", "conv", "resnet")}
+
+
+def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str, quick: bool = False) -> list[str]:
+    """Gap to MTL and accuracy against depth for fc / conv / resnet kernels on kanji episodes."""
+    from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
+
+    frames = {arch: run_sweep(cfg, os.path.join(run_root, f"conv_gap_vs_depth_{arch}"), figures=False)
+              for arch, cfg in conv_configs(quick).items()}
+    table = conv_gap_vs_depth_table(frames, chance=1.0 / 5)
+    return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
+
+
 FIGURES: dict[str, Callable] = {
     "gap_vs_depth": _fig_gap_vs_depth,
     "gap_vs_inner_time": _fig_gap_vs_inner_time,
@@ -126,6 +150,7 @@ FIGURES: dict[str, Callable] = {
     "distance_vs_width": _fig_distance_vs_width,
     "finite_gap_vs_depth": _fig_finite_gap_vs_depth,
     "fewshot": _fig_fewshot,
+    "conv_gap_vs_depth": _fig_conv_gap_vs_depth,
 }
 
 
@@ -141,5 +166,5 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
         if only and name not in only:
             continue
         log(f"figure {name} ({mode})")
-        written[name] = fn(g, run_root, out)
+        written[name] = fn(g, run_root, out, quick=quick) if name == "conv_gap_vs_depth" else fn(g, run_root, out)
     return written

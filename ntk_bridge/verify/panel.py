@@ -13,7 +13,7 @@ import pandas as pd
 from ntk_bridge import methods as registry
 from ntk_bridge.config import SweepConfig
 
-__all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select"]
+__all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select", "with_archs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,16 +23,26 @@ class Family:
     name: str
     sizes: tuple[tuple[str, int], ...] = ()
 
-    def config(self, panel: "Panel", seed: int) -> SweepConfig:
+    def config(self, panel: "Panel", seed: int, arch: str = "fc") -> SweepConfig:
         return SweepConfig.of(family=self.name, task_seed=seed, depths=panel.depths, inner_times=panel.inner_times,
                               mtl_data=panel.mtl_data, test_heads=panel.test_heads, methods=panel.methods,
-                              **dict(self.sizes))
+                              arch=arch, **dict(self.sizes))
+
+    def has_images(self) -> bool:
+        """Whether ``conv`` and ``resnet`` apply (an image family, or a task file with ``image_shape``)."""
+        from ntk_bridge.config import IMAGE_FAMILIES
+
+        if self.name in IMAGE_FAMILIES:
+            return True
+        return self.name.endswith(".npz") and SweepConfig.of(family=self.name).load_tasks().image_shape is not None
 
 
 @dataclasses.dataclass(frozen=True)
 class Panel:
     """What ``verify`` computes: every family at every seed over the grid, and the finite panel
-    (``finite``: flat :class:`~ntk_bridge.config.SweepConfig` fields of one finite-width sweep)."""
+    (``finite``: flat :class:`~ntk_bridge.config.SweepConfig` fields of one finite-width sweep).
+    ``archs``: the architectures (:mod:`ntk_bridge.convnets`); ``conv`` and ``resnet`` run on the
+    image families only, each as a condition of its own (``tasks`` = ``kanji/conv``)."""
 
     name: str
     families: tuple[Family, ...]
@@ -43,9 +53,12 @@ class Panel:
     test_heads: tuple[str, ...] = ("learned", "reset")
     methods: tuple[str, ...] = registry.DEFAULT_SWEEP
     finite: tuple[tuple[str, object], ...] = ()
+    archs: tuple[str, ...] = ("fc",)
 
     def describe(self) -> dict:
-        return dict(name=self.name, families=[f.name for f in self.families], seeds=list(self.seeds),
+        extra = {} if self.archs == ("fc",) else dict(archs=list(self.archs))  # the default report is unchanged
+        return dict(**extra,
+                    name=self.name, families=[f.name for f in self.families], seeds=list(self.seeds),
                     depths=list(self.depths), inner_times=list(self.inner_times), mtl_data=list(self.mtl_data),
                     test_heads=list(self.test_heads), methods=list(self.methods),
                     finite={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.finite})
@@ -108,6 +121,22 @@ def select(panel: Panel, tasks: str) -> Panel:
     return panel_for_file(names[0], panel)
 
 
+def with_archs(panel: Panel, archs: str) -> Panel:
+    """``panel`` over the architectures of ``archs`` (a comma list of ``fc``, ``conv``, ``resnet``);
+    ``conv`` and ``resnet`` need an image family in the panel (``UserError`` otherwise)."""
+    from ntk_bridge import ranges
+    from ntk_bridge.convnets import ARCHS
+    from ntk_bridge.errors import require
+
+    chosen = tuple(ranges.parse_choices(archs, "--arch", ARCHS))
+    require(len(chosen) > 0, "--arch: give a comma list of fc, conv, resnet")
+    image = [a for a in chosen if a != "fc"]
+    require(not image or any(f.has_images() for f in panel.families),
+            f"--arch {','.join(image)}: the panel has no image tasks (kanji, omniglot, or a task file with "
+            "image_shape)")
+    return dataclasses.replace(panel, archs=chosen)
+
+
 def _family_label(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0] if name.endswith(".npz") else name
 
@@ -129,10 +158,18 @@ def run_panel(panel: Panel, out: str, executor=None, progress_factory: Callable[
 
     frames = []
     for family in panel.families:
-        for seed in panel.seeds:
+        for seed in panel.seeds if "fc" in panel.archs else ():
             label = f"{_family_label(family.name)}-s{seed}"
             frames.append(_run(run_sweep, family.config(panel, seed), os.path.join(out, "runs", label), executor,
                                progress_factory(label) if progress_factory else None))
+        for arch in [a for a in panel.archs if a != "fc"]:
+            if not family.has_images():
+                continue
+            for seed in panel.seeds:
+                label = f"{_family_label(family.name)}-{arch}-s{seed}"
+                rows = _run(run_sweep, family.config(panel, seed, arch), os.path.join(out, "runs", label), executor,
+                            progress_factory(label) if progress_factory else None)
+                frames.append(rows.assign(tasks=rows["tasks"].astype(str) + f"/{arch}"))
     infinite = pd.concat(frames, ignore_index=True)
     finite_rows = pd.DataFrame()
     if finite and panel.finite:

@@ -1,0 +1,76 @@
+"""The gap to MTL against depth for the fully connected, convolutional and residual networks on
+real few-shot episodes, with each closed form's classification accuracy (docs/theory.md §7)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ntk_bridge.figures.style import BASELINE, COLORS, GBML_FLOW, LABELS, LINESTYLES, MTL, STYLE, depth_axis, log_y, \
+    one_protocol, pyplot, save, summarise
+from ntk_bridge.results import ok_rows
+
+__all__ = ["ARCH_LABELS", "conv_gap_vs_depth_table", "plot_conv_gap_vs_depth"]
+
+ARCH_LABELS = {"fc": "fully connected", "conv": "convolutional", "resnet": "residual"}
+
+
+def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = math.nan) -> pd.DataFrame:
+    """``{arch: results rows}`` (closed forms) -> quartiles over test tasks of the gap to MTL and of
+    the test accuracy per architecture, method, inner time and depth (column ``arch``); ``chance``:
+    the accuracy of guessing (``1 / ways``), kept as a column for the figure."""
+    parts = []
+    for arch, df in frames.items():
+        d = ok_rows(df)
+        d = d[(d["width"] == math.inf)]
+        t = summarise(d, ["method", "mtl_data", "test_head", "inner_time", "finetune_time", "depth"],
+                      ["gap_to_mtl_rel", "test_accuracy"])
+        parts.append(t.assign(arch=arch, tasks=";".join(sorted(set(df["tasks"].astype(str)))), chance=chance))
+    table = pd.concat(parts, ignore_index=True)
+    return table[["arch"] + [c for c in table.columns if c != "arch"]]
+
+
+def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
+    """Left: median gap to MTL vs depth of ANIL and MAML (colour) for each architecture (line style),
+    smallest inner time; then one panel per architecture: median test accuracy of MTL, ANIL, MAML
+    and the no-transfer baseline (band: interquartile range over test episodes; dotted: chance)."""
+    table = one_protocol(table)
+    archs = [a for a in ARCH_LABELS if a in set(table["arch"])]
+    s0 = sorted(table["inner_time"].unique())[0]
+    t = table[table["inner_time"] == s0]
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(archs) + 1, figsize=(2.9 * (len(archs) + 1), 2.8), squeeze=False)
+        ax = axes[0][0]
+        for i, arch in enumerate(archs):
+            for method in [m for m in GBML_FLOW if m in set(t["method"])]:
+                g = t[(t["arch"] == arch) & (t["method"] == method)].sort_values("depth")
+                ax.plot(g["depth"], g["gap_to_mtl_rel_q50"], color=COLORS[method], linestyle=LINESTYLES[i % 4],
+                        marker="o", label=f"{LABELS[method]}, {arch}")
+        depth_axis(ax, t["depth"].unique(), "depth $L$ (layers / blocks)")
+        log_y(ax)
+        ax.set_ylabel(r"$\|F_{\rm method}-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
+        ax.set_title(f"gap to MTL ($\\lambda\\tau$={s0:g})")
+        ax.legend(frameon=False, fontsize=5.5)
+        lo = min(0.0, float(t["test_accuracy_q25"].min()))
+        for ax, arch in zip(axes[0][1:], archs):
+            g0 = t[t["arch"] == arch]
+            for method in [MTL] + [m for m in GBML_FLOW if m in set(g0["method"])] + [BASELINE]:
+                g = g0[g0["method"] == method].sort_values("depth")
+                if g.empty:
+                    continue
+                ax.plot(g["depth"], g["test_accuracy_q50"], color=COLORS[method], marker="o",
+                        linestyle="--" if method == BASELINE else "-", label=LABELS[method])
+                ax.fill_between(g["depth"], g["test_accuracy_q25"], g["test_accuracy_q75"], color=COLORS[method],
+                                alpha=0.12, linewidth=0)
+            chance = float(g0["chance"].iloc[0]) if "chance" in g0 and len(g0) else math.nan
+            if math.isfinite(chance):
+                ax.axhline(chance, color="k", linewidth=0.7, linestyle=":", label="chance")
+            depth_axis(ax, g0["depth"].unique(), "depth $L$ (layers / blocks)")
+            ax.set_ylim(lo, 1.0)
+            ax.set_ylabel("test accuracy (query sets)")
+            ax.set_title(f"{ARCH_LABELS[arch]}: accuracy")
+            ax.legend(frameon=False, fontsize=5.5)
+        fig.tight_layout()
+        return save(fig, path_prefix, table)
+
