@@ -39,7 +39,8 @@ ARCHS = ("fc", "conv", "resnet")
 #: Readouts of a convolutional body.
 READOUTS = ("flatten", "gap")
 #: Peak float64 arrays of the kernel's spatial size that one eager layer of the pass holds
-#: (neural-tangents' ReLU and convolution intermediates; measured: ``benchmarks/bench_conv.py``).
+#: (neural-tangents' ReLU and convolution intermediates): a conservative bound, the measured peak of
+#: whole-network ``kernel_fn`` calls being 6.6 (``benchmarks/bench_conv.py --full``).
 PASS_ARRAYS = 12
 #: The fully connected pass holds about 11 ``P1 x P2`` arrays (``ntk_bridge.sweep.estimate``).
 FC_PASS_ARRAYS = 11
@@ -113,9 +114,10 @@ def block_points(arch, memory_bytes: int) -> int:
     return max(1, int(math.isqrt(max(int(memory_bytes) // per_pair, 1))))
 
 
-#: Seconds per point pair, spatial entry and layer of the eager pass on one core (measured with
-#: ``benchmarks/bench_conv.py``: 600 images of 14 x 14, ``conv``; a ``resnet`` block is about two layers).
-SECONDS_PER_ENTRY = 1.5e-7
+#: Seconds per point pair, spatial entry and layer of the eager pass on 2 cores (measured with
+#: ``benchmarks/bench_conv.py --full``: 600 images of 14 x 14, ``conv``, 7.3e-8; a ``resnet`` block is
+#: about two layers).
+SECONDS_PER_ENTRY = 7.3e-8
 
 
 def pass_estimate(arch, points: int, n_depths: int, max_depth: int,
