@@ -27,8 +27,8 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     code, stdout, stderr = run(capsys, [*TINY, "--shots", "2", "--seeds", "2", "--out", str(out),
                                         "--methods", ",".join(METHOD_NAMES), "--set", "maml.inner_lr=0.2"])
     assert code == 0, stdout + stderr
-    for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_cost.png",
-                 "accuracy_vs_cost.pdf"):
+    for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png",
+                 "accuracy_vs_time.pdf"):
         assert (out / name).is_file(), name
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns) == list(RESULT_COLUMNS)
@@ -113,3 +113,21 @@ def test_helpers():
     assert [c.lr for c in configs] == [0.01, 0.01] and configs[0].inner_steps == 2 and configs[1].inner_steps == 1
     with pytest.raises(UserError, match="must be int"):
         apply_overrides([default_method_config("anil")], ["anil.inner_steps=1.5"])
+
+
+def test_the_figure_settings_are_the_documented_command(tmp_path, capsys, monkeypatch):
+    """``figure_config()`` (what ``ntk-bridge figures`` runs) is exactly what the README's command builds."""
+    from ntk_bridge.fewshot import command
+    from ntk_bridge.fewshot.figure import figure_config
+
+    seen = {}
+    monkeypatch.setattr(command, "_run", lambda config, spec, out: seen.update(config=config, spec=spec))
+    argv = ["--dataset", "kanji", "--ways", "5", "--shots", "1", "--methods", ",".join(METHOD_NAMES), "--seeds", "3",
+            "--out", str(tmp_path / "o")]
+    code, _, stderr = run(capsys, argv)
+    assert code == 0, stderr
+    assert (seen["config"], seen["spec"]) == figure_config(quick=False)
+    quick_config, quick_data = figure_config(quick=True)
+    code, _, stderr = run(capsys, ["--quick", "--out", str(tmp_path / "q")])
+    assert code == 0, stderr
+    assert (seen["config"], seen["spec"]) == (quick_config, quick_data)

@@ -86,7 +86,7 @@ def fewshot_command(
     seeds: int = typer.Option(1, help="Training seeds per method and shot setting (seed, seed+1, ...); each has its "
                               "own validation and test episodes, shared by all methods."),
     seed: int = typer.Option(0, help="First training seed."),
-    max_steps: Optional[int] = typer.Option(1500, help="Outer-step cap per run (the plateau rule usually stops a run "
+    max_steps: Optional[int] = typer.Option(3000, help="Outer-step cap per run (the plateau rule usually stops a run "
                                             "before). With --budget-minutes 0 a run is reproducible."),
     budget_minutes: float = typer.Option(0.0, help="Time cap per run on --clock, in minutes (0: none). Validation, "
                                          "testing and compilation are extra."),
@@ -95,10 +95,10 @@ def fewshot_command(
     data_seed: int = typer.Option(0, help="Seed of the kanji rendering and of the class splits."),
     test_episodes: int = typer.Option(1000, help="Meta-test episodes per shot setting and seed (the same for every method)."),
     test_queries: int = typer.Option(15, help="Query images per class in test episodes."),
-    val_episodes: int = typer.Option(100, help="Validation episodes per checkpoint."),
-    checkpoints: int = typer.Option(30, help="Validation checkpoints over the caps (every max-steps/checkpoints steps)."),
-    patience: int = typer.Option(3, help="Plateau rule: checkpoints without validation gain before the learning rate "
-                                 "is halved; a third plateau ends the run."),
+    val_episodes: int = typer.Option(50, help="Validation episodes per checkpoint."),
+    checkpoints: int = typer.Option(60, help="Validation checkpoints over the caps (every max-steps/checkpoints steps)."),
+    patience: int = typer.Option(2, help="Plateau rule: checkpoints without a new best validation accuracy before the "
+                                 "learning rate is halved; the second such plateau ends the run."),
     arch: Literal["conv4", "mlp"] = typer.Option("conv4", help="Body: conv4 or mlp."),
     width: int = typer.Option(32, help="Channels per conv block (or MLP hidden units)."),
     depth: int = typer.Option(4, help="Conv blocks (or MLP hidden layers)."),
@@ -122,7 +122,7 @@ def fewshot_command(
     """Train MTL, ANIL, MAML, R2D2 and ProtoNet to their plateaus; accuracy against training cost.
 
     Writes results.csv (one row per method, shots and seed; status ok, diverged or nonfinite),
-    summary.csv (over seeds), curves.csv, episodes.csv, config.json and accuracy_vs_cost.png/.pdf.
+    summary.csv (over seeds), curves.csv, episodes.csv, config.json and accuracy_vs_time.png/.pdf.
     """
     import datetime as _dt
 
@@ -232,4 +232,4 @@ def _run(config, spec, out: Path) -> None:
     if len(bad):
         console.print(f"[yellow]{len(bad)} run(s) not ok ({', '.join(sorted(set(bad['status'])))}; statuses: "
                       f"{', '.join(STATUSES)})[/]")
-    console.print(f"results: {out / 'results.csv'}; summary: {out / 'summary.csv'}; figure: {out / 'accuracy_vs_cost.png'}")
+    console.print(f"results: {out / 'results.csv'}; summary: {out / 'summary.csv'}; figure: {out / 'accuracy_vs_time.png'}")

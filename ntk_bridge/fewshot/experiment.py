@@ -16,7 +16,7 @@ reported.
 :func:`run_fewshot` is the library entry point: it checks everything (options, the data source,
 the output folder) before rendering or loading data, runs the comparison and writes the run folder
 (``results.csv``, ``summary.csv``, ``curves.csv``, ``episodes.csv``, ``config.json``,
-``accuracy_vs_cost.png`` / ``.pdf``).
+``accuracy_vs_time.png`` / ``.pdf``).
 """
 from __future__ import annotations
 
@@ -62,16 +62,16 @@ class FewShotConfig:
     methods: tuple[MethodConfig, ...] = ()
     model: ModelConfig = ModelConfig()
     seeds: tuple[int, ...] = (0,)
-    max_steps: int | None = 1500
+    max_steps: int | None = 3000
     budget_seconds: float = 0.0
     clock: str = "cpu"
     test_episodes: int = 1000
     test_queries: int = 15
-    val_episodes: int = 100
-    checkpoints: int = 30
-    plateau_patience: int = 3
+    val_episodes: int = 50
+    checkpoints: int = 60
+    plateau_patience: int = 2
     plateau_factor: float = 0.5
-    max_lr_drops: int = 2
+    max_lr_drops: int = 1
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -318,7 +318,7 @@ class _Prototypes(FewShotMethod):
 
 MTL = _MultiTask(
     "mtl", "MTL", "tab:red", head="classes", merged=True, test_time="logistic_regression",
-    defaults=dict(optimizer="radam", meta_batch=8, train_queries=3))
+    defaults=dict(optimizer="adam", meta_batch=8, train_queries=3))
 ANIL = _HeadInnerLoop("anil", "ANIL", "tab:blue", inner_loop="head",
                       defaults=dict(optimizer="adam", inner_steps=5, test_inner_steps=10))
 MAML = _FullInnerLoop("maml", "MAML", "tab:green", inner_loop="all", loop_episodes=True,

@@ -57,11 +57,11 @@ class TrainConfig:
 
     budget_seconds: float = 0.0
     max_steps: int | None = None
-    checkpoints: int = 20
-    val_episodes: int = 100
-    plateau_patience: int = 3
+    checkpoints: int = 60
+    val_episodes: int = 50
+    plateau_patience: int = 2
     plateau_factor: float = 0.5
-    max_lr_drops: int = 2
+    max_lr_drops: int = 1
     seed: int = 0
     clock: str = "cpu"
     divergence_factor: float = 10.0
