@@ -32,6 +32,6 @@ NATIVE_SIZE = {"kanji": 28, "omniglot": 28, "mini-imagenet": 84, "digits": 8}
 #: Names of the methods in :data:`ntk_bridge.fewshot.methods.METHODS` (kept equal by an assertion
 #: there; listed here so the command's ``--help`` needs no JAX).
 METHOD_NAMES = ("mtl", "anil", "maml", "r2d2", "protonet")
-#: ``status`` of a result row: ``ok``; ``diverged`` (training loss non-finite or exploding, the run
-#: stopped and its best checkpoint tested); ``nonfinite`` (NaN/inf network outputs at test).
+#: ``status`` of a result row: ``ok``; ``diverged`` (training loss non-finite or above 10 times the
+#: larger of its first value and ``log(ways)``; the run stopped and its best checkpoint tested); ``nonfinite`` (NaN/inf network outputs at test).
 STATUSES = ("ok", "diverged", "nonfinite")

@@ -21,8 +21,9 @@ test-time adaptation) is recorded and the best parameters are kept. Plateau rule
 ``plateau_patience`` checkpoints without improvement the learning rate is multiplied by
 ``plateau_factor`` (with ``schedule="cosine"`` it is left alone); a further plateau after
 ``max_lr_drops`` such events ends the run (``stopped="converged"``). Divergence: a training loss
-that is not finite or exceeds ``divergence_factor * log(ways)`` (the loss of uniform guessing)
-ends the run with ``status="diverged"``; the best checkpoint so far is kept and tested.
+that is not finite or exceeds ``divergence_factor`` times the larger of the first step's loss and
+``log(ways)`` (the loss of uniform guessing) ends the run with ``status="diverged"``; the best
+checkpoint so far is kept and tested.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def train(
     rng = np.random.default_rng([run.seed, 1])
     score = episode_scorer(net, config)
     result = TrainResult(params=jax.device_get(params))
-    explode = run.divergence_factor * float(np.log(ways))
+    explode = float("inf")  # set from the first step's loss
 
     tic = time.perf_counter()
     spec = tuple((a.shape, str(a.dtype)) for a in method.training_batch(config, train_images, ways, shots,
@@ -255,6 +256,8 @@ def train(
         result.train_seconds += time.perf_counter() - tic
         result.train_cpu_seconds += time.process_time() - cpu_tic
         result.steps += 1
+        if result.steps == 1 and np.isfinite(loss):
+            explode = run.divergence_factor * max(loss, float(np.log(ways)))
         if not np.isfinite(loss) or loss > explode:
             result.stopped = "diverged"
             continue
