@@ -12,6 +12,11 @@ planning (a method is computed once for all the values of a setting it does not 
 report's tables, the figures' colours and labels. Adding a method is one new object here, its
 implementations, and their tests.
 
+The few-shot path has its own registry (:data:`ntk_bridge.fewshot.methods.METHODS`): MTL, ANIL and
+MAML, linked from here by ``fewshot``, and two reference methods with no closed form here, R2D2 (a
+ridge-regression head solved in closed form and differentiated through: the l2-regularised
+last-layer GBML class the paper's speed-up is measured against) and ProtoNet.
+
 Roles: ``mtl`` is the method every gap is measured against; ``gbml`` methods are compared with it;
 the ``baseline`` (a head fine-tuned on an untrained body) shows what no transfer gives.
 """
@@ -82,17 +87,20 @@ MTL = Method(
     "shared body, one head per training task (all initialised to w0), trained jointly; at test the head "
     "is reset to w0 and fine-tuned on the support",
     ("width", "finetune_time", "outer_time", "mtl_data"),
-    inner_kernel=None, closed_form="ntk_bridge.closed_forms:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER")
+    inner_kernel=None, closed_form="ntk_bridge.closed_forms:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER",
+    fewshot="ntk_bridge.fewshot.methods:MTL")
 ANIL = Method(
     "anil", "ANIL", "#d95f02", "gbml",
     "inner loop on the head only (kernel K), outer loss on the queries of the adapted network",
     _GBML_SETTINGS, inner_kernel="K", closed_form="ntk_bridge.closed_forms:anil",
-    finite="ntk_bridge.finite.objectives:ANIL_TRAINER")
+    finite="ntk_bridge.finite.objectives:ANIL_TRAINER",
+    fewshot="ntk_bridge.fewshot.methods:ANIL")
 MAML = Method(
     "maml", "MAML", "#7570b3", "gbml",
     "inner loop on every parameter (kernel Theta), second order",
     _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.closed_forms:maml",
-    finite="ntk_bridge.finite.objectives:MAML_TRAINER")
+    finite="ntk_bridge.finite.objectives:MAML_TRAINER",
+    fewshot="ntk_bridge.fewshot.methods:MAML")
 FOMAML = Method(
     "fomaml", "FO-MAML", "#e7298a", "gbml",
     "MAML with the inner gradients held constant in the outer derivative (first order)",

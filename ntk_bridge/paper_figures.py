@@ -3,7 +3,8 @@
 Each figure is computed into a resumable run folder under ``runs/figures/<mode>/<name>`` (the sweep
 cache: a rerun reuses finished cells), then drawn from its table and written as
 ``figures/<name>.png``, ``.pdf`` and ``.csv`` (the table it was drawn from). ``--quick`` uses smaller
-grids (about 3 minutes on 2 cores); the full mode denser ones (within 30 minutes).
+grids (a few minutes on 2 cores); the full mode denser ones (the sweep figures about 17 minutes on 2
+cores, the few-shot comparison, five methods to their plateaus over three seeds, about 75 minutes).
 """
 from __future__ import annotations
 
@@ -14,14 +15,9 @@ from typing import Callable
 import numpy as np
 
 from ntk_bridge import figures as figs
-from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
 __all__ = ["FIGURES", "make_figures", "grids", "conv_configs"]
-
-#: The methods of the few-shot figure.
-FEWSHOT_METHODS = registry.DEFAULT_SWEEP
-
 
 @dataclasses.dataclass(frozen=True)
 class Grids:
@@ -29,7 +25,7 @@ class Grids:
     inner_time: SweepConfig
     width: dict  # SweepConfig arguments (finite widths)
     degeneracy_depths: tuple[int, ...]
-    fewshot: dict
+    fewshot: dict  # settings of the few-shot figure (:func:`ntk_bridge.fewshot.figure.figure_config`)
 
 
 def grids(quick: bool) -> Grids:
@@ -41,8 +37,7 @@ def grids(quick: bool) -> Grids:
                      mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                      outer_steps=100)
         return Grids(depth, inner, width, tuple(range(1, 65)),
-                     dict(dataset="kanji", budget_minutes=0.5, test_episodes=200, shots="1", max_classes=300,
-                          val_episodes=30, checkpoints=6, methods=FEWSHOT_METHODS))
+                     dict(quick=True))
     depth = SweepConfig.of(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
     inner = SweepConfig.of(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     # widths to 512: width 1024 at depth 4 alone would take about 10 minutes of the 30 on 2 cores
@@ -50,8 +45,7 @@ def grids(quick: bool) -> Grids:
                  mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                  outer_steps=100)
     return Grids(depth, inner, width, tuple(range(1, 257)),
-                 dict(dataset="kanji", budget_minutes=10.0, test_episodes=1000, shots="1,5", clock="cpu",
-                      methods=FEWSHOT_METHODS))
+                 dict(quick=False))
 
 
 def _fig_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
@@ -86,37 +80,13 @@ def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str) -> list[str]:
 
 
 def _fig_fewshot(g: Grids, run_root: str, out: str) -> list[str]:
-    """The few-shot comparison (once; its run folder is reused), drawn from its tables and copied,
-    with the tables it is drawn from, into ``out``."""
-    import shutil
+    """The few-shot comparison (:func:`ntk_bridge.fewshot.figure.make_fewshot_figure`: a step budget,
+    so a rerun takes the same steps; its run folder is reused), with the tables it is drawn from."""
     from pathlib import Path
 
-    from ntk_bridge.fewshot.data import load_dataset
-    from ntk_bridge.fewshot.experiment import ExperimentConfig, run_experiment
-    from ntk_bridge.fewshot.report import plot_accuracy_vs_time, write_tables
-    from ntk_bridge.fewshot.train import default_method_config
+    from ntk_bridge.fewshot.figure import make_fewshot_figure
 
-    spec = g.fewshot
-    run_dir = Path(run_root) / "fewshot"
-    if not (run_dir / "results.csv").exists():
-        data = load_dataset(spec["dataset"], None, 0, None, spec.get("max_classes"))
-        config = ExperimentConfig(
-            ways=5, shots=tuple(int(v) for v in spec["shots"].split(",")),
-            methods=tuple(default_method_config(m) for m in spec["methods"]),
-            budget_seconds=60.0 * spec["budget_minutes"], clock=spec.get("clock", "wall"),
-            test_episodes=spec["test_episodes"], val_episodes=spec.get("val_episodes", 100),
-            checkpoints=spec.get("checkpoints", 20), seed=0)
-        tables = run_experiment(config, data)
-        write_tables(tables, {"experiment": config.to_dict(), "dataset": spec["dataset"]}, run_dir)
-    paths = [str(p) for p in plot_accuracy_vs_time(run_dir)]
-    written = []
-    for src in paths + [str(run_dir / "curves.csv"), str(run_dir / "results.csv")]:
-        base = os.path.basename(src)
-        name = {"curves.csv": "fewshot_accuracy_vs_time.csv", "results.csv": "fewshot_results.csv"}.get(
-            base, base.replace("accuracy_vs_time", "fewshot_accuracy_vs_time"))
-        shutil.copyfile(src, os.path.join(out, name))
-        written.append(os.path.join(out, name))
-    return written
+    return make_fewshot_figure(Path(run_root) / "fewshot", out, quick=g.fewshot["quick"])
 
 
 def conv_configs(quick: bool) -> dict[str, SweepConfig]:

@@ -1,10 +1,13 @@
 """MTL / ANIL / MAML objectives against independent re-computations (closed-form gradients, finite
-differences of the second-order meta-gradient)."""
+differences of the second-order meta-gradient), and the method registry."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_bridge.fewshot import methods
+from ntk_bridge.fewshot import METHOD_NAMES, methods
+from ntk_bridge.fewshot.methods import ANIL, MAML, METHODS, default_method_config
 from ntk_bridge.fewshot.models import FewShotNet, ModelConfig, to_float32
 
 
@@ -41,8 +44,9 @@ def test_zero_inner_steps_reduce_meta_losses_to_plain_cross_entropy():
     sx, sy, qx, qy = (jnp.asarray(a) for a in _episode())
     qx, sx = qx.astype(jnp.float32), sx.astype(jnp.float32)
     plain = methods.cross_entropy(net.apply(params, qx), qy)
-    for method in ("anil", "maml"):
-        loss, _ = methods.meta_loss(method, net, params, sx, sy, qx, qy, 0.5, 0)
+    for method in (ANIL, MAML):
+        config = default_method_config(method.name, inner_lr=0.5, inner_steps=0)
+        loss, _ = method.episode_loss(net, params, config, 3, sx, sy, qx, qy)
         np.testing.assert_allclose(loss, plain, rtol=1e-6)
 
 
@@ -69,9 +73,13 @@ def test_maml_meta_gradient_is_second_order_and_matches_finite_differences():
     params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), net.init(jax.random.PRNGKey(2), zero_head=False))
     sx, sy, qx, qy = (jnp.asarray(a) for a in _episode(3))
 
-    def loss(p):
-        return methods.meta_loss("maml", net, p, sx, sy, qx, qy, 0.5, 2)[0]
+    config = default_method_config("maml", inner_lr=0.5, inner_steps=2)
 
+    @jax.jit
+    def loss(p):
+        return MAML.episode_loss(net, p, config, 3, sx, sy, qx, qy)[0]
+
+    @jax.jit
     def first_order_loss(p):
         adapted = p
         for _ in range(2):
@@ -99,11 +107,26 @@ def test_over_episodes_loop_equals_vmap():
     batch = [np.stack(a) for a in zip(*[_episode(s) for s in range(3)])]
     sx, sy, qx, qy = (jnp.asarray(a, jnp.float32) if a.dtype.kind == "f" else jnp.asarray(a) for a in batch)
 
-    def one(a, b, c, d):
-        return methods.meta_loss("maml", net, params, a, b, c, d, 0.4, 1)
+    config = default_method_config("maml")
 
-    looped = methods.over_episodes("maml", one, sx, sy, qx, qy)
-    vmapped = methods.over_episodes("anil", one, sx, sy, qx, qy)  # the vmap path
+    def one(a, b, c, d):
+        return MAML.episode_loss(net, params, config, 3, a, b, c, d)
+
+    assert MAML.loop_episodes and not ANIL.loop_episodes
+    looped = MAML.over_episodes(one, sx, sy, qx, qy)
+    vmapped = ANIL.over_episodes(one, sx, sy, qx, qy)  # the vmap path
     for a, b in zip(looped, vmapped):
         np.testing.assert_allclose(a, b, rtol=1e-5)
     assert looped[0].shape == (3,)
+
+
+def test_registry_objects_are_importable_by_path_and_distinct():
+    assert tuple(METHODS) == METHOD_NAMES
+    for name, method in METHODS.items():
+        module, _, attr = method.import_path.partition(":")
+        assert getattr(importlib.import_module(module), attr) is method and method.name == name
+        config = default_method_config(name)
+        assert config.spec is method
+    assert len({m.label for m in METHODS.values()}) == len({m.color for m in METHODS.values()}) == len(METHODS)
+    assert [m.name for m in METHODS.values() if m.closed_form_head] == ["r2d2"]
+    assert [m.name for m in METHODS.values() if m.head == "classes"] == ["mtl"]

@@ -142,3 +142,15 @@ def test_registry_implementations_resolve():
         for kind in ("closed_form", "finite", "fewshot"):
             if getattr(m, kind) is not None:
                 assert m.implementation(kind) is not None, (m.name, kind)
+
+
+def test_fewshot_links_name_the_fewshot_registry_objects():
+    """The methods with a few-shot objective point at the object of that name in the few-shot
+    registry; the few-shot-only methods (R2D2, ProtoNet) are the rest of it."""
+    from ntk_bridge.fewshot.methods import METHODS as FEWSHOT
+
+    linked = {m.name: m.implementation("fewshot") for m in methods.METHODS.values() if m.fewshot}
+    assert set(linked) == {"mtl", "anil", "maml"}
+    for name, obj in linked.items():
+        assert obj is FEWSHOT[name] and methods.METHODS[name].fewshot == obj.import_path
+    assert set(FEWSHOT) - set(linked) == {"r2d2", "protonet"}

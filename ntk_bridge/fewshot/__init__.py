@@ -1,4 +1,4 @@
-"""Few-shot path: first-order MTL against ANIL and MAML on N-way K-shot classification.
+"""Few-shot path: first-order MTL against ANIL, MAML, R2D2 and ProtoNet on N-way K-shot classification.
 
 Data flows one way, one module per step:
 
@@ -7,21 +7,31 @@ Data flows one way, one module per step:
   (kanji, Omniglot and mini-ImageNet from disk, scikit-learn digits);
 * :mod:`~ntk_bridge.fewshot.episodes` -- seeded N-way K-shot episodes;
 * :mod:`~ntk_bridge.fewshot.models` -- Conv-4 / MLP bodies as neural-tangents ``stax`` triples;
-* :mod:`~ntk_bridge.fewshot.methods` -- MTL, ANIL and MAML objectives and inner loops;
-* :mod:`~ntk_bridge.fewshot.train` -- budgeted training with validation checkpoints;
+* :mod:`~ntk_bridge.fewshot.methods` -- one object per method (objective, adaptation, needs) in the
+  registry ``METHODS``;
+* :mod:`~ntk_bridge.fewshot.optim` -- optimizers, warm-up and learning-rate schedules;
+* :mod:`~ntk_bridge.fewshot.train` -- training to a plateau (or a step / time cap) with validation
+  checkpoints;
 * :mod:`~ntk_bridge.fewshot.evaluate` -- test-time adaptation, accuracy with 95% intervals, the
   raw-pixel nearest-neighbour baseline;
-* :mod:`~ntk_bridge.fewshot.experiment` -- the comparison under one budget, tidy tables;
-* :mod:`~ntk_bridge.fewshot.report` -- files, the accuracy-vs-time figure, the printed table;
+* :mod:`~ntk_bridge.fewshot.experiment` -- every method x shots x seed under the same rules, tidy
+  tables, time-to-accuracy; :func:`~ntk_bridge.fewshot.experiment.run_fewshot` writes a run folder;
+* :mod:`~ntk_bridge.fewshot.report` -- files, the accuracy-vs-cost figure, the printed tables;
 * :mod:`~ntk_bridge.fewshot.command` -- the ``ntk-bridge fewshot`` command.
 
 Networks run in float32 (parameters and data are cast explicitly) although ``import ntk_bridge``
 enables float64.
 """
 
-__all__ = ["DATASETS", "NATIVE_SIZE"]
+__all__ = ["DATASETS", "NATIVE_SIZE", "METHOD_NAMES", "STATUSES"]
 
 #: Datasets ``ntk-bridge fewshot --dataset`` knows (:func:`ntk_bridge.fewshot.data.load_dataset`).
 DATASETS = ("kanji", "omniglot", "mini-imagenet", "digits")
 #: Their native image side in pixels.
 NATIVE_SIZE = {"kanji": 28, "omniglot": 28, "mini-imagenet": 84, "digits": 8}
+#: Names of the methods in :data:`ntk_bridge.fewshot.methods.METHODS` (kept equal by an assertion
+#: there; listed here so the command's ``--help`` needs no JAX).
+METHOD_NAMES = ("mtl", "anil", "maml", "r2d2", "protonet")
+#: ``status`` of a result row: ``ok``; ``diverged`` (training loss non-finite or above 10 times the
+#: larger of its first value and ``log(ways)``; the run stopped and its best checkpoint tested); ``nonfinite`` (NaN/inf network outputs at test).
+STATUSES = ("ok", "diverged", "nonfinite")

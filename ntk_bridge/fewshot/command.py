@@ -1,14 +1,13 @@
-"""``ntk-bridge fewshot``: MTL vs ANIL vs MAML on few-shot classification under one time budget.
+"""``ntk-bridge fewshot``: MTL against GBML (ANIL, MAML, R2D2) and ProtoNet, each trained to its plateau.
 
-A thin layer over :func:`ntk_bridge.fewshot.experiment.run_experiment`: parse options, load the data,
-show progress, write the tables, the figure and ``config.json``, print the comparison. Register it
-with ``app.command("fewshot")(fewshot_command)``.
+A thin layer over :func:`ntk_bridge.fewshot.experiment.run_fewshot`: parse and check options, show
+progress, print the tables. Register it with ``app.command("fewshot")(fewshot_command)``. Only
+typer and constants are imported at module level (``ntk-bridge --help`` imports this module).
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import os
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import List, Literal, Optional
 import typer
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot import DATASETS, NATIVE_SIZE
+from ntk_bridge.fewshot import DATASETS, METHOD_NAMES, STATUSES
 
-#: What ``--quick`` changes (a smoke run in about a minute of training).
-QUICK = {"budget_minutes": 1.0, "test_episodes": 100, "val_episodes": 30, "checkpoints": 6, "max_classes": 300}
+#: What ``--quick`` sets (a smoke run of a few minutes on 2 cores).
+QUICK = {"shots": "1", "max_steps": 60, "budget_minutes": 0.0, "seeds": 1, "test_episodes": 100, "val_episodes": 20,
+         "checkpoints": 4, "max_classes": 300}
 
 
 def parse_int_list(text: str, name: str) -> tuple[int, ...]:
@@ -34,10 +34,22 @@ def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
+def parse_methods(text: str) -> list[str]:
+    """``"mtl,anil"`` -> ``["mtl", "anil"]``, checked against the registry's names."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [n for n in names if n not in METHOD_NAMES]
+    if not names or unknown:
+        raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or repr(text)}; choose from "
+                        f"{', '.join(METHOD_NAMES)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--methods: a method is listed twice in {text!r}")
+    return names
+
+
 def apply_overrides(configs: list, settings: list[str]) -> list:
     """Apply ``--set METHOD.FIELD=VALUE`` overrides (``METHOD`` may be ``all``) to
-    :class:`~ntk_bridge.fewshot.train.MethodConfig` objects."""
-    from ntk_bridge.fewshot.train import MethodConfig
+    :class:`~ntk_bridge.fewshot.methods.MethodConfig` objects."""
+    from ntk_bridge.fewshot.methods import MethodConfig
 
     fields = {f.name: f for f in dataclasses.fields(MethodConfig) if f.name != "method"}
     for setting in settings:
@@ -58,25 +70,35 @@ def apply_overrides(configs: list, settings: list[str]) -> list:
     return configs
 
 
+def _positive(value, name: str, minimum: float = 1) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= minimum):
+        raise UserError(f"--{name} must be a finite number >= {minimum:g}, got {value}")
+
+
 def fewshot_command(
     dataset: Literal[DATASETS] = typer.Option("kanji", help="Dataset (nothing is downloaded; omniglot and "
                                              "mini-imagenet need --data-dir)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder of an omniglot or mini-imagenet copy you already have."),
-    ways: int = typer.Option(5, help="Classes per task."),
+    ways: int = typer.Option(5, help="Classes per task (at least 2)."),
     shots: str = typer.Option("1,5", help="Comma-separated support images per class; one run per value."),
-    methods: str = typer.Option("mtl,anil,maml", help="Comma-separated methods, run in this order."),
-    budget_minutes: float = typer.Option(
-        8.0, help="Total training time, split equally across shot settings, then equally across the methods "
-        "still to run (time a method leaves by converging early passes on). Validation and testing are extra."),
-    clock: Literal["wall", "cpu"] = typer.Option(
-        "wall", help="Budget clock: wall, or cpu (process CPU seconds; fairer on a shared machine)."),
-    max_steps: Optional[int] = typer.Option(None, help="Also stop each run after this many outer steps."),
-    seed: int = typer.Option(0, help="Seed of initialisation and of training, validation and test episodes."),
+    methods: str = typer.Option(",".join(METHOD_NAMES), help=f"Comma-separated methods from {', '.join(METHOD_NAMES)}, "
+                                "run in this order."),
+    seeds: int = typer.Option(1, help="Training seeds per method and shot setting (seed, seed+1, ...); each has its "
+                              "own validation and test episodes, shared by all methods."),
+    seed: int = typer.Option(0, help="First training seed."),
+    max_steps: Optional[int] = typer.Option(3000, help="Outer-step cap per run (the plateau rule usually stops a run "
+                                            "before). With --budget-minutes 0 a run is reproducible."),
+    budget_minutes: float = typer.Option(0.0, help="Time cap per run on --clock, in minutes (0: none). Validation, "
+                                         "testing and compilation are extra."),
+    clock: Literal["cpu", "wall"] = typer.Option("cpu", help="Clock of --budget-minutes: cpu (process CPU seconds; "
+                                                 "fairer on a shared machine) or wall."),
     data_seed: int = typer.Option(0, help="Seed of the kanji rendering and of the class splits."),
-    test_episodes: int = typer.Option(1000, help="Meta-test episodes (the same for every method)."),
+    test_episodes: int = typer.Option(1000, help="Meta-test episodes per shot setting and seed (the same for every method)."),
     test_queries: int = typer.Option(15, help="Query images per class in test episodes."),
-    val_episodes: int = typer.Option(100, help="Validation episodes per checkpoint."),
-    checkpoints: int = typer.Option(20, help="Validation checkpoints per run (also the curve's points)."),
+    val_episodes: int = typer.Option(50, help="Validation episodes per checkpoint."),
+    checkpoints: int = typer.Option(60, help="Validation checkpoints over the caps (every max-steps/checkpoints steps)."),
+    patience: int = typer.Option(2, help="Plateau rule: checkpoints without a new best validation accuracy before the "
+                                 "learning rate is halved; the second such plateau ends the run."),
     arch: Literal["conv4", "mlp"] = typer.Option("conv4", help="Body: conv4 or mlp."),
     width: int = typer.Option(32, help="Channels per conv block (or MLP hidden units)."),
     depth: int = typer.Option(4, help="Conv blocks (or MLP hidden layers)."),
@@ -84,118 +106,130 @@ def fewshot_command(
     parameterization: Literal["standard", "ntk"] = typer.Option(
         "standard", help="standard or ntk (neural-tangents' meaning)."),
     meta_batch: Optional[int] = typer.Option(None, help="Episodes per outer step for every method "
-                                             "(default: MTL 16, ANIL and MAML 4)."),
+                                             "(default: MTL 8, the others 4)."),
     train_queries: Optional[int] = typer.Option(None, help="Query images per class in training episodes for every "
-                                                "method (default: MTL 3, merged with the support; ANIL and MAML 15)."),
+                                                "method (default: MTL 3, merged with the support; the others 7)."),
     set_: List[str] = typer.Option(
-        [], "--set", help="Override a method setting, e.g. --set maml.inner_lr=0.1 --set anil.test_inner_steps=20 "
-        "(fields: optimizer, lr, meta_batch, train_queries, inner_lr, inner_steps, test_inner_steps, logistic_c; "
-        "METHOD may be 'all')."),
+        [], "--set", help="Override a method setting, e.g. --set mtl.optimizer=adam --set mtl.warmup_steps=100 "
+        "--set maml.inner_lr=0.1 (fields: optimizer radam|adam, lr, warmup_steps, schedule plateau|cosine, "
+        "meta_batch, train_queries, inner_lr, inner_steps, test_inner_steps, logistic_c; METHOD may be 'all')."),
     image_size: Optional[int] = typer.Option(None, help="Resize images to this side (default: the dataset's own)."),
     max_classes: Optional[int] = typer.Option(None, help="kanji only: render a seeded subset of this many characters."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default ntk_bridge_runs/fewshot-DATASET-TIMESTAMP)."),
-    quick: bool = typer.Option(False, help=f"Smoke run: sets {', '.join(f'{k}={v}' for k, v in QUICK.items())}."),
+    quick: bool = typer.Option(False, help=f"Smoke run: sets {', '.join(f'{k}={v}' for k, v in QUICK.items())} "
+                               "(max_classes for kanji only)."),
 ) -> None:
-    """Compare first-order MTL with ANIL and MAML on N-way K-shot classification (accuracy vs training time)."""
+    """Train MTL, ANIL, MAML, R2D2 and ProtoNet to their plateaus; accuracy against training cost.
+
+    Writes results.csv (one row per method, shots and seed; status ok, diverged or nonfinite),
+    summary.csv (over seeds), curves.csv, episodes.csv, config.json and accuracy_vs_time.png/.pdf.
+    """
+    import datetime as _dt
+
+    if quick:
+        shots, max_steps, budget_minutes, seeds = QUICK["shots"], QUICK["max_steps"], QUICK["budget_minutes"], QUICK["seeds"]
+        test_episodes, val_episodes, checkpoints = QUICK["test_episodes"], QUICK["val_episodes"], QUICK["checkpoints"]
+        max_classes = QUICK["max_classes"] if dataset == "kanji" else max_classes
+    # every check that needs no data, before anything is loaded or rendered
+    _positive(ways, "ways", 2)
+    _positive(seeds, "seeds")
+    _positive(seed, "seed", 0)
+    _positive(max_steps, "max-steps")
+    _positive(budget_minutes, "budget-minutes", 0)
+    for value, name in ((test_episodes, "test-episodes"), (test_queries, "test-queries"), (val_episodes, "val-episodes"),
+                        (checkpoints, "checkpoints"), (patience, "patience"), (width, "width"), (depth, "depth"),
+                        (meta_batch, "meta-batch")):
+        _positive(value, name)
+    _positive(train_queries, "train-queries", 0)
+    _positive(test_episodes, "test-episodes", 2)
+    if not max_steps and budget_minutes == 0:
+        raise UserError("give a step cap (--max-steps) or a time cap (--budget-minutes)")
+    shot_values = parse_int_list(shots, "shots")
+    names = parse_methods(methods)
+
+    from ntk_bridge.fewshot.data import DataSpec
+    from ntk_bridge.fewshot.experiment import FewShotConfig, check_out, run_fewshot
+    from ntk_bridge.fewshot.methods import default_method_config
+    from ntk_bridge.fewshot.models import ModelConfig
+
+    shared = {k: v for k, v in (("meta_batch", meta_batch), ("train_queries", train_queries)) if v is not None}
+    method_configs = apply_overrides([default_method_config(n, **shared) for n in names], list(set_))
+    config = FewShotConfig(
+        ways=ways, shots=shot_values, methods=tuple(method_configs),
+        model=ModelConfig(arch, width, depth, layer_norm, parameterization),
+        seeds=tuple(range(seed, seed + seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes, clock=clock,
+        test_episodes=test_episodes, test_queries=test_queries, val_episodes=val_episodes, checkpoints=checkpoints,
+        plateau_patience=patience)
+    spec = DataSpec(dataset, str(data_dir) if data_dir else None, data_seed, image_size, max_classes)
+    spec.check()
+    out = out or Path("ntk_bridge_runs") / f"fewshot-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    check_out(out)
+    _run(config, spec, out)
+
+
+def _run(config, spec, out: Path) -> None:
     from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ntk_bridge.fewshot.data import load_dataset
-    from ntk_bridge.fewshot.experiment import ExperimentConfig, check_methods, run_experiment
-    from ntk_bridge.fewshot.models import ModelConfig
-    from ntk_bridge.fewshot.report import comparison_table, plot_accuracy_vs_time, write_tables
-    from ntk_bridge.fewshot.train import default_method_config
-    from ntk_bridge.provenance import provenance
+    from ntk_bridge.fewshot import experiment
+    from ntk_bridge.fewshot.report import summary_table
 
-    started = time.perf_counter()
-    console = Console()
+    console, err = Console(), Console(stderr=True)
     if not console.is_terminal:  # logs and pipes: no reason to squeeze the tables into 80 columns
-        console.width = max(console.width, 110)
-    if quick:
-        budget_minutes, test_episodes, val_episodes, checkpoints = (
-            QUICK["budget_minutes"], QUICK["test_episodes"], QUICK["val_episodes"], QUICK["checkpoints"])
-        max_classes = QUICK["max_classes"] if dataset == "kanji" else max_classes
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    if max_classes is not None and dataset != "kanji":
-        raise UserError("--max-classes applies to the kanji dataset only")
-    if clock not in ("wall", "cpu"):
-        raise UserError(f"--clock must be wall or cpu, got {clock!r}")
-    shot_values = parse_int_list(shots, "shots")
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    check_methods(names)
-    shared = {k: v for k, v in (("meta_batch", meta_batch), ("train_queries", train_queries)) if v is not None}
-    method_configs = apply_overrides([default_method_config(n, **shared) for n in names], list(set_))
-    config = ExperimentConfig(
-        ways=ways, shots=shot_values, methods=tuple(method_configs),
-        model=ModelConfig(arch, width, depth, layer_norm, parameterization),
-        budget_seconds=60.0 * budget_minutes, clock=clock, max_steps=max_steps, test_episodes=test_episodes,
-        test_queries=test_queries, val_episodes=val_episodes, checkpoints=checkpoints, seed=seed)
-    out = out or Path("ntk_bridge_runs") / f"fewshot-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-    start_info = provenance()
+        console.width = max(console.width, 130)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"), TimeElapsedColumn(),
+                   console=err, transient=False)
+    caps = [c for c in (config.max_steps and f"{config.max_steps} steps",
+                        config.budget_seconds and f"{config.budget_seconds:.0f} {config.clock}-s") if c]
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        render_task = None
+    class Display(experiment.Progress):
+        task = render_task = None
+        last = 0.0
 
-        def rendered(done: int, total: int) -> None:
-            nonlocal render_task
-            if render_task is None:
-                render_task = progress.add_task("rendering kanji (cached after)", total=total, loss="-", val="-")
-            progress.update(render_task, completed=done)
+        def rendering(self, done, total):
+            if self.render_task is None:
+                self.render_task = bar.add_task("rendering kanji (cached after)", total=total, loss="-", val="-")
+            bar.update(self.render_task, completed=done)
 
-        data = load_dataset(dataset, data_dir, data_seed, image_size, max_classes, rendered)
-        console.print(f"[bold]{dataset}[/]: " + ", ".join(f"{s} {c} classes x {n}" for s, (c, n) in data.summary().items())
+        def loaded(self, data):
+            err.print(f"[bold]{data.name}[/]: " + ", ".join(f"{s} {c} classes x {n}" for s, (c, n) in data.summary().items())
                       + f", images {data.image_shape}")
-        state: dict = {}
 
-        def run_start(method: str, shot: int, budget: float) -> None:
-            state.update(budget=budget, last=0.0, task=progress.add_task(
-                f"{method.upper():4s} {ways}-way {shot}-shot ({budget:.0f} s)", total=1.0, loss="-", val="-"))
+        def run_start(self, method, shots, seed):
+            self.task = bar.add_task(f"{method:8s} {config.ways}-way {shots}-shot seed {seed} (cap {', '.join(caps)})",
+                                     total=1.0, loss="-", val="-")
 
-        def step(steps: int, spent: float, loss: float) -> None:
+        def step(self, steps, spent, loss):
             now = time.perf_counter()
-            if now - state["last"] > 0.25:
-                fractions = [spent / state["budget"]] if state["budget"] > 0 else []
-                if max_steps:
-                    fractions.append(steps / max_steps)
-                progress.update(state["task"], completed=min(max(fractions), 1.0), loss=f"{loss:.3f}")
-                state["last"] = now
+            if now - self.last > 0.25:
+                fractions = [spent / config.budget_seconds] if config.budget_seconds else []
+                fractions += [steps / config.max_steps] if config.max_steps else []
+                bar.update(self.task, completed=min(max(fractions), 1.0), loss=f"{loss:.3f}")
+                self.last = now
 
-        def checkpoint(record: dict) -> None:
-            progress.update(state["task"], val=f"{100 * record['val_accuracy']:.1f}%")
+        def checkpoint(self, record):
+            bar.update(self.task, val=f"{100 * record['val_accuracy']:.1f}%")
 
-        def run_end(row: dict) -> None:
-            progress.update(state["task"], completed=1.0, val=f"{row['best_val_accuracy']:.1f}%, test {row['accuracy']:.1f}%")
+        def run_end(self, row):
+            bar.update(self.task, completed=1.0, val=f"{row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "
+                       f"({row['stopped']}, {row['status']})")
 
-        tables = run_experiment(config, data, run_start, step, checkpoint, run_end)
-
-    record = {
-        "command": sys.argv,
-        "experiment": config.to_dict(),
-        "dataset": {"name": data.name, "data_dir": str(data_dir) if data_dir else None, "data_seed": data_seed,
-                    "image_size": image_size or NATIVE_SIZE[dataset], "max_classes": max_classes,
-                    "splits": {s: {"classes": c, "samples_per_class": n} for s, (c, n) in data.summary().items()},
-                    "credit": data.credit},
-        "allocations": tables.allocations,
-        "provenance": start_info,
-        "load_average_end": os.getloadavg(),
-        "wall_seconds": time.perf_counter() - started,
-        "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
-    write_tables(tables, record, out)
-    plot_accuracy_vs_time(out)
-
-    summary = comparison_table(tables.results)
+    with bar:
+        tables = experiment.run_fewshot(config, spec, out, Display(), record={"command": sys.argv})
+    summary = summary_table(tables.summary)
     for shot, group in summary.groupby("shots", sort=False):
-        table = Table(title=f"{data.name} {ways}-way {shot}-shot, {test_episodes} test episodes "
-                            f"(reach: {clock}-clock seconds)", box=box.SIMPLE, pad_edge=False)
+        table = Table(title=f"{spec.name} {config.ways}-way {shot}-shot: {config.test_episodes} test episodes per seed; "
+                            "± = 95% interval over seeds", box=box.SIMPLE, pad_edge=False)
         for column in group.columns.drop("shots"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for _, r in group.drop(columns="shots").iterrows():
             table.add_row(*[str(v) for v in r])
         console.print(table)
-    console.print(f"results: {out / 'results.csv'}; figure: {out / 'accuracy_vs_time.png'}")
+    bad = tables.results[~tables.results["status"].isin(["ok"])]
+    if len(bad):
+        console.print(f"[yellow]{len(bad)} run(s) not ok ({', '.join(sorted(set(bad['status'])))}; statuses: "
+                      f"{', '.join(STATUSES)})[/]")
+    console.print(f"results: {out / 'results.csv'}; summary: {out / 'summary.csv'}; figure: {out / 'accuracy_vs_time.png'}")

@@ -283,6 +283,55 @@ def load_digits_dataset(seed: int = 0) -> FewShotDataset:
     )
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset to load and how (the arguments of :func:`load_dataset`); :meth:`check` validates
+    them without rendering or reading any image."""
+
+    name: str = "kanji"
+    data_dir: str | None = None
+    data_seed: int = 0
+    image_size: int | None = None
+    max_classes: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`UserError` for a bad name, size or class count, or a data folder without
+        the expected layout (checked by file names only)."""
+        check_data_source(self.name, self.data_dir, self.image_size, self.max_classes)
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> "FewShotDataset":
+        return load_dataset(self.name, self.data_dir, self.data_seed, self.image_size, self.max_classes, progress)
+
+
+def check_data_source(name: str, data_dir: Path | str | None = None, image_size: int | None = None,
+                      max_classes: int | None = None) -> None:
+    """The checks of :func:`load_dataset` that need no image: name, sizes, the data folder's layout."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    size = image_size or NATIVE_SIZE[name]
+    if size < 4:
+        raise UserError(f"image size must be at least 4, got {size}")
+    if max_classes is not None and name != "kanji":
+        raise UserError("--max-classes applies to the kanji dataset only")
+    if max_classes is not None and max_classes < 3:
+        raise UserError(f"--max-classes must be at least 3 (one class per split), got {max_classes}")
+    if name == "digits" and image_size not in (None, 8):
+        raise UserError("digits are 8x8; leave the image size at its default")
+    if name in ("kanji", "digits"):
+        return
+    layout = OMNIGLOT_LAYOUT if name == "omniglot" else MINI_IMAGENET_LAYOUT
+    if data_dir is None:
+        raise UserError(f"dataset {name!r} is read from disk: pass --data-dir ({layout})")
+    if not Path(data_dir).is_dir():
+        raise UserError(f"data dir {data_dir} does not exist; {layout}")
+    if name == "omniglot":
+        _omniglot_root(Path(data_dir))
+    else:
+        missing = [f"mini-imagenet-cache-{s}.pkl" for s in SPLITS if not (Path(data_dir) / f"mini-imagenet-cache-{s}.pkl").is_file()]
+        if missing:
+            raise UserError(f"mini-ImageNet not found in {data_dir} (missing {', '.join(missing)}): {MINI_IMAGENET_LAYOUT}")
+
+
 def load_dataset(
     name: str,
     data_dir: Path | str | None = None,
@@ -297,21 +346,12 @@ def load_dataset(
     ``image_size`` defaults to :data:`NATIVE_SIZE`; ``max_classes`` (kanji only) renders a seeded
     subset of the characters, for quick runs.
     """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    check_data_source(name, data_dir, image_size, max_classes)
     size = image_size or NATIVE_SIZE[name]
-    if size < 4:
-        raise UserError(f"image size must be at least 4, got {size}")
     if name == "kanji":
         return load_kanji(KanjiConfig(seed=seed, image_size=size, max_classes=max_classes), progress=progress)
     if name == "digits":
-        if image_size not in (None, 8):
-            raise UserError("digits are 8x8; leave the image size at its default")
         return load_digits_dataset(seed)
-    if data_dir is None:
-        raise UserError(f"dataset {name!r} is read from disk: pass --data-dir")
-    if not Path(data_dir).is_dir():
-        raise UserError(f"data dir {data_dir} does not exist")
     if name == "omniglot":
         return load_omniglot(data_dir, size, seed)
     return load_mini_imagenet(data_dir, size)

@@ -1,51 +1,37 @@
 """Test-time adaptation and few-shot accuracy over episodes.
 
-Each method predicts the query labels of an episode from its support set:
+Each method predicts the query labels of an episode from its support set, as its object in
+:data:`ntk_bridge.fewshot.methods.METHODS` says (``test_time``):
 
-* ``mtl``: frozen body; features L2-normalised to unit norm; an L2-regularised multinomial logistic
-  regression (``sklearn.linear_model.LogisticRegression(C=3)``, the paper's test-time head) fit on
-  the support features;
-* ``anil`` / ``maml``: the method's own inner loop (``test_inner_steps`` steps of size ``inner_lr``);
+* ``"logistic_regression"`` (MTL): frozen body; features L2-normalised to unit norm; an
+  L2-regularised multinomial logistic regression (``sklearn.linear_model.LogisticRegression(C=3)``,
+  the paper's test-time head) fit on the support features;
+* ``"own"``: the method's :meth:`~ntk_bridge.fewshot.methods.FewShotMethod.query_logits` (ANIL's and
+  MAML's inner loop with ``test_inner_steps`` steps, R2D2's ridge head, ProtoNet's prototypes);
 * ``nn-pixels``: the raw-pixel baseline, 1-nearest neighbour in cosine similarity over all support
   images (the "Pixels / cosine" baseline of Vinyals et al. 2016).
 
-Accuracy is reported as the mean over episodes and the half-width of the normal 95% interval,
-``1.96 * std(acc_e, ddof=1) / sqrt(E)``.
+An episode whose features or logits are not all finite scores NaN (the run's status becomes
+``nonfinite``). Accuracy is reported as the mean over episodes and the half-width of the normal 95%
+interval, ``1.96 * std(acc_e, ddof=1) / sqrt(E)``.
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from ntk_bridge.fewshot.episodes import Episodes
-from ntk_bridge.fewshot.methods import accuracy, anil_query_logits, maml_query_logits
+from ntk_bridge.fewshot.methods import MethodConfig, accuracy
 from ntk_bridge.fewshot.models import FewShotNet, Params
 
 BASELINE = "nn-pixels"
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """How a method adapts to a test episode.
-
-    Attributes:
-      method: ``"mtl"``, ``"anil"`` or ``"maml"``.
-      inner_lr: inner-loop step size (ANIL/MAML).
-      test_inner_steps: inner-loop steps at test time (ANIL/MAML).
-      logistic_c: inverse L2 strength ``C`` of MTL's logistic regression.
-    """
-
-    method: str
-    inner_lr: float = 0.4
-    test_inner_steps: int = 3
-    logistic_c: float = 3.0
 
 
 def mean_ci95(accuracies: np.ndarray) -> tuple[float, float]:
@@ -83,49 +69,50 @@ def nearest_neighbour_accuracies(episodes: Episodes) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def episode_scorer(net: FewShotNet, adaptation: Adaptation) -> Callable[[Params, Episodes], np.ndarray]:
-    """A function ``(params, episodes) -> per-episode query accuracy [E]``.
+def episode_scorer(net: FewShotNet, config: MethodConfig) -> Callable[[Params, Episodes], np.ndarray]:
+    """A function ``(params, episodes) -> per-episode query accuracy [E]`` (NaN where outputs are
+    not finite), for the method ``config.method`` with its test-time settings.
 
-    Cached per ``(net, adaptation)`` so that validation and test share one set of compiled functions.
+    Cached per ``(net, config)`` so that validation and test share one set of compiled functions.
     """
-    if adaptation.method == "mtl":
+    method = config.spec
+    if method.test_time == "logistic_regression":
         features = jax.jit(net.features)
 
-        def score_mtl(params: Params, episodes: Episodes) -> np.ndarray:
+        def score_features(params: Params, episodes: Episodes) -> np.ndarray:
             n_ep, n_s = episodes.support_y.shape
             images = np.concatenate([episodes.support_x, episodes.query_x], axis=1)
             flat = np.asarray(features(params["body"], images.reshape(-1, *images.shape[2:])))
             flat = flat.reshape(n_ep, images.shape[1], -1)
-            return np.array(
-                [
-                    np.mean(
-                        logistic_regression_predict(flat[e, :n_s], episodes.support_y[e], flat[e, n_s:], adaptation.logistic_c)
-                        == episodes.query_y[e]
-                    )
-                    for e in range(n_ep)
-                ]
-            )
+            scores = []
+            for e in range(n_ep):
+                if not np.all(np.isfinite(flat[e])):
+                    scores.append(np.nan)
+                    continue
+                predicted = logistic_regression_predict(flat[e, :n_s], episodes.support_y[e], flat[e, n_s:], config.logistic_c)
+                scores.append(np.mean(predicted == episodes.query_y[e]))
+            return np.asarray(scores)
 
-        return score_mtl
+        return score_features
 
-    query_logits = {"anil": anil_query_logits, "maml": maml_query_logits}[adaptation.method]
+    def correct(params, support_x, support_y, query_x, query_y, ways):
+        logits = method.query_logits(net, params, config, support_x, support_y, query_x, ways)
+        return jnp.where(jnp.all(jnp.isfinite(logits)), accuracy(logits, query_y), jnp.nan)
 
-    def correct(params, support_x, support_y, query_x, query_y):
-        logits = query_logits(net, params, support_x, support_y, query_x, adaptation.inner_lr, adaptation.test_inner_steps)
-        return accuracy(logits, query_y)
+    if method.loop_episodes:  # one jitted episode at a time (see FewShotMethod.over_episodes)
+        single = jax.jit(correct, static_argnums=5)
 
-    if adaptation.method == "anil":
-        batched = jax.jit(jax.vmap(correct, in_axes=(None, 0, 0, 0, 0)))
-    else:  # MAML: one jitted episode at a time (see methods.over_episodes for why not vmap)
-        single = jax.jit(correct)
+        def batched(params, ways, *arrays):
+            return np.array([single(params, *(a[i] for a in arrays), ways) for i in range(arrays[0].shape[0])])
+    else:
+        batched = jax.jit(lambda params, ways, *arrays: jax.vmap(lambda *a: correct(params, *a, ways))(*arrays),
+                          static_argnums=1)
 
-        def batched(params, *arrays):
-            return np.array([single(params, *(a[i] for a in arrays)) for i in range(arrays[0].shape[0])])
+    def score_own(params: Params, episodes: Episodes) -> np.ndarray:
+        return np.asarray(batched(params, episodes.classes.shape[1], episodes.support_x, episodes.support_y,
+                                  episodes.query_x, episodes.query_y), np.float64)
 
-    def score_meta(params: Params, episodes: Episodes) -> np.ndarray:
-        return np.asarray(batched(params, episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y))
-
-    return score_meta
+    return score_own
 
 
 def accuracies(score: Callable[[Params, Episodes], np.ndarray], params: Params, episodes: Iterable[Episodes]) -> np.ndarray:

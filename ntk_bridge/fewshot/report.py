@@ -1,13 +1,11 @@
-"""Stored tables -> files, the accuracy-vs-training-time figure and the printed comparison.
+"""Stored tables -> the accuracy-vs-cost figure and the printed tables.
 
-Files of a run directory: ``results.csv`` (columns documented in
-:data:`ntk_bridge.fewshot.experiment.RESULT_COLUMNS`), ``curves.csv`` (validation checkpoints),
-``episodes.csv`` (per-episode test accuracies), ``config.json`` (resolved configuration and
-provenance) and ``accuracy_vs_time.{png,pdf}``. The figure is drawn from the CSV files alone.
+The figure is drawn from a run folder's CSV files alone (``results.csv``, ``summary.csv``,
+``curves.csv``; :func:`ntk_bridge.fewshot.experiment.run_fewshot` writes them). Method labels and
+colours come from :data:`ntk_bridge.fewshot.methods.METHODS`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,85 +15,97 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ntk_bridge.fewshot.evaluate import BASELINE  # noqa: E402
-from ntk_bridge.fewshot.experiment import ExperimentTables  # noqa: E402
+from ntk_bridge.fewshot.methods import METHODS  # noqa: E402
 
-COLORS = {"mtl": "tab:red", "anil": "tab:blue", "maml": "tab:green"}
-
-
-def write_tables(tables: ExperimentTables, config: dict, out: Path) -> None:
-    """Write ``results.csv``, ``curves.csv``, ``episodes.csv`` and ``config.json`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    tables.results.to_csv(out / "results.csv", index=False)
-    tables.curves.to_csv(out / "curves.csv", index=False)
-    tables.episodes.to_csv(out / "episodes.csv", index=False)
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+#: File name (without suffix) of the figure in a run folder.
+FIGURE = "accuracy_vs_time"
 
 
-def plot_accuracy_vs_time(out: Path) -> list[Path]:
-    """Validation accuracy at each checkpoint against training time, one panel per shot setting.
+def _style(method: str) -> tuple[str, str | None]:
+    spec = METHODS.get(method)
+    return (spec.label, spec.color) if spec else (method, None)
 
-    Lines: validation accuracy of each method over its training clock (the clock recorded in
-    ``results.csv``). Markers with error bars: the test accuracy (95% CI) of the tested checkpoint,
-    placed at the training time it was reached. Dashed grey: the raw-pixel nearest-neighbour
-    baseline; dotted: chance. Reads ``curves.csv`` and ``results.csv`` from ``out``; writes
-    ``accuracy_vs_time.png`` and ``.pdf``.
+
+def plot_accuracy_vs_cost(out: Path | str, name: str = FIGURE) -> list[Path]:
+    """Validation accuracy at each checkpoint against training CPU-seconds (top row) and against
+    outer steps (bottom row), one column per shot setting.
+
+    Thin lines: one per training seed. Stars with error bars (top row): mean test accuracy over
+    seeds with its 95% t-interval over seeds, at the mean CPU-seconds to reach 95% of the final
+    accuracy. Dash-dotted: the common target (lowest final accuracy of the shot setting); dashed grey:
+    the raw-pixel nearest-neighbour baseline; dotted: chance. Writes ``name.png`` and ``name.pdf``.
     """
+    out = Path(out)
     results = pd.read_csv(out / "results.csv")
+    summary = pd.read_csv(out / "summary.csv")
     curves = pd.read_csv(out / "curves.csv")
-    clock = results["clock"].iloc[0]
-    time_key = "train_seconds" if clock == "wall" else "train_cpu_seconds"
-    shot_values = sorted(results["shots"].unique())
-    fig, axes = plt.subplots(1, len(shot_values), figsize=(5.2 * len(shot_values), 4.0), squeeze=False)
-    for ax, shots in zip(axes[0], shot_values):
-        ways = int(results["ways"].iloc[0])
+    shot_values = sorted(summary["shots"].unique())
+    ways = int(results["ways"].iloc[0])
+    fig, axes = plt.subplots(2, len(shot_values), figsize=(5.6 * len(shot_values), 7.6), squeeze=False)
+    for col, shots in enumerate(shot_values):
+        top, bottom = axes[0, col], axes[1, col]
         for method, group in curves[curves.shots == shots].groupby("method", sort=False):
-            color = COLORS.get(method)
-            ax.plot(group[time_key], 100 * group["val_accuracy"], "-o", ms=3, color=color, label=f"{method.upper()} (val)")
-            row = results[(results.shots == shots) & (results.method == method)].iloc[0]
-            ax.errorbar(row["seconds_to_best"], row["accuracy"], yerr=row["ci95"], fmt="*", ms=11, color=color,
-                        capsize=3, label=f"{method.upper()} test {row['accuracy']:.1f}±{row['ci95']:.1f}")
+            label, color = _style(method)
+            for i, (_, run) in enumerate(group.groupby("seed")):
+                run = run.sort_values("step")
+                kw = dict(color=color, lw=1.0, alpha=0.8)
+                top.plot(run["train_cpu_seconds"], 100 * run["val_accuracy"], "-", **kw)
+                bottom.plot(run["step"], 100 * run["val_accuracy"], "-", label=label if i == 0 else None, **kw)
+            row = summary[(summary.shots == shots) & (summary.method == method)].iloc[0]
+            over_seeds = not pd.isna(row["accuracy_ci95"])
+            err = row["accuracy_ci95"] if over_seeds else row["episode_ci95"]
+            top.errorbar(row["cpu_s_to_95pct"], row["accuracy"], yerr=err, fmt="*", ms=11, color=color, capsize=3,
+                         label=f"{label} test {row['accuracy']:.1f}±{err:.1f}")
+        target = summary.loc[summary.shots == shots, "target_accuracy"].iloc[0]
         nn = results[(results.shots == shots) & (results.method == BASELINE)]
-        if not nn.empty:
-            ax.axhline(nn["accuracy"].iloc[0], ls="--", color="grey", label=f"NN pixels {nn['accuracy'].iloc[0]:.1f}")
-        ax.axhline(100 / ways, ls=":", color="black", lw=0.8, label="chance")
-        ax.set_title(f"{results['dataset'].iloc[0]}: {ways}-way {shots}-shot")
-        ax.set_xlabel(f"training time ({'wall-clock' if clock == 'wall' else 'CPU'} seconds)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        for ax in (top, bottom):
+            ax.axhline(target, ls="-.", color="black", lw=0.8, label=f"target {target:.1f}" if ax is bottom else None)
+            if not nn.empty:
+                ax.axhline(nn["accuracy"].mean(), ls="--", color="grey",
+                           label=f"NN pixels {nn['accuracy'].mean():.1f}" if ax is bottom else None)
+            ax.axhline(100 / ways, ls=":", color="black", lw=0.8, label="chance" if ax is bottom else None)
+            ax.set_ylabel("validation accuracy (%)")
+            ax.grid(alpha=0.3)
+        seeds = results.loc[results.method != BASELINE, "seed"].nunique()
+        interval = "95% interval over seeds" if seeds > 1 else "95% interval over episodes"
+        top.set_title(f"{results['dataset'].iloc[0]}: {ways}-way {shots}-shot, {seeds} seed{'s' * (seeds > 1)}\n"
+                      f"stars: test accuracy ({interval}) at the CPU-s to 95% of it", fontsize=9)
+        top.set_xlabel("training CPU-seconds")
+        bottom.set_xlabel("outer steps")
+        top.legend(fontsize=7, loc="lower right")
+        bottom.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    paths = [out / "accuracy_vs_time.png", out / "accuracy_vs_time.pdf"]
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=130)
     plt.close(fig)
     return paths
 
 
-def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
-    """The printed summary: one row per (shots, method), formatted strings.
+#: The name the figure function had before it also drew accuracy against outer steps.
+plot_accuracy_vs_time = plot_accuracy_vs_cost
 
-    ``vs MTL``: paired accuracy difference to MTL on the same episodes (95% half-width); ``train s``:
-    wall-clock training seconds; ``reach s``:
-    training time (on the run's clock) to the first checkpoint within 1 point of the run's best
-    validation accuracy;
-    ``×MTL``: that time over MTL's.
-    """
-    def fmt(value: float, spec: str) -> str:
-        return "" if pd.isna(value) else format(value, spec)
 
+def _fmt(value: float, spec: str, ci: float | None = None) -> str:
+    if pd.isna(value):
+        return ""
+    text = format(value, spec)
+    return text if ci is None or pd.isna(ci) else f"{text}±{format(ci, spec.lstrip('+'))}"
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The printed summary: one row per (shots, method), formatted strings (intervals over seeds)."""
     rows = []
-    for _, r in results.iterrows():
-        trained = r["method"] != BASELINE
-        paired = r["method"] != "mtl" and not pd.isna(r["diff_vs_mtl"])
+    for _, r in summary.iterrows():
         rows.append({
-            "shots": int(r["shots"]),
-            "method": r["method"],
-            "acc % (95%)": f"{r['accuracy']:.2f}±{r['ci95']:.2f}",
-            "vs MTL": f"{r['diff_vs_mtl']:+.2f}±{r['diff_vs_mtl_ci95']:.2f}" if paired else "",
-            "train s": fmt(r["train_seconds"], ".0f") if trained else "",
-            "steps": fmt(r["steps"], ".0f") if trained else "",
-            "reach s": fmt(r["seconds_to_reach"], ".0f") if trained else "",
-            "×MTL": fmt(r["reach_ratio_to_mtl"], ".1f") if trained else "",
-            "stop": r["stopped"] if trained else "",
+            "shots": int(r["shots"]), "method": _style(r["method"])[0], "seeds": int(r["seeds"]),
+            "acc %": _fmt(r["accuracy"], ".2f", r["accuracy_ci95"]),
+            "vs MTL": "" if r["method"] == "mtl" else _fmt(r["diff_vs_mtl"], "+.2f", r["diff_vs_mtl_ci95"]),
+            "CPU-s to 95%": _fmt(r["cpu_s_to_95pct"], ".0f", r["cpu_s_to_95pct_ci95"]),
+            "CPU-s to target": _fmt(r["cpu_s_to_target"], ".0f", r["cpu_s_to_target_ci95"]),
+            "steps": _fmt(r["outer_steps"], ".0f"),
+            "CPU-s/step": _fmt(r["cpu_s_per_step"], ".3f"),
+            "×MTL/step": _fmt(r["step_cost_vs_mtl"], ".2f"),
+            "status": r["statuses"],
         })
     return pd.DataFrame(rows)
