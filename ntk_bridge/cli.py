@@ -198,8 +198,9 @@ def sweep(
 @app.command("figures")
 @user_errors
 def figures_command(
-    quick: bool = typer.Option(False, "--quick", help="Small grids (about 3 minutes on 2 cores) instead of the "
-                                                      "full ones (within 30 minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="Small grids (a few minutes on 2 cores) instead of the "
+                                                      "full ones (about 20 minutes for the sweep figures, "
+                                                      "75 for the few-shot comparison)."),
     out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them."),
     only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
                                                   "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "

@@ -132,7 +132,8 @@ def test_closed_forms_equal_gradient_descent_on_the_linearised_conv_network(setu
     assert rel(closed_form(s, "baseline"), np.asarray(test_preds(params0, True))) < TOL, s["arch"]
 
 
-@pytest.mark.parametrize("arch, get, width, n_samples", [("conv", "nngp", 128, 400), ("conv", "ntk", 64, 32)])
+@pytest.mark.parametrize("arch, get, width, n_samples", [("conv", "nngp", 128, 400), ("conv", "ntk", 64, 32),
+                                                     ("resnet", "nngp", 128, 400)])
 def test_analytic_vs_monte_carlo_conv_kernels(arch, get, width, n_samples, rng):
     """neural-tangents' criterion (its stax tests): relative Frobenius and mean-absolute errors within
     5%. 16 readout units are traced, so a sample averages 16 readouts; widths are kept small for
