@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ntk_bridge import figures as figs
+from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
 __all__ = ["FIGURES", "make_figures", "grids", "conv_configs"]
@@ -26,6 +27,7 @@ class Grids:
     width: dict  # SweepConfig arguments (finite widths)
     degeneracy_depths: tuple[int, ...]
     fewshot: dict  # settings of the few-shot figure (:func:`ntk_bridge.fewshot.figure.figure_config`)
+    conv: dict  # architecture -> SweepConfig of conv_gap_vs_depth (:func:`conv_configs`)
 
 
 def grids(quick: bool) -> Grids:
@@ -36,16 +38,14 @@ def grids(quick: bool) -> Grids:
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                      mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                      outer_steps=100)
-        return Grids(depth, inner, width, tuple(range(1, 65)),
-                     dict(quick=True))
+        return Grids(depth, inner, width, tuple(range(1, 65)), dict(quick=True), conv_configs(True))
     depth = SweepConfig.of(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
     inner = SweepConfig.of(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     # widths to 512: width 1024 at depth 4 alone would take about 10 minutes of the 30 on 2 cores
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                  mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                  outer_steps=100)
-    return Grids(depth, inner, width, tuple(range(1, 257)),
-                 dict(quick=False))
+    return Grids(depth, inner, width, tuple(range(1, 257)), dict(quick=False), conv_configs(False))
 
 
 def _fig_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
@@ -103,12 +103,12 @@ def conv_configs(quick: bool) -> dict[str, SweepConfig]:
     return {arch: SweepConfig.of(arch=arch, **sizes) for arch in ("fc", "conv", "resnet")}
 
 
-def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str, quick: bool = False) -> list[str]:
+def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     """Gap to MTL and accuracy against depth for fc / conv / resnet kernels on kanji episodes."""
     from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
 
     frames = {arch: run_sweep(cfg, os.path.join(run_root, f"conv_gap_vs_depth_{arch}"), figures=False)
-              for arch, cfg in conv_configs(quick).items()}
+              for arch, cfg in g.conv.items()}
     table = conv_gap_vs_depth_table(frames, chance=1.0 / 5)
     return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
 
@@ -136,5 +136,5 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
         if only and name not in only:
             continue
         log(f"figure {name} ({mode})")
-        written[name] = fn(g, run_root, out, quick=quick) if name == "conv_gap_vs_depth" else fn(g, run_root, out)
+        written[name] = fn(g, run_root, out)
     return written

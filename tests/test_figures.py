@@ -56,3 +56,20 @@ def test_finite_gap_table_counts_each_closed_form_once():
     raw = df[df["mode"] == "raw"]
     table = figs.finite_gap_vs_depth_table(raw)
     assert table["infinite_gap_to_mtl_rel_q50"].iloc[0] == pytest.approx(raw["infinite_gap_to_mtl_rel"].median())
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_figure_has_its_grid_and_one_signature(quick):
+    """The figure registry's settings build for both modes (nothing is computed), and every figure
+    is called the same way, so ``make_figures`` has no special case."""
+    import inspect
+
+    from ntk_bridge.paper_figures import FIGURES, grids
+
+    g = grids(quick)
+    assert set(g.conv) == {"fc", "conv", "resnet"}
+    assert all(cfg.model.arch == arch and cfg.tasks.family == "kanji" for arch, cfg in g.conv.items())
+    if quick:
+        assert len(g.conv["fc"].grid.depths) < len(grids(False).conv["fc"].grid.depths)
+    for name, fn in FIGURES.items():
+        assert list(inspect.signature(fn).parameters) == ["g", "run_root", "out"], name
