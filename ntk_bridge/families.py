@@ -34,7 +34,8 @@ from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import TaskSet, load_tasks, on_sphere
 
 __all__ = ["subspace_tasks", "linear_tasks", "sinusoid_tasks", "common_tasks", "kanji_tasks", "omniglot_tasks",
-           "image_tasks", "sinusoid_embed", "GENERATORS", "IMAGE_FAMILIES", "make_tasks"]
+           "image_tasks", "image_validation_episodes",
+           "image_family_data", "sinusoid_embed", "GENERATORS", "IMAGE_FAMILIES", "make_tasks"]
 
 
 def _sphere(rng: np.random.Generator, shape: Iterable[int], dim: int) -> np.ndarray:
@@ -218,6 +219,19 @@ def _check_image_sizes(name, n_train, n_test, n_support, n_query, dim, ways) -> 
     return side
 
 
+def _image_split(data, split: str, n: int, rng, side: int, ways: int, n_support: int, n_query: int, name: str):
+    """``n`` episodes of one split of ``data`` as :func:`image_tasks` prepares them: support inputs,
+    support targets, query inputs, query targets (``[n, m, side*side]`` and ``[n, m, ways]``)."""
+    dim = side * side
+    onehot = np.eye(ways) - 1.0 / ways
+    images = _downsample(data.splits[split][..., 0], side)
+    sx, qx, sl, ql = _episodes(rng, images, n, ways, n_support // ways, n_query // ways, name)
+    flat = lambda a: a.reshape(*a.shape[:2], dim)  # noqa: E731
+    centre = lambda a: a - a.mean(axis=-1, keepdims=True)  # noqa: E731
+    return (on_sphere(centre(flat(sx))), np.broadcast_to(onehot[sl], (n, len(sl), ways)),
+            on_sphere(centre(flat(qx))), np.broadcast_to(onehot[ql], (n, len(ql), ways)))
+
+
 def image_tasks(data, seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
                 dim: int = 49, ways: int = 5, name: str = "images") -> TaskSet:
     """N-way K-shot episodes of a :class:`ntk_bridge.fewshot.data.FewShotDataset` (one channel used):
@@ -232,17 +246,35 @@ def image_tasks(data, seed: int = 0, n_train: int = 10, n_test: int = 20, n_supp
     """
     side = _check_image_sizes(name, n_train, n_test, n_support, n_query, dim, ways)
     rng = np.random.default_rng(seed)
-    onehot = np.eye(ways) - 1.0 / ways
-    parts = []
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = _downsample(data.splits[split][..., 0], side)
-        sx, qx, sl, ql = _episodes(rng, images, n, ways, n_support // ways, n_query // ways, name)
-        flat = lambda a: a.reshape(*a.shape[:2], dim)  # noqa: E731
-        centre = lambda a: a - a.mean(axis=-1, keepdims=True)  # noqa: E731
-        parts.append((on_sphere(centre(flat(sx))), np.broadcast_to(onehot[sl], (n, len(sl), ways)),
-                      on_sphere(centre(flat(qx))), np.broadcast_to(onehot[ql], (n, len(ql), ways))))
-    (a, b, c, d), (e, f, g, h) = parts
+    (a, b, c, d), (e, f, g, h) = (_image_split(data, split, n, rng, side, ways, n_support, n_query, name)
+                                  for split, n in (("train", n_train), ("test", n_test)))
     return TaskSet(a, b, c, d, e, f, g, h, name=name, image_shape=(side, side, 1))
+
+
+def image_validation_episodes(data, seed: int = 0, n_val: int = 20, n_support: int = 5, n_query: int = 10,
+                              dim: int = 49, ways: int = 5, name: str = "images") -> tuple[np.ndarray, ...]:
+    """``n_val`` episodes of ``data``'s meta-validation classes, prepared exactly as
+    :func:`image_tasks` prepares its training and test episodes (same sizes, pixels and labels),
+    drawn from their own stream ``default_rng([seed, 1])`` so the task set's episodes do not move.
+    For networks that need a validation set to stop training (``ntk-bridge fewshot --tasks-of``);
+    the closed forms never see it. Returns ``(support_x, support_y, query_x, query_y)``."""
+    side = _check_image_sizes(name, 1, 1, n_support, n_query, dim, ways)
+    return _image_split(data, "val", int(n_val), np.random.default_rng([seed, 1]), side, ways, n_support, n_query,
+                        f"{name} validation")
+
+
+def image_family_data(family: str, data_dir: str | None = None, max_classes: int = KANJI_CLASSES):
+    """The :class:`~ntk_bridge.fewshot.data.FewShotDataset` behind an image family: the rendered kanji
+    (seed 0, ``max_classes`` characters) or the user's Omniglot copy at 28 x 28."""
+    require(family in IMAGE_FAMILIES, f"{family!r} is not an image family ({', '.join(IMAGE_FAMILIES)})")
+    if family == "kanji":
+        from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
+
+        return load_kanji(KanjiConfig(max_classes=max_classes))
+    require(data_dir is not None, "omniglot tasks are read from your copy of Omniglot: pass --data-dir DIR")
+    from ntk_bridge.fewshot.data import load_dataset
+
+    return load_dataset("omniglot", data_dir, 0, 28)
 
 
 def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
@@ -253,9 +285,7 @@ def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: i
     ``seed`` picks the episodes; the rendering is fixed (seed 0, ``max_classes`` characters).
     """
     _check_image_sizes("kanji", n_train, n_test, n_support, n_query, dim, ways)
-    from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
-
-    data = load_kanji(KanjiConfig(max_classes=max_classes))
+    data = image_family_data("kanji", max_classes=max_classes)
     return image_tasks(data, seed, n_train, n_test, n_support, n_query, dim, ways, name="kanji")
 
 
@@ -266,9 +296,7 @@ def omniglot_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support
     the training tasks, the test split of the evaluation alphabets for the test tasks."""
     require(data_dir is not None, "omniglot tasks are read from your copy of Omniglot: pass --data-dir DIR")
     _check_image_sizes("omniglot", n_train, n_test, n_support, n_query, dim, ways)
-    from ntk_bridge.fewshot.data import load_dataset
-
-    data = load_dataset("omniglot", data_dir, 0, 28)
+    data = image_family_data("omniglot", data_dir)
     return image_tasks(data, seed, n_train, n_test, n_support, n_query, dim, ways, name="omniglot")
 
 

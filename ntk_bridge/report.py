@@ -225,14 +225,17 @@ def _draw(folder, name: str, table: pd.DataFrame, plot) -> bool:
 
 
 def write_run(folder, df: pd.DataFrame, config, command: str | None = None, started: float | None = None,
-              figures: bool = True, damaged: int = 0) -> None:
+              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None) -> None:
     """``results.csv``, ``config.json``, ``summary.md`` and (``figures``) the figures of a finished
-    sweep into ``folder`` (:class:`ntk_bridge.runs.RunFolder`), each written atomically."""
+    sweep into ``folder`` (:class:`ntk_bridge.runs.RunFolder`), each written atomically;
+    ``tasks_fingerprint`` (the task set's) goes into ``config.json``."""
     from ntk_bridge.provenance import provenance
 
     folder.write_table("results.csv", df)
     record = dict(config=config.to_dict(), command=command, **provenance(), damaged_cells_recomputed=damaged,
                   rows=len(df))
+    if tasks_fingerprint is not None:
+        record["tasks_fingerprint"] = tasks_fingerprint
     if started is not None:
         record["seconds"] = round(time.time() - started, 2)
     folder.write_json("config.json", record)

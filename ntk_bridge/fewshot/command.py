@@ -118,6 +118,15 @@ def fewshot_command(
     out: Optional[Path] = typer.Option(None, help="Output folder (default ntk_bridge_runs/fewshot-DATASET-TIMESTAMP)."),
     quick: bool = typer.Option(False, help=f"Smoke run: sets {', '.join(f'{k}={v}' for k, v in QUICK.items())} "
                                "(max_classes for kanji only)."),
+    tasks_of: Optional[Path] = typer.Option(
+        None, "--tasks-of", metavar="RUN", help="A sweep's run folder over image tasks (ntk-bridge sweep --tasks kanji "
+        "...): train on its task set's training episodes, test on its test episodes, and write closed_forms.csv "
+        "(every closed form's accuracy beside every network's, paired over the same test episodes). The task set "
+        "gives the ways, shots, test episodes and queries; --dataset, --ways, --shots, --test-episodes, "
+        "--test-queries and the data options are not used."),
+    val_tasks: Optional[int] = typer.Option(
+        None, help="--tasks-of a task file: training tasks held out for validation (default a fifth). kanji and "
+        "omniglot sweeps validate on --val-episodes episodes of the dataset's validation classes instead."),
 ) -> None:
     """Train MTL, ANIL, MAML, R2D2 and ProtoNet to their plateaus; accuracy against training cost.
 
@@ -126,6 +135,10 @@ def fewshot_command(
     """
     import datetime as _dt
 
+    if tasks_of is not None and not tasks_of.is_dir():
+        raise UserError(f"--tasks-of: {tasks_of} is not a folder (give a sweep's run folder)")
+    if val_tasks is not None and tasks_of is None:
+        raise UserError("--val-tasks applies to --tasks-of only")
     if quick:
         shots, max_steps, budget_minutes, seeds = QUICK["shots"], QUICK["max_steps"], QUICK["budget_minutes"], QUICK["seeds"]
         test_episodes, val_episodes, checkpoints = QUICK["test_episodes"], QUICK["val_episodes"], QUICK["checkpoints"]
@@ -154,6 +167,21 @@ def fewshot_command(
 
     shared = {k: v for k, v in (("meta_batch", meta_batch), ("train_queries", train_queries)) if v is not None}
     method_configs = apply_overrides([default_method_config(n, **shared) for n in names], list(set_))
+    if tasks_of is not None:
+        _positive(val_tasks, "val-tasks")
+        from ntk_bridge.fewshot.on_tasks import load_run_tasks
+
+        out = out or Path("ntk_bridge_runs") / f"fewshot-tasks-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+        check_out(out)
+        episodes, sweep, record = load_run_tasks(tasks_of, val_episodes, val_tasks or 0)
+        config = FewShotConfig(
+            ways=episodes.ways, shots=(episodes.shots,), methods=tuple(method_configs),
+            model=ModelConfig(arch, width, depth, layer_norm, parameterization),
+            seeds=tuple(range(seed, seed + seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes,
+            clock=clock, test_episodes=episodes.test.n_episodes, test_queries=episodes.queries,
+            val_episodes=episodes.val.n_episodes, checkpoints=checkpoints, plateau_patience=patience)
+        _run(config, episodes, out, tasks_of=(tasks_of, sweep, record))
+        return
     config = FewShotConfig(
         ways=ways, shots=shot_values, methods=tuple(method_configs),
         model=ModelConfig(arch, width, depth, layer_norm, parameterization),
@@ -167,7 +195,7 @@ def fewshot_command(
     _run(config, spec, out)
 
 
-def _run(config, spec, out: Path) -> None:
+def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
     from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -195,6 +223,11 @@ def _run(config, spec, out: Path) -> None:
             bar.update(self.render_task, completed=done)
 
         def loaded(self, data):
+            if tasks_of is not None:
+                err.print(f"[bold]{data.name}[/] tasks of {tasks_of[0]}: " + ", ".join(
+                    f"{s} {e} episodes x {n} images" for s, (e, n) in data.summary().items())
+                    + f", images {data.image_shape}; validation: {data.validation}")
+                return
             err.print(f"[bold]{data.name}[/]: " + ", ".join(f"{s} {c} classes x {n}" for s, (c, n) in data.summary().items())
                       + f", images {data.image_shape}")
 
@@ -217,17 +250,38 @@ def _run(config, spec, out: Path) -> None:
             bar.update(self.task, completed=1.0, val=f"{row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "
                        f"({row['stopped']}, {row['status']})")
 
+    record = {"command": sys.argv}
+    if tasks_of is not None:
+        record["tasks_of"] = {"run": str(tasks_of[0]), "sweep_command": tasks_of[2].get("command"),
+                              "sweep_config": tasks_of[2].get("config")}
     with bar:
-        tables = experiment.run_fewshot(config, spec, out, Display(), record={"command": sys.argv})
+        tables = experiment.run_fewshot(config, spec, out, Display(), record=record)
     summary = summary_table(tables.summary)
+    name = spec.name
+    if tasks_of is not None:
+        from ntk_bridge.fewshot.on_tasks import closed_form_table, write_closed_forms
+
+        comparison = write_closed_forms(out, tasks_of[1], tables.episodes, tasks_of[2])
+        name = f"{spec.name} tasks of {tasks_of[0]}"
     for shot, group in summary.groupby("shots", sort=False):
-        table = Table(title=f"{spec.name} {config.ways}-way {shot}-shot: {config.test_episodes} test episodes per seed; "
+        table = Table(title=f"{name} {config.ways}-way {shot}-shot: {config.test_episodes} test episodes per seed; "
                             "± = 95% interval over seeds", box=box.SIMPLE, pad_edge=False)
         for column in group.columns.drop("shots"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for _, r in group.drop(columns="shots").iterrows():
             table.add_row(*[str(v) for v in r])
         console.print(table)
+    if tasks_of is not None and comparison is not None and len(comparison):
+        pivot, title = closed_form_table(comparison)
+        table = Table(title=title, box=box.SIMPLE, pad_edge=False)
+        for column in pivot.columns:
+            table.add_column(str(column), justify="right")
+        for _, r in pivot.iterrows():
+            table.add_row(*[str(v) for v in r])
+        console.print(table)
+        console.print(f"closed forms beside the networks: {out / 'closed_forms.csv'}")
+    elif tasks_of is not None:
+        console.print(f"[yellow]{tasks_of[0]} has no results.csv with closed-form accuracies: nothing to compare[/]")
     bad = tables.results[~tables.results["status"].isin(["ok"])]
     if len(bad):
         console.print(f"[yellow]{len(bad)} run(s) not ok ({', '.join(sorted(set(bad['status'])))}; statuses: "

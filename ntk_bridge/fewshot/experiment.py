@@ -34,11 +34,12 @@ import pandas as pd
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.data import DataSpec, FewShotDataset
 from ntk_bridge.fewshot.episodes import check_episode_shape, fixed_episodes
-from ntk_bridge.fewshot.evaluate import BASELINE, mean_ci95, nearest_neighbour_accuracies
+from ntk_bridge.fewshot.evaluate import BASELINE, accuracies, episode_scorer, mean_ci95, nearest_neighbour_accuracies
 from ntk_bridge.fewshot.methods import METHODS, MethodConfig
 from ntk_bridge.fewshot.models import ModelConfig
 from ntk_bridge.fewshot.tables import RESULT_COLUMNS, add_paired_columns, add_reach_columns, summarize
-from ntk_bridge.fewshot.train import TEST_STREAM, TrainConfig, TrainResult, evaluate_split, train
+from ntk_bridge.fewshot.on_tasks import TaskEpisodes
+from ntk_bridge.fewshot.train import TEST_STREAM, FixedSource, TrainConfig, TrainResult, chunks, evaluate_split, train
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,16 @@ class Progress:
     def run_end(self, row: dict) -> None: ...
 
 
-def check_shapes(config: FewShotConfig, data: FewShotDataset) -> None:
-    """Raise :class:`UserError` unless every episode shape of ``config`` fits ``data``'s splits."""
+def check_shapes(config: FewShotConfig, data: FewShotDataset | TaskEpisodes) -> None:
+    """Raise :class:`UserError` unless every episode shape of ``config`` fits ``data``'s splits (or is
+    the shape of a task set's episodes)."""
+    if isinstance(data, TaskEpisodes):
+        if (config.ways, config.shots, config.test_episodes, config.test_queries) != (
+                data.ways, (data.shots,), data.test.n_episodes, data.queries):
+            raise UserError(f"the task set's episodes are {data.ways}-way {data.shots}-shot with {data.queries} "
+                            f"queries per class and {data.test.n_episodes} test episodes; the configuration says "
+                            f"{config.ways}-way {config.shots}-shot, {config.test_queries} and {config.test_episodes}")
+        return
     for shots in config.shots:
         check_episode_shape(data.splits["train"], config.ways, shots, max(m.train_queries for m in config.methods))
         check_episode_shape(data.splits["val"], config.ways, shots, 1)
@@ -167,16 +176,26 @@ def _run_row(data: FewShotDataset, config: FewShotConfig, shots: int, seed: int,
     }
 
 
-def run_experiment(config: FewShotConfig, data: FewShotDataset, progress: Progress | None = None) -> ExperimentTables:
-    """Train and test every (shots, seed, method) of ``config`` on ``data`` (see the module docstring)."""
+def run_experiment(config: FewShotConfig, data: FewShotDataset | TaskEpisodes, progress: Progress | None = None
+                   ) -> ExperimentTables:
+    """Train and test every (shots, seed, method) of ``config`` on ``data`` (see the module docstring):
+    a dataset's splits, or a task set's episodes (:mod:`ntk_bridge.fewshot.on_tasks`: trained on
+    its training episodes, tested on its test episodes, the same for every seed)."""
     progress = progress or Progress()
     check_shapes(config, data)
     rows, curves, per_episode = [], [], []
-    test = data.splits["test"]
+    on_tasks = isinstance(data, TaskEpisodes)
+    test = None if on_tasks else data.splits["test"]
+    source = FixedSource(data.train, data.val, data.image_shape) if on_tasks else data
+
+    def test_episodes(shots, seed):
+        if on_tasks:  # the task set's own test episodes, the same for every seed
+            return chunks(data.test)
+        return fixed_episodes(test, config.ways, shots, config.test_queries, config.test_episodes, seed, TEST_STREAM)
+
     for shots in config.shots:
         for seed in config.seeds:
-            nn = np.concatenate([nearest_neighbour_accuracies(batch) for batch in fixed_episodes(
-                test, config.ways, shots, config.test_queries, config.test_episodes, seed, TEST_STREAM)])
+            nn = np.concatenate([nearest_neighbour_accuracies(batch) for batch in test_episodes(shots, seed)])
             mean, ci = mean_ci95(nn)
             rows.append({"dataset": data.name, "method": BASELINE, "ways": config.ways, "shots": shots, "seed": seed,
                          "status": "ok", "accuracy": 100 * mean, "ci95": 100 * ci, "test_episodes": nn.size,
@@ -185,10 +204,15 @@ def run_experiment(config: FewShotConfig, data: FewShotDataset, progress: Progre
                                              "episode": np.arange(nn.size), "accuracy": nn}))
             for method in config.methods:
                 progress.run_start(method.method, shots, seed)
-                net, result = train(method, config.train_config(seed), config.model, data, config.ways, shots,
+                net, result = train(method, config.train_config(seed), config.model, source, config.ways, shots,
                                     progress.step, progress.checkpoint)
-                acc, test_seconds = evaluate_split(net, method, result.params, test, config.ways, shots,
-                                                   config.test_episodes, seed, config.test_queries)
+                if on_tasks:
+                    tic = time.perf_counter()
+                    acc = accuracies(episode_scorer(net, method), result.params, test_episodes(shots, seed))
+                    test_seconds = time.perf_counter() - tic
+                else:
+                    acc, test_seconds = evaluate_split(net, method, result.params, test, config.ways, shots,
+                                                       config.test_episodes, seed, config.test_queries)
                 row = _run_row(data, config, shots, seed, method, result, acc, test_seconds)
                 rows.append(row)
                 curves.append(pd.DataFrame(result.history).assign(
@@ -223,12 +247,12 @@ def write_tables(tables: ExperimentTables, record: dict, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset, out: Path | str,
+def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpisodes, out: Path | str,
                 progress: Progress | None = None, record: dict | None = None, figure: bool = True) -> ExperimentTables:
     """Run the comparison and write its folder ``out`` (see the module docstring); returns the tables.
 
-    ``data`` is a :class:`~ntk_bridge.fewshot.data.DataSpec` (checked, then rendered or read) or a
-    loaded dataset. ``record`` adds entries to ``config.json`` (e.g. the command line). Options,
+    ``data`` is a :class:`~ntk_bridge.fewshot.data.DataSpec` (checked, then rendered or read), a
+    loaded dataset, or a task set's episodes (:class:`~ntk_bridge.fewshot.on_tasks.TaskEpisodes`). ``record`` adds entries to ``config.json`` (e.g. the command line). Options,
     the data source and ``out`` are checked before any data is rendered or any step is taken.
     """
     from ntk_bridge.provenance import provenance
@@ -247,9 +271,12 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset, out: Pat
     tables = run_experiment(config, dataset, progress)
     info = {
         "experiment": config.to_dict(),
-        "dataset": {"name": dataset.name, **(dataclasses.asdict(spec) if spec else {}),
-                    "splits": {s: {"classes": c, "samples_per_class": n} for s, (c, n) in dataset.summary().items()},
-                    "credit": dataset.credit},
+        "dataset": ({"name": dataset.name, "tasks_fingerprint": dataset.fingerprint, "validation": dataset.validation,
+                     "splits": {s: {"episodes": e, "images_per_episode": n} for s, (e, n) in dataset.summary().items()}}
+                    if isinstance(dataset, TaskEpisodes) else
+                    {"name": dataset.name, **(dataclasses.asdict(spec) if spec else {}),
+                     "splits": {s: {"classes": c, "samples_per_class": n} for s, (c, n) in dataset.summary().items()},
+                     "credit": dataset.credit}),
         "methods": {m.method: METHODS[m.method].import_path for m in config.methods},
         "provenance": start_info,
         "load_average_end": os.getloadavg(),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -38,7 +38,7 @@ import optax
 
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.data import FewShotDataset
-from ntk_bridge.fewshot.episodes import check_episode_shape, fixed_episodes
+from ntk_bridge.fewshot.episodes import Episodes, check_episode_shape, fixed_episodes
 from ntk_bridge.fewshot.evaluate import accuracies, episode_scorer, mean_ci95
 from ntk_bridge.fewshot.methods import MethodConfig, default_method_config  # noqa: F401  (re-exported)
 from ntk_bridge.fewshot.models import FewShotNet, ModelConfig, Params
@@ -158,28 +158,91 @@ def compiled_step(config: MethodConfig, net: FewShotNet, ways: int, max_steps: i
     return optimizer, step.lower(params, state, batch).compile()
 
 
+class SplitSource:
+    """Training and validation episodes drawn from a dataset's splits (the default source):
+    fresh meta-training episodes at every step (:meth:`FewShotMethod.training_batch`), fixed
+    validation episodes of the meta-validation split (stream ``VAL_STREAM``, up to 15 queries per
+    class)."""
+
+    def __init__(self, data: FewShotDataset):
+        self.train_images, self.val_images = data.splits["train"], data.splits["val"]
+        self.n_train_classes = self.train_images.shape[0]
+        self.image_shape = data.image_shape
+
+    def check(self, config: MethodConfig, ways: int, shots: int) -> None:
+        check_episode_shape(self.train_images, ways, shots, config.train_queries)
+        check_episode_shape(self.val_images, ways, shots, 1)
+
+    def training_batch(self, config: MethodConfig, ways: int, shots: int, rng: np.random.Generator) -> tuple:
+        return config.spec.training_batch(config, self.train_images, ways, shots, rng)
+
+    def validation(self, run: TrainConfig, ways: int, shots: int) -> Iterable[Episodes]:
+        queries = min(15, self.val_images.shape[1] - shots)
+        return fixed_episodes(self.val_images, ways, shots, queries, run.val_episodes, run.seed, VAL_STREAM)
+
+
+class FixedSource:
+    """Training and validation episodes given once (a task set's: ``ntk-bridge fewshot --tasks-of``).
+
+    Each outer step meta-trains on ``meta_batch`` of the training episodes, drawn without
+    replacement within the step (with replacement when there are fewer episodes than that), as
+    they are: their support and query sizes replace ``MethodConfig.train_queries``; MTL merges
+    support and query and has one head row per ``classes`` entry (the caller gives every training
+    episode its own rows: one head per task). Every checkpoint validates on all of ``val``.
+    """
+
+    def __init__(self, train: Episodes, val: Episodes, image_shape: tuple[int, ...]):
+        self.train, self.val = train, val
+        self.n_train_classes = int(train.classes.max()) + 1
+        self.image_shape = tuple(image_shape)
+
+    def check(self, config: MethodConfig, ways: int, shots: int) -> None:
+        for name, ep in (("training", self.train), ("validation", self.val)):
+            if ep.support_x.shape[1] != ways * shots or ep.classes.shape[1] != ways or ep.n_episodes < 1:
+                raise UserError(f"the {name} episodes are not {ways}-way {shots}-shot")
+
+    def training_batch(self, config: MethodConfig, ways: int, shots: int, rng: np.random.Generator) -> tuple:
+        n = self.train.n_episodes
+        pick = rng.choice(n, size=config.meta_batch, replace=config.meta_batch > n)
+        ep = self.train
+        if config.spec.merged:
+            return (np.concatenate([ep.support_x[pick], ep.query_x[pick]], axis=1),
+                    np.concatenate([ep.support_y[pick], ep.query_y[pick]], axis=1), ep.classes[pick])
+        return ep.support_x[pick], ep.support_y[pick], ep.query_x[pick], ep.query_y[pick]
+
+    def validation(self, run: TrainConfig, ways: int, shots: int) -> Iterable[Episodes]:
+        return chunks(self.val)
+
+
+def chunks(episodes: Episodes, size: int = 50) -> Iterator[Episodes]:
+    """``episodes`` in batches of at most ``size`` (bounded memory when scoring)."""
+    for start in range(0, episodes.n_episodes, size):
+        part = slice(start, start + size)
+        yield Episodes(episodes.support_x[part], episodes.support_y[part], episodes.query_x[part],
+                       episodes.query_y[part], episodes.classes[part])
+
+
 def train(
     config: MethodConfig,
     run: TrainConfig,
     model: ModelConfig,
-    data: FewShotDataset,
+    data: FewShotDataset | SplitSource | FixedSource,
     ways: int,
     shots: int,
     on_step: Callable[[int, float, float], None] | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
 ) -> tuple[FewShotNet, TrainResult]:
-    """Train one method on ``data``'s meta-training split for ``ways``-way ``shots``-shot tasks.
+    """Train one method for ``ways``-way ``shots``-shot tasks on ``data``: a dataset (its
+    meta-training split, :class:`SplitSource`) or an episode source (:class:`FixedSource`).
 
     ``on_step(steps, seconds on the run's clock, loss)`` is called after every outer step and
     ``on_checkpoint(record)`` after every validation checkpoint (for progress displays).
     Returns the network and the :class:`TrainResult` (best-validation parameters).
     """
     method = config.spec
-    train_images, val_images = data.splits["train"], data.splits["val"]
-    check_episode_shape(train_images, ways, shots, config.train_queries)
-    check_episode_shape(val_images, ways, shots, 1)
-    val_queries = min(15, val_images.shape[1] - shots)
-    net = make_net(model, config, ways, train_images.shape[0], data.image_shape)
+    source = SplitSource(data) if isinstance(data, FewShotDataset) else data
+    source.check(config, ways, shots)
+    net = make_net(model, config, ways, source.n_train_classes, source.image_shape)
     params = method.init_params(net, jax.random.PRNGKey(run.seed))
     rng = np.random.default_rng([run.seed, 1])
     score = episode_scorer(net, config)
@@ -187,8 +250,7 @@ def train(
     explode = float("inf")  # set from the first step's loss
 
     tic = time.perf_counter()
-    spec = tuple((a.shape, str(a.dtype)) for a in method.training_batch(config, train_images, ways, shots,
-                                                                        np.random.default_rng(0)))
+    spec = tuple((a.shape, str(a.dtype)) for a in source.training_batch(config, ways, shots, np.random.default_rng(0)))
     optimizer, step = compiled_step(config, net, ways, run.max_steps, spec)
     opt_state = optimizer.init(params)
     result.compile_seconds = time.perf_counter() - tic
@@ -212,8 +274,7 @@ def train(
             tic = time.perf_counter()
             val_acc = val_ci = float("nan")
             if not diverged:
-                episodes = fixed_episodes(val_images, ways, shots, val_queries, run.val_episodes, run.seed, VAL_STREAM)
-                val_acc, val_ci = mean_ci95(accuracies(score, params, episodes))
+                val_acc, val_ci = mean_ci95(accuracies(score, params, source.validation(run, ways, shots)))
             result.eval_seconds += time.perf_counter() - tic
             record = {
                 "step": result.steps, "train_seconds": result.train_seconds,
@@ -250,7 +311,7 @@ def train(
                     set_learning_rate(opt_state, lr)
 
         tic, cpu_tic = time.perf_counter(), time.process_time()
-        batch = method.training_batch(config, train_images, ways, shots, rng)
+        batch = source.training_batch(config, ways, shots, rng)
         params, opt_state, loss, acc = step(params, opt_state, batch)
         loss, acc = float(loss), float(acc)  # waits for the step: honest timing
         result.train_seconds += time.perf_counter() - tic
