@@ -4,6 +4,7 @@
     python benchmarks/bench_structured.py                      # --quick: N = 25, 75, 200
     python benchmarks/bench_structured.py --full               # + N = 1000
     python benchmarks/bench_structured.py --sizes 1000 --solvers cholesky
+    python benchmarks/bench_structured.py --sizes 2000 --solvers cholesky --kernels-on-disk /var/tmp/k  # 26 GB of files
 
 Tasks: 5-way 1-shot episodes with 15 queries, as sizes: ``subspace_tasks(n_train=N, n_test=20,
 n_support=5, n_query=15, dim=16, n_outputs=5)`` (20 points a task, ``k = 5`` outputs; the kanji
@@ -48,7 +49,7 @@ def tasks_of(N):
     return subspace_tasks(seed=0, n_train=N, n_test=20, n_support=5, n_query=15, dim=16, n_outputs=5)
 
 
-def child(N: int, solver: str, threads: int, save: str | None) -> None:
+def child(N: int, solver: str, threads: int, save: str | None, disk: str | None = None) -> None:
     import numpy as np
 
     import ntk_bridge  # noqa: F401
@@ -56,12 +57,17 @@ def child(N: int, solver: str, threads: int, save: str | None) -> None:
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 
-    out = dict(N=N, solver=solver, threads=threads, rss_start_mib=rss_mib())
+    out = dict(N=N, solver=solver, threads=threads, rss_start_mib=rss_mib(), kernels_on_disk=bool(disk))
     cfg = PredictorConfig(inner_time=0.1, finetune_time=1.0)
     with runtime.blas_threads(threads):
         tasks = tasks_of(N)
         t = time.perf_counter()
-        (k,) = list(kernels_by_depth(tasks.all_points(), depths=[4]))
+        allocate = None
+        if disk:  # the kernels in memory-mapped files (N = 2000: 2 x 13 GB, more than this machine's memory)
+            from numpy.lib.format import open_memmap
+
+            allocate = lambda name, shape: open_memmap(os.path.join(disk, f"{name}.npy"), "w+", np.float64, shape)  # noqa: E731
+        (k,) = list(kernels_by_depth(tasks.all_points(), depths=[4], allocate=allocate))
         out.update(points=tasks.layout.n_points, kernel_s=time.perf_counter() - t, rss_kernels_mib=rss_mib())
         preds = {}
         for m in ("mtl", "anil"):
@@ -121,9 +127,11 @@ def main(argv=None):
     ap.add_argument("--child", nargs=2, default=None)
     ap.add_argument("--floor", nargs=2, type=int, default=None)
     ap.add_argument("--save", default=None)
+    ap.add_argument("--kernels-on-disk", default=None, metavar="DIR",
+                    help="assemble the kernels in memory-mapped files in DIR (needed for N = 2000 in 23 GB)")
     args = ap.parse_args(argv)
     if args.child:
-        return child(int(args.child[0]), args.child[1], args.threads, args.save)
+        return child(int(args.child[0]), args.child[1], args.threads, args.save, args.kernels_on_disk)
     if args.floor:
         return floor_child(args.floor[0], args.threads, args.floor[1])
     sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([25, 75, 200, 1000] if args.full
@@ -143,7 +151,8 @@ def main(argv=None):
                 continue
             path = os.path.join(tmp, f"{N}_{solver}.npz")
             print(f"N = {N}, {solver} ...", flush=True)
-            r = run(["--child", str(N), solver, "--threads", str(args.threads), "--save", path], args.timeout)
+            disk = ["--kernels-on-disk", args.kernels_on_disk] if args.kernels_on_disk else []
+            r = run(["--child", str(N), solver, "--threads", str(args.threads), "--save", path, *disk], args.timeout)
             if r is None:
                 continue
             saved[solver] = path

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -253,6 +253,7 @@ def kernels_by_depth(
     architecture: Architecture | None = None,
     depths: Sequence[int] | None = None,
     memory_bytes: int | None = KERNEL_MEMORY_BYTES,
+    allocate: Callable[[str, tuple[int, ...]], np.ndarray] | None = None,
 ) -> Iterator[DepthKernels]:
     """Yield ``DepthKernels`` for depths ``1..max_depth`` in one pass over the layers.
 
@@ -267,6 +268,10 @@ def kernels_by_depth(
         above it the pass runs over blocks of ``b x b`` point pairs, one pass over the depths per
         block, and the kernels of every wanted depth are assembled before they are yielded (they
         take ``16 D P1 P2`` bytes more). ``None``: never in blocks.
+      allocate: ``allocate(name, shape)`` returns the float64 arrays the blocked pass assembles the
+        kernels in (``name`` ``"ntk"`` or ``"readout"``, ``shape`` ``[D, P1, P2]``), e.g. memory-mapped
+        files (``numpy.lib.format.open_memmap``) when the kernels do not fit in memory; the pass then
+        always runs in blocks and yields views of them. Default: ``numpy.empty``.
 
     Yields ``DepthKernels(depth, ntk [P1, P2], readout [P1, P2])`` in increasing depth, as float64
     numpy arrays. Unblocked, streaming keeps memory at one depth's kernels however deep the sweep.
@@ -284,8 +289,8 @@ def kernels_by_depth(
         wanted = list(range(1, int(max_depth) + 1))
     arch.input_shape(x1.shape[1])
     p2 = len(x1) if x2 is None else len(x2)
-    if memory_bytes is not None and convnets.pass_bytes(len(x1), p2, arch) > memory_bytes:
-        yield from _blocked_pass(x1, x2, arch, wanted, int(memory_bytes))
+    if allocate is not None or (memory_bytes is not None and convnets.pass_bytes(len(x1), p2, arch) > memory_bytes):
+        yield from _blocked_pass(x1, x2, arch, wanted, int(memory_bytes or KERNEL_MEMORY_BYTES), allocate)
     else:
         yield from _one_pass(x1, x2, arch, wanted)
 
@@ -309,15 +314,20 @@ def _one_pass(x1, x2, arch: Architecture, wanted: list[int]) -> Iterator[DepthKe
                                np.asarray(out.nngp, dtype=np.float64))
 
 
-def _blocked_pass(x1, x2, arch: Architecture, wanted: list[int], memory_bytes: int) -> Iterator[DepthKernels]:
-    """:func:`_one_pass` over blocks of point pairs (upper blocks only when ``x2`` is ``None``)."""
+def _blocked_pass(x1, x2, arch: Architecture, wanted: list[int], memory_bytes: int,
+                  allocate: Callable[[str, tuple[int, ...]], np.ndarray] | None = None) -> Iterator[DepthKernels]:
+    """:func:`_one_pass` over blocks of point pairs (upper blocks only when ``x2`` is ``None``),
+    assembled in arrays from ``allocate`` (see :func:`kernels_by_depth`)."""
     symmetric = x2 is None
     cols = x1 if symmetric else x2
     b = convnets.block_points(arch, memory_bytes)
     rows_at = [slice(i, min(i + b, len(x1))) for i in range(0, len(x1), b)]
     cols_at = [slice(j, min(j + b, len(cols))) for j in range(0, len(cols), b)]
-    ntk = np.empty((len(wanted), len(x1), len(cols)))
-    nngp = np.empty_like(ntk)
+    shape = (len(wanted), len(x1), len(cols))
+    make = allocate or (lambda name, shape: np.empty(shape))
+    ntk, nngp = make("ntk", shape), make("readout", shape)
+    require(all(a.shape == shape and a.dtype == np.float64 for a in (ntk, nngp)),
+            f"allocate must return float64 arrays of shape {shape}")
     for i, r in enumerate(rows_at):
         for j, c in enumerate(cols_at):
             if symmetric and j < i:

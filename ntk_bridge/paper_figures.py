@@ -18,7 +18,7 @@ from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
-__all__ = ["FIGURES", "make_figures", "grids", "conv_configs"]
+__all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings"]
 
 @dataclasses.dataclass(frozen=True)
 class Grids:
@@ -28,6 +28,7 @@ class Grids:
     degeneracy_depths: tuple[int, ...]
     fewshot: dict  # settings of the few-shot figure (:func:`ntk_bridge.fewshot.figure.figure_config`)
     conv: dict  # architecture -> SweepConfig of conv_gap_vs_depth (:func:`conv_configs`)
+    conv_networks: dict  # settings of its trained networks on the conv sweep's episodes (:func:`conv_network_settings`)
 
 
 def grids(quick: bool) -> Grids:
@@ -38,14 +39,16 @@ def grids(quick: bool) -> Grids:
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                      mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                      outer_steps=100)
-        return Grids(depth, inner, width, tuple(range(1, 65)), dict(quick=True), conv_configs(True))
+        return Grids(depth, inner, width, tuple(range(1, 65)), dict(quick=True), conv_configs(True),
+                     conv_network_settings(True))
     depth = SweepConfig.of(depths=tuple(range(1, 129)), inner_times=(0.01, 0.1, 1.0))
     inner = SweepConfig.of(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     # widths to 512: width 1024 at depth 4 alone would take about 10 minutes of the 30 on 2 cores
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
                  mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                  outer_steps=100)
-    return Grids(depth, inner, width, tuple(range(1, 257)), dict(quick=False), conv_configs(False))
+    return Grids(depth, inner, width, tuple(range(1, 257)), dict(quick=False), conv_configs(False),
+                 conv_network_settings(False))
 
 
 def _fig_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
@@ -103,13 +106,47 @@ def conv_configs(quick: bool) -> dict[str, SweepConfig]:
     return {arch: SweepConfig.of(arch=arch, **sizes) for arch in ("fc", "conv", "resnet")}
 
 
+def conv_network_settings(quick: bool) -> dict:
+    """The trained networks of ``conv_gap_vs_depth`` (``ntk-bridge fewshot --tasks-of`` the conv
+    sweep): Conv-4 bodies (the few-shot path's default) trained on the sweep's training episodes
+    with a step cap, so a rerun takes the same steps. Full: the five methods over three seeds,
+    1,000 steps; quick: MTL, ANIL and MAML, one seed, 60 steps."""
+    from ntk_bridge.fewshot.methods import METHODS, default_method_config
+
+    names = ("mtl", "anil", "maml") if quick else tuple(METHODS)
+    return dict(methods=tuple(default_method_config(n) for n in names), seeds=(0,) if quick else (0, 1, 2),
+                max_steps=60 if quick else 1000, checkpoints=4 if quick else 20)
+
+
+def _trained_on(run: str, fingerprint: str) -> bool:
+    """Whether the few-shot run folder ``run`` is finished and was trained on the task set ``fingerprint``."""
+    import json
+
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            done = json.load(f)["dataset"].get("tasks_fingerprint") == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+    return done and os.path.exists(os.path.join(run, "episodes.csv"))
+
+
 def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
-    """Gap to MTL and accuracy against depth for fc / conv / resnet kernels on kanji episodes."""
+    """Gap to MTL and accuracy against depth for fc / conv / resnet kernels on kanji episodes, and
+    the few-shot networks trained and tested on the same episodes."""
+    import pandas as pd
+
+    from ntk_bridge.fewshot.on_tasks import config_for, load_run_tasks, run_on_tasks
     from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
 
-    frames = {arch: run_sweep(cfg, os.path.join(run_root, f"conv_gap_vs_depth_{arch}"), figures=False)
-              for arch, cfg in g.conv.items()}
-    table = conv_gap_vs_depth_table(frames, chance=1.0 / 5)
+    runs = {arch: os.path.join(run_root, f"conv_gap_vs_depth_{arch}") for arch in g.conv}
+    frames = {arch: run_sweep(cfg, runs[arch], figures=False) for arch, cfg in g.conv.items()}
+    networks = os.path.join(run_root, "conv_gap_vs_depth_networks")
+    episodes, sweep, record = load_run_tasks(runs["conv"])
+    if not _trained_on(networks, episodes.fingerprint):  # trained once (a step cap: reruns agree)
+        run_on_tasks(config_for(episodes, **g.conv_networks), episodes, sweep, record, networks, figure=False,
+                     run=runs["conv"])
+    table = conv_gap_vs_depth_table(frames, chance=1.0 / 5,
+                                    networks=pd.read_csv(os.path.join(networks, "episodes.csv")))
     return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
 
 

@@ -122,3 +122,35 @@ def test_empirical_kernels_are_jacobian_gram_matrices(x):
     np.testing.assert_allclose(out.ntk, theta, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out.readout, K, rtol=1e-10, atol=1e-12)
     assert np.all(np.linalg.eigvalsh(out.ntk - out.readout) > -1e-10)  # the body's kernel is PSD
+
+
+def test_kernels_assembled_in_memory_mapped_files_equal_the_in_memory_pass(tmp_path, rng):
+    """``allocate``: the blocked pass writes into the caller's arrays (here ``.npy`` memory maps, as
+    for kernels larger than memory); the bits equal the in-memory pass's."""
+    from numpy.lib.format import open_memmap
+
+    from ntk_bridge.kernels import kernels_by_depth
+    from ntk_bridge.tasks import on_sphere
+
+    x = on_sphere(rng.standard_normal((7, 5)))
+    made = []
+
+    def allocate(name, shape):
+        made.append(name)
+        return open_memmap(str(tmp_path / f"{name}.npy"), "w+", np.float64, shape)
+
+    bound = 8 * 12 * 4  # blocks of 2 x 2 point pairs
+    on_disk = list(kernels_by_depth(x, depths=[1, 3], allocate=allocate, memory_bytes=bound))
+    in_memory = list(kernels_by_depth(x, depths=[1, 3], memory_bytes=bound))
+    assert made == ["ntk", "readout"]
+    for a, b in zip(on_disk, in_memory):
+        assert a.depth == b.depth and isinstance(a.ntk, np.memmap)
+        np.testing.assert_array_equal(a.ntk, b.ntk)
+        np.testing.assert_array_equal(a.readout, b.readout)
+    # allocate alone also runs the pass in blocks, of the default bound (one block at this size): the
+    # same bits as the one-pass kernels
+    default = list(kernels_by_depth(x, depths=[3], allocate=lambda name, shape: np.empty(shape)))[0]
+    np.testing.assert_array_equal(default.ntk, list(kernels_by_depth(x, depths=[3], memory_bytes=None))[0].ntk)
+    np.testing.assert_array_equal(np.load(tmp_path / "ntk.npy")[1], on_disk[1].ntk)
+    with pytest.raises(ValueError, match="float64"):
+        list(kernels_by_depth(x, depths=[1], allocate=lambda name, shape: np.empty(shape, np.float32)))

@@ -169,17 +169,15 @@ def fewshot_command(
     method_configs = apply_overrides([default_method_config(n, **shared) for n in names], list(set_))
     if tasks_of is not None:
         _positive(val_tasks, "val-tasks")
-        from ntk_bridge.fewshot.on_tasks import load_run_tasks
+        from ntk_bridge.fewshot.on_tasks import config_for, load_run_tasks
 
         out = out or Path("ntk_bridge_runs") / f"fewshot-tasks-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         check_out(out)
         episodes, sweep, record = load_run_tasks(tasks_of, val_episodes, val_tasks or 0)
-        config = FewShotConfig(
-            ways=episodes.ways, shots=(episodes.shots,), methods=tuple(method_configs),
-            model=ModelConfig(arch, width, depth, layer_norm, parameterization),
+        config = config_for(
+            episodes, methods=tuple(method_configs), model=ModelConfig(arch, width, depth, layer_norm, parameterization),
             seeds=tuple(range(seed, seed + seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes,
-            clock=clock, test_episodes=episodes.test.n_episodes, test_queries=episodes.queries,
-            val_episodes=episodes.val.n_episodes, checkpoints=checkpoints, plateau_patience=patience)
+            clock=clock, checkpoints=checkpoints, plateau_patience=patience)
         _run(config, episodes, out, tasks_of=(tasks_of, sweep, record))
         return
     config = FewShotConfig(
@@ -250,19 +248,17 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
             bar.update(self.task, completed=1.0, val=f"{row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "
                        f"({row['stopped']}, {row['status']})")
 
-    record = {"command": sys.argv}
-    if tasks_of is not None:
-        record["tasks_of"] = {"run": str(tasks_of[0]), "sweep_command": tasks_of[2].get("command"),
-                              "sweep_config": tasks_of[2].get("config")}
-    with bar:
-        tables = experiment.run_fewshot(config, spec, out, Display(), record=record)
-    summary = summary_table(tables.summary)
     name = spec.name
-    if tasks_of is not None:
-        from ntk_bridge.fewshot.on_tasks import closed_form_table, write_closed_forms
+    with bar:
+        if tasks_of is None:
+            tables = experiment.run_fewshot(config, spec, out, Display(), record={"command": sys.argv})
+        else:
+            from ntk_bridge.fewshot.on_tasks import closed_form_table, run_on_tasks
 
-        comparison = write_closed_forms(out, tasks_of[1], tables.episodes, tasks_of[2])
-        name = f"{spec.name} tasks of {tasks_of[0]}"
+            tables, comparison = run_on_tasks(config, spec, tasks_of[1], tasks_of[2], out, Display(),
+                                              record={"command": sys.argv}, run=str(tasks_of[0]))
+            name = f"{spec.name} tasks of {tasks_of[0]}"
+    summary = summary_table(tables.summary)
     for shot, group in summary.groupby("shots", sort=False):
         table = Table(title=f"{name} {config.ways}-way {shot}-shot: {config.test_episodes} test episodes per seed; "
                             "± = 95% interval over seeds", box=box.SIMPLE, pad_edge=False)
@@ -276,7 +272,7 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
         table = Table(title=title, box=box.SIMPLE, pad_edge=False)
         for column in pivot.columns:
             table.add_column(str(column), justify="right")
-        for _, r in pivot.iterrows():
+        for r in pivot.itertuples(index=False):
             table.add_row(*[str(v) for v in r])
         console.print(table)
         console.print(f"closed forms beside the networks: {out / 'closed_forms.csv'}")

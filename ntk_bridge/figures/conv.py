@@ -15,32 +15,54 @@ __all__ = ["ARCH_LABELS", "conv_gap_vs_depth_table", "plot_conv_gap_vs_depth"]
 ARCH_LABELS = {"fc": "fully connected", "conv": "convolutional", "resnet": "residual"}
 
 
-def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = math.nan) -> pd.DataFrame:
+
+def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = math.nan,
+                            networks: pd.DataFrame | None = None) -> pd.DataFrame:
     """``{arch: results rows}`` (closed forms) -> quartiles over test tasks of the gap to MTL and of
-    the test accuracy per architecture, method, inner time and depth (column ``arch``); ``chance``:
-    the accuracy of guessing (``1 / ways``), kept as a column for the figure."""
+    the test accuracy per architecture, method, inner time and depth (column ``arch``, ``source``
+    ``closed form``); ``chance``: the accuracy of guessing (``1 / ways``), kept as a column for the
+    figure. ``networks``: the ``episodes.csv`` of the few-shot networks trained and tested on the same
+    episodes (``ntk-bridge fewshot --tasks-of``), one row per method (``source`` ``trained network``):
+    mean accuracy over the test episodes (each episode's averaged over seeds first), its 95%
+    half-width over episodes, and the number of seeds."""
+    from ntk_bridge.fewshot.evaluate import mean_ci95
+    from ntk_bridge.fewshot.on_tasks import networks_first
+
     parts = []
     for arch, df in frames.items():
         d = ok_rows(df)
         d = d[(d["width"] == math.inf)]
         t = summarise(d, ["method", "mtl_data", "test_head", "inner_time", "finetune_time", "depth"],
                       ["gap_to_mtl_rel", "test_accuracy"])
-        parts.append(t.assign(arch=arch, tasks=";".join(sorted(set(df["tasks"].astype(str)))), chance=chance))
+        parts.append(t.assign(arch=arch, source="closed form", tasks=";".join(sorted(set(df["tasks"].astype(str)))),
+                              chance=chance))
+    if networks is not None and len(networks):
+        rows = []
+        for method in networks_first(networks["method"].unique()):
+            g = networks[networks["method"] == method]
+            mean, ci = mean_ci95(g.groupby("episode")["accuracy"].mean().to_numpy())
+            rows.append({"method": method, "network_accuracy": mean, "network_ci95": ci, "seeds": g["seed"].nunique(),
+                         "episodes": g["episode"].nunique()})
+        parts.append(pd.DataFrame(rows).assign(arch="conv4", source="trained network", chance=chance))
     table = pd.concat(parts, ignore_index=True)
-    return table[["arch"] + [c for c in table.columns if c != "arch"]]
+    return table[["arch", "source"] + [c for c in table.columns if c not in ("arch", "source")]]
 
 
 def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     """Left: median gap to MTL vs depth of ANIL and MAML (colour) for each architecture (line style),
     smallest inner time; then one panel per architecture: median test accuracy of MTL, ANIL, MAML
-    and the no-transfer baseline (band: interquartile range over test episodes; dotted: chance)."""
-    table = one_protocol(table)
+    and the no-transfer baseline (band: interquartile range over test episodes; dotted: chance);
+    last, when the table has them, the trained networks' mean accuracy on the same test episodes
+    (bars: 95% intervals over episodes)."""
+    nets = table[table["source"] == "trained network"] if "source" in table else table.iloc[:0]
+    table = one_protocol(table[table["source"] != "trained network"] if "source" in table else table)
     archs = [a for a in ARCH_LABELS if a in set(table["arch"])]
     s0 = sorted(table["inner_time"].unique())[0]
     t = table[table["inner_time"] == s0]
     plt = pyplot()
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(archs) + 1, figsize=(2.9 * (len(archs) + 1), 2.8), squeeze=False)
+        panels = len(archs) + 1 + (len(nets) > 0)
+        fig, axes = plt.subplots(1, panels, figsize=(2.9 * panels, 2.8), squeeze=False)
         ax = axes[0][0]
         for i, arch in enumerate(archs):
             for method in [m for m in GBML_FLOW if m in set(t["method"])]:
@@ -53,7 +75,7 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
         ax.set_title(f"gap to MTL ($\\lambda\\tau$={s0:g})")
         ax.legend(frameon=False, fontsize=5.5)
         lo = min(0.0, float(t["test_accuracy_q25"].min()))
-        for ax, arch in zip(axes[0][1:], archs):
+        for ax, arch in zip(axes[0][1:len(archs) + 1], archs):
             g0 = t[t["arch"] == arch]
             for method in [MTL] + [m for m in GBML_FLOW if m in set(g0["method"])] + [BASELINE]:
                 g = g0[g0["method"] == method].sort_values("depth")
@@ -71,6 +93,25 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
             ax.set_ylabel("test accuracy (query sets)")
             ax.set_title(f"{ARCH_LABELS[arch]}: accuracy")
             ax.legend(frameon=False, fontsize=5.5)
+        if len(nets):
+            ax = axes[0][-1]
+            x = range(len(nets))
+            from ntk_bridge.fewshot.methods import METHODS as NETWORKS
+
+            # the closed forms' colours where the method is the same, the few-shot registry's for the rest
+            colours = [COLORS.get(m, NETWORKS[m].color if m in NETWORKS else "0.5") for m in nets["method"]]
+            ax.bar(x, nets["network_accuracy"], yerr=nets["network_ci95"], color=colours, alpha=0.8, capsize=2,
+                   error_kw={"linewidth": 0.7})
+            ax.set_xticks(list(x), [NETWORKS[m].label if m in NETWORKS else "1-NN pixels"
+                                 for m in nets["method"]], rotation=30, fontsize=6)
+            chance = float(nets["chance"].iloc[0])
+            if math.isfinite(chance):
+                ax.axhline(chance, color="k", linewidth=0.7, linestyle=":", label="chance")
+                ax.legend(frameon=False, fontsize=5.5)
+            ax.set_ylim(lo, 1.0)
+            ax.set_ylabel("test accuracy (same query sets)")
+            seeds = int(nets["seeds"].max())
+            ax.set_title(f"trained Conv-4 networks ({seeds} seed{'s' * (seeds > 1)})")
         fig.tight_layout()
         return save(fig, path_prefix, table)
 
