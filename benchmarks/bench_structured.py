@@ -4,7 +4,8 @@
     python benchmarks/bench_structured.py                      # --quick: N = 25, 75, 200
     python benchmarks/bench_structured.py --full               # + N = 1000
     python benchmarks/bench_structured.py --sizes 1000 --solvers cholesky
-    python benchmarks/bench_structured.py --sizes 2000 --solvers cholesky --kernels-on-disk /var/tmp/k  # 26 GB of files
+    python benchmarks/bench_structured.py --sizes 2000 --solvers cholesky --kernels-on-disk /var/tmp/k \
+        --csv structured_2000 --timeout 5400                  # the kernels in 26 GB of files
 
 Tasks: 5-way 1-shot episodes with 15 queries, as sizes: ``subspace_tasks(n_train=N, n_test=20,
 n_support=5, n_query=15, dim=16, n_outputs=5)`` (20 points a task, ``k = 5`` outputs; the kanji
@@ -22,7 +23,7 @@ per shape; about a second), on the first above, the peak RSS after each stage. T
 ``dense``: the library's ``eigh`` path (every default sweep; skipped above N = 200: tens of minutes).
 The predictions of the structured solvers are compared with the dense path's where both ran.
 
-Writes ``benchmarks/results/structured.csv``.
+Writes ``benchmarks/results/structured.csv`` (``--csv NAME``: ``NAME.csv``).
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ def main(argv=None):
     ap.add_argument("--child", nargs=2, default=None)
     ap.add_argument("--floor", nargs=2, type=int, default=None)
     ap.add_argument("--save", default=None)
+    ap.add_argument("--csv", default="structured", help="results/<CSV>.csv to write")
     ap.add_argument("--kernels-on-disk", default=None, metavar="DIR",
                     help="assemble the kernels in memory-mapped files in DIR (needed for N = 2000 in 23 GB)")
     args = ap.parse_args(argv)
@@ -179,7 +181,7 @@ def main(argv=None):
                                                     "mtl_over_floor", "anil_s", "anil_floor_s", "anil_over_floor",
                                                     "rss_kernels_mib", "rss_mtl_mib", "rss_anil_mib",
                                                     "mtl_vs_dense_rel", "anil_vs_dense_rel"])
-    C.write_csv("structured", rows)
+    C.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

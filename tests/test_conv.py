@@ -269,3 +269,25 @@ def test_conv_gap_vs_depth_figure_from_its_table(panel_rows, tmp_path):
 
     back = pd.read_csv(tmp_path / "conv_gap_vs_depth.csv")
     assert {"arch", "gap_to_mtl_rel_q50", "test_accuracy_q50", "chance"} <= set(back.columns)
+
+
+def test_conv_gap_vs_depth_figure_draws_the_trained_networks(panel_rows, tmp_path):
+    """The trained networks' rows (``ntk-bridge fewshot --tasks-of``): per method the mean over test
+    episodes of each episode's accuracy averaged over seeds, its 95% half-width over episodes; they
+    reach the figure's CSV beside every closed-form row."""
+    import pandas as pd
+
+    from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
+
+    _, _, rows = panel_rows
+    episodes = pd.DataFrame({"method": ["mtl"] * 6 + ["nn-pixels"] * 3, "seed": [0, 0, 0, 1, 1, 1, 0, 0, 0],
+                             "episode": [0, 1, 2] * 3, "accuracy": [0.2, 0.4, 1.0, 0.4, 0.6, 0.8, 0.5, 0.5, 0.2]})
+    table = conv_gap_vs_depth_table({"fc": rows[rows["tasks"] == "img"]}, chance=0.2, networks=episodes)
+    nets = table[table["source"] == "trained network"].set_index("method")
+    per_episode = np.array([0.3, 0.5, 0.9])
+    assert list(nets.index) == ["mtl", "nn-pixels"] and nets.loc["mtl", "seeds"] == 2
+    assert nets.loc["mtl", "network_accuracy"] == pytest.approx(per_episode.mean())
+    assert nets.loc["mtl", "network_ci95"] == pytest.approx(1.96 * per_episode.std(ddof=1) / np.sqrt(3))
+    plot_conv_gap_vs_depth(table, str(tmp_path / "fig"))
+    back = pd.read_csv(tmp_path / "fig.csv")
+    assert len(back) == len(table) and set(back["source"]) == {"closed form", "trained network"}

@@ -277,7 +277,8 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
         console.print(table)
         console.print(f"closed forms beside the networks: {out / 'closed_forms.csv'}")
     elif tasks_of is not None:
-        console.print(f"[yellow]{tasks_of[0]} has no results.csv with closed-form accuracies: nothing to compare[/]")
+        console.print(f"[yellow]{tasks_of[0]} holds no infinite-width closed-form accuracies (no results.csv, or no "
+                      "ok rows at width inf): nothing to compare[/]")
     bad = tables.results[~tables.results["status"].isin(["ok"])]
     if len(bad):
         console.print(f"[yellow]{len(bad)} run(s) not ok ({', '.join(sorted(set(bad['status'])))}; statuses: "

@@ -54,6 +54,7 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     and the no-transfer baseline (band: interquartile range over test episodes; dotted: chance);
     last, when the table has them, the trained networks' mean accuracy on the same test episodes
     (bars: 95% intervals over episodes)."""
+    full = table  # the CSV keeps every row; the panels draw one protocol
     nets = table[table["source"] == "trained network"] if "source" in table else table.iloc[:0]
     table = one_protocol(table[table["source"] != "trained network"] if "source" in table else table)
     archs = [a for a in ARCH_LABELS if a in set(table["arch"])]
@@ -109,9 +110,9 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
                 ax.axhline(chance, color="k", linewidth=0.7, linestyle=":", label="chance")
                 ax.legend(frameon=False, fontsize=5.5)
             ax.set_ylim(lo, 1.0)
-            ax.set_ylabel("test accuracy (same query sets)")
+            ax.set_ylabel("mean test accuracy (same query sets)")
             seeds = int(nets["seeds"].max())
             ax.set_title(f"trained Conv-4 networks ({seeds} seed{'s' * (seeds > 1)})")
         fig.tight_layout()
-        return save(fig, path_prefix, table)
+        return save(fig, path_prefix, full)
 
