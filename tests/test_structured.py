@@ -75,6 +75,70 @@ def test_cholesky_from_blocks_equals_a_dense_solve(problem, method, mtl_data, te
     assert rel(got.values, expected(method, Th, K, tasks, f0, mtl_data, test_head)) < 1e-10
 
 
+@pytest.mark.parametrize("method", ["anil", "maml"])
+def test_the_meta_kernel_formed_a_few_tasks_at_a_time_is_the_same(problem, method, monkeypatch):
+    """Forming the meta-kernel system in blocks of tasks (two at a time here; at paper scale, blocks
+    whose temporaries stay near ``FORM_BLOCK_ELEMENTS``) gives the one-block prediction."""
+    from ntk_bridge import structured
+
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
+    whole = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method].values
+    layout = tasks.layout
+    per_task = layout.n_query * max(layout.n_train * layout.n_query, layout.n_train * layout.n_support)
+    monkeypatch.setattr(structured, "FORM_BLOCK_ELEMENTS", 2 * per_task)
+    blocked = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method].values
+    assert layout.n_train > 2 and rel(blocked, whole) < 1e-13
+    assert rel(blocked, expected(method, Th, K, tasks, f0)) < 1e-10
+
+
+def test_blocked_cholesky_and_solve_equal_lapack(rng):
+    """The factorisation used past scipy's LAPACK limit, by blocks of 7 rows: the same factor as
+    numpy's, the same solutions as ``scipy.linalg.solve``; the condition estimate is the exact
+    ``||A^-1||_1`` or a little below (Higham's estimator is a lower bound)."""
+    from ntk_bridge.structured import _inverse_norm1, blocked_cho_solve, blocked_cholesky
+
+    m = rng.standard_normal((50, 60))
+    a = m @ m.T / 60 + 0.1 * np.eye(50)
+    work = a.copy()
+    work[np.triu_indices(50, 1)] = np.nan  # only the lower triangle may be read
+    assert blocked_cholesky(work, block=7) == 0
+    np.testing.assert_allclose(np.tril(work), np.linalg.cholesky(a), rtol=0, atol=1e-12)
+    rhs = rng.standard_normal((50, 3))
+    np.testing.assert_allclose(blocked_cho_solve(work, rhs, block=7), scipy.linalg.solve(a, rhs), rtol=1e-10)
+    np.testing.assert_allclose(blocked_cho_solve(work, rhs[:, 0], block=7), scipy.linalg.solve(a, rhs[:, 0]),
+                               rtol=1e-10)
+    exact = np.linalg.norm(np.linalg.inv(a), 1)
+    assert exact / 3 <= _inverse_norm1(work) <= exact * (1 + 1e-10)
+    indefinite = a - 2 * np.eye(50) * np.linalg.eigvalsh(a).max()
+    assert blocked_cholesky(indefinite.copy(), block=7) == 1
+
+
+@pytest.mark.parametrize("method", ["mtl", "anil", "maml"])
+def test_systems_past_the_lapack_limit_take_the_blocked_factorisation(problem, method, monkeypatch):
+    """With the limit lowered below this problem's systems, the blocked factorisation gives the
+    predictions of LAPACK's (and of the dense reference); a singular system gives NaN, reported not ok."""
+    from ntk_bridge import structured
+
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
+    lapack = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
+    monkeypatch.setattr(structured, "LAPACK_MAX_ORDER", 10)
+    monkeypatch.setattr(structured, "CHOLESKY_BLOCK", 16)
+    blocked = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
+    assert rel(blocked.values, lapack.values) < 1e-12 and blocked.diagnostics.ridge_rel == 0
+    assert blocked.diagnostics.cond == pytest.approx(lapack.diagnostics.cond, rel=0.5)  # two estimates
+    singular = predict_from_kernels(Th * 0, K * 0, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
+    assert not singular.diagnostics.finite
+
+
+def test_norm1_in_row_blocks(rng):
+    from ntk_bridge.structured import _norm1
+
+    a = rng.standard_normal((37, 11))
+    assert _norm1(a, rows=5) == pytest.approx(np.linalg.norm(a, 1), rel=1e-14)
+
+
 def _meta_kernel(problem, method="maml"):
     tasks, Th, K, f0 = problem
     G = K if method == "anil" else Th
