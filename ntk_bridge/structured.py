@@ -21,7 +21,9 @@ Two solvers use this (:func:`resolve` says which runs when):
   4-index temporaries), factorised once (``n^3 / 3``, the only cubic step) and solved for every
   output column; LAPACK's ``dpocon`` estimates its condition number. A factorisation that fails, or
   an estimated condition number above ``1 / rcond`` (the dense path's ridge threshold), falls back to
-  the dense ``eigh`` with its ridge, so the result means what the dense one means.
+  the dense ``eigh`` with its ridge, so the result means what the dense one means. From
+  :data:`LAPACK_MAX_ORDER` on: :func:`blocked_cholesky` and Higham's 1-norm estimator instead, and
+  no dense fallback (a failure gives NaN predictions).
 * ``cg`` (iterative, nothing ``n x n`` formed): conjugate gradients with a block-Jacobi
   preconditioner (the exact inverse of each task's own diagonal block, ``Phi_ii`` resp.
   ``Theta_ii``). Stopping rule: relative residual ``||A x - r|| / ||r|| <= CG_TOL = 1e-10`` in every
