@@ -19,7 +19,7 @@ Each (N, solver) runs in a fresh process (peak memory is per process; ``ru_maxrs
 ``predict_from_kernels(Theta, K, tasks, cfg, (method,), solver=...)`` for MTL then ANIL (times
 ``inf``, ``lambda tau = 0.1``, ``s_hat = 1``), timed on a second call up to N = 200 (JAX compiles
 per shape; about a second), on the first above, the peak RSS after each stage. The floor, in its own process: one dense
-``dpotrf`` (Cholesky) of an SPD matrix of the same size (random lower triangle, diagonally dominant), in place: ``n^3 / 3`` flops and ``8 n^2`` bytes, the least any direct solve of that system needs. From ``structured.LAPACK_MAX_ORDER`` (23,000) on, where scipy's ``dpotrf`` crashes, the floor is ``n^3 / 3`` flops at the machine's ``dgemm`` rate (a 4096-square product, best of 3), which no factorisation beats.
+``dpotrf`` (Cholesky) of an SPD matrix of the same size (random lower triangle, diagonally dominant), in place: ``n^3 / 3`` flops and ``8 n^2`` bytes, the least any direct solve of that system needs. From ``blocked.LAPACK_MAX_ORDER`` (23,000) on, where scipy's ``dpotrf`` crashes, the floor is ``n^3 / 3`` flops at the machine's ``dgemm`` rate (a 4096-square product, best of 3), which no factorisation beats.
 ``dense``: the library's ``eigh`` path (every default sweep; skipped above N = 200: tens of minutes).
 The predictions of the structured solvers are compared with the dense path's where both ran.
 
@@ -92,9 +92,9 @@ def floor_child(n: int, threads: int, N: int) -> None:
     import ntk_bridge  # noqa: F401
     from ntk_bridge import runtime
 
-    from ntk_bridge.structured import LAPACK_MAX_ORDER
+    from ntk_bridge.blocked import LAPACK_MAX_ORDER
 
-    if n >= LAPACK_MAX_ORDER:  # scipy's dpotrf crashes at this order (structured.LAPACK_MAX_ORDER)
+    if n >= LAPACK_MAX_ORDER:  # scipy's dpotrf crashes at this order (blocked.LAPACK_MAX_ORDER)
         with runtime.blas_threads(threads):
             b = np.random.default_rng(N).random((4096, 4096))
             best = math.inf

@@ -111,9 +111,9 @@ def conv_network_settings(quick: bool) -> dict:
     sweep): Conv-4 bodies (the few-shot path's default) trained on the sweep's training episodes
     with a step cap, so a rerun takes the same steps. Full: the five methods over three seeds,
     1,000 steps; quick: MTL, ANIL and MAML, one seed, 60 steps."""
-    from ntk_bridge.fewshot.methods import METHODS, default_method_config
+    from ntk_bridge.fewshot.methods import ANIL, MAML, METHODS, MTL, default_method_config
 
-    names = ("mtl", "anil", "maml") if quick else tuple(METHODS)
+    names = tuple(m.name for m in (MTL, ANIL, MAML)) if quick else tuple(METHODS)
     return dict(methods=tuple(default_method_config(n) for n in names), seeds=(0,) if quick else (0, 1, 2),
                 max_steps=60 if quick else 1000, checkpoints=4 if quick else 20)
 
@@ -135,7 +135,8 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     the few-shot networks trained and tested on the same episodes."""
     import pandas as pd
 
-    from ntk_bridge.fewshot.on_tasks import config_for, load_run_tasks, run_on_tasks
+    from ntk_bridge.fewshot.experiment import config_for, run_on_tasks
+    from ntk_bridge.fewshot.on_tasks import load_run_tasks
     from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
 
     runs = {arch: os.path.join(run_root, f"conv_gap_vs_depth_{arch}") for arch in g.conv}

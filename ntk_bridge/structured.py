@@ -22,8 +22,8 @@ Two solvers use this (:func:`resolve` says which runs when):
   output column; LAPACK's ``dpocon`` estimates its condition number. A factorisation that fails, or
   an estimated condition number above ``1 / rcond`` (the dense path's ridge threshold), falls back to
   the dense ``eigh`` with its ridge, so the result means what the dense one means. From
-  :data:`LAPACK_MAX_ORDER` on: :func:`blocked_cholesky` and Higham's 1-norm estimator instead, and
-  no dense fallback (a failure gives NaN predictions).
+  :data:`ntk_bridge.blocked.LAPACK_MAX_ORDER` on: :func:`ntk_bridge.blocked.cholesky` and Higham's
+  1-norm estimator instead, and no dense fallback (a failure gives NaN predictions).
 * ``cg`` (iterative, nothing ``n x n`` formed): conjugate gradients with a block-Jacobi
   preconditioner (the exact inverse of each task's own diagonal block, ``Phi_ii`` resp.
   ``Theta_ii``). Stopping rule: relative residual ``||A x - r|| / ||r|| <= CG_TOL = 1e-10`` in every
@@ -40,12 +40,13 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ntk_bridge import blocked
 from ntk_bridge.errors import require
 from ntk_bridge.operators import Solve, adapt_test, adapt_train, block, eigh_apply, mtl_index, own
 from ntk_bridge.tasks import Layout
 
-__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "LAPACK_MAX_ORDER", "CGResult", "pcg", "resolve", "grid_solvers",
-           "solve_estimate", "outer_size", "gbml", "mtl", "blocked_cholesky", "blocked_cho_solve"]
+__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "solve_estimate",
+           "outer_size", "gbml", "mtl"]
 
 #: Outer solvers: ``auto`` picks one of the others (:func:`resolve`).
 SOLVERS = ("auto", "dense", "cholesky", "cg")
@@ -190,13 +191,13 @@ def _solve(system: _System, rhs: np.ndarray, solver: str, dyn, rcond: float, tol
     from scipy.linalg import lapack
 
     a = system.form()
-    norm1 = _norm1(a)
-    if a.shape[0] >= LAPACK_MAX_ORDER:  # past what scipy's LAPACK can factorise (see LAPACK_MAX_ORDER)
-        info = blocked_cholesky(a)
+    norm1 = blocked.norm1(a)
+    if a.shape[0] >= blocked.LAPACK_MAX_ORDER:  # past what scipy's LAPACK can factorise
+        info = blocked.cholesky(a)
         if info == 0:
-            rc = 1.0 / (norm1 * _inverse_norm1(a))
+            rc = 1.0 / (norm1 * blocked.inverse_norm1(a))
             if rc > rcond:
-                return blocked_cho_solve(a, rhs), Solve(math.nan, 0.0, 1.0 / rc), math.nan
+                return blocked.cho_solve(a, rhs), Solve(math.nan, 0.0, 1.0 / rc), math.nan
         # no dense fallback at this size (eigh needs several n x n arrays): the rows say not_psd
         return np.full(np.shape(rhs), np.nan), Solve(-1.0, 0.0, math.inf), math.nan
     # factorised in place (the only n x n array held); a.T is its Fortran-ordered view, whose lower
@@ -212,84 +213,8 @@ def _solve(system: _System, rhs: np.ndarray, solver: str, dyn, rcond: float, tol
     return np.asarray(op) @ rhs, Solve(*(float(v) for v in info)), math.nan
 
 
-#: Systems of this order and above are factorised by :func:`blocked_cholesky` (numpy's 64-bit-index
-#: BLAS on blocks) instead of LAPACK's ``dpotrf`` through scipy: scipy's bundled OpenBLAS (32-bit
-#: indices) crashed the process (segmentation fault) in ``dpotrf`` at orders 30,000 and 40,000 here,
-#: while 20,000 ran; 23,170 is where ``8 n^2`` passes ``2^32`` bytes.
-LAPACK_MAX_ORDER = 23_000
-#: Block order of :func:`blocked_cholesky` and :func:`blocked_cho_solve`.
-CHOLESKY_BLOCK = 2048
-
-
-def blocked_cholesky(a: np.ndarray, block: int | None = None) -> int:
-    """The lower Cholesky factor of the symmetric positive definite ``a`` (its lower triangle is read),
-    in place, right-looking by blocks of ``block`` rows: each diagonal block by ``numpy.linalg.cholesky``,
-    each panel by a triangular solve, the trailing lower triangle updated a block row at a time (the
-    largest temporary is ``block x n``). The strict upper triangle is left as it was. Returns 0, or
-    ``k + 1`` when the leading minor at row ``k``'s block is not positive definite (LAPACK's ``info``
-    convention, to the block)."""
-    import scipy.linalg
-
-    n, block = a.shape[0], block or CHOLESKY_BLOCK
-    for k in range(0, n, block):
-        e = min(k + block, n)
-        try:
-            diag = np.linalg.cholesky(np.array(a[k:e, k:e]))
-        except np.linalg.LinAlgError:
-            return k + 1
-        a[k:e, k:e] = diag
-        if e == n:
-            break
-        panel = scipy.linalg.solve_triangular(diag, np.array(a[e:, k:e]).T, lower=True, check_finite=False).T
-        a[e:, k:e] = panel
-        for r in range(e, n, block):
-            f = min(r + block, n)
-            a[r:f, e:f] -= panel[r - e:f - e] @ panel[:f - e].T
-    return 0
-
-
-def blocked_cho_solve(factor: np.ndarray, rhs: np.ndarray, block: int | None = None) -> np.ndarray:
-    """``A^-1 rhs`` from :func:`blocked_cholesky`'s factor (forward then backward substitution by
-    blocks; ``rhs`` ``[n]`` or ``[n, k]``)."""
-    import scipy.linalg
-
-    n, block = factor.shape[0], block or CHOLESKY_BLOCK
-    y = np.array(rhs, dtype=np.float64)
-    starts = list(range(0, n, block))
-    for k in starts:
-        e = min(k + block, n)
-        if k:
-            y[k:e] -= factor[k:e, :k] @ y[:k]
-        y[k:e] = scipy.linalg.solve_triangular(np.array(factor[k:e, k:e]), y[k:e], lower=True, check_finite=False)
-    for k in reversed(starts):
-        e = min(k + block, n)
-        if e < n:
-            y[k:e] -= factor[e:, k:e].T @ y[e:]
-        y[k:e] = scipy.linalg.solve_triangular(np.array(factor[k:e, k:e]), y[k:e], lower=True, trans="T",
-                                               check_finite=False)
-    return y
-
-
-def _inverse_norm1(factor: np.ndarray) -> float:
-    """An estimate of ``||A^-1||_1`` from :func:`blocked_cholesky`'s factor (Higham's block 1-norm
-    estimator, ``scipy.sparse.linalg.onenormest``, the method of LAPACK's ``dpocon``)."""
-    from scipy.sparse.linalg import LinearOperator, onenormest
-
-    n = factor.shape[0]
-    solve = lambda v: blocked_cho_solve(factor, v)  # noqa: E731  (A^-1 is symmetric)
-    return float(onenormest(LinearOperator((n, n), matvec=solve, rmatvec=solve, matmat=solve, dtype=np.float64)))
-
-
 #: Elements of the temporaries of one block of tasks when a meta-kernel system is formed (256 MB).
 FORM_BLOCK_ELEMENTS = 1 << 25
-
-
-def _norm1(a: np.ndarray, rows: int = 2048) -> float:
-    """``||a||_1`` (largest column sum of ``|a|``) over row blocks: no temporary of ``a``'s size."""
-    total = np.zeros(a.shape[1])
-    for r in range(0, a.shape[0], rows):
-        total += np.abs(a[r:r + rows]).sum(axis=0)
-    return float(total.max())
 
 
 def _own_blocks(G, rows: slice, cols: slice, tasks: int) -> np.ndarray:

@@ -350,7 +350,6 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     folder = RunFolder(run_dir)
     tasks = config.load_tasks()
     est = check_feasible(config, tasks)  # before anything is planned, allocated or written
-    fingerprint = tasks.fingerprint()
     tasks, cells, keys = plan(config, tasks)
     if est["seconds"] > 600:
         progress.note(f"estimated time: about {est['seconds'] / 60:.0f} minutes ({est['cells']:,} cells over "
@@ -372,8 +371,7 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
                 jax.clear_caches()
         df = results_table([done[k] for k in dict.fromkeys(keys) if k in done])
         try:
-            write_run(folder, df, config, command=command, started=started, figures=figures, damaged=len(damaged),
-                      tasks_fingerprint=fingerprint)
+            write_run(folder, df, config, command, started, figures, len(damaged), tasks.fingerprint())
         except OSError as exc:
             raise UserError(f"cannot write the results into {run_dir} ({exc.strerror or exc}); every cell is saved "
                             "in cells/: free some space and rerun the same command") from None

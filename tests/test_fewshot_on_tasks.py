@@ -15,10 +15,10 @@ from ntk_bridge.cli import main
 from ntk_bridge.errors import UserError
 from ntk_bridge.families import _downsample, image_tasks, image_validation_episodes
 from ntk_bridge.fewshot.data import load_digits_dataset
-from ntk_bridge.fewshot.experiment import run_experiment
+from ntk_bridge.fewshot.experiment import config_for, run_experiment
 from ntk_bridge.fewshot.methods import default_method_config
 from ntk_bridge.fewshot.models import ModelConfig
-from ntk_bridge.fewshot.on_tasks import (closed_form_comparison, config_for, load_run_tasks, task_episodes)
+from ntk_bridge.fewshot.on_tasks import closed_form_comparison, task_episodes
 from ntk_bridge.fewshot.train import FixedSource, TrainConfig, train
 from ntk_bridge.tasks import TaskSet, on_sphere
 

@@ -96,7 +96,9 @@ def test_blocked_cholesky_and_solve_equal_lapack(rng):
     """The factorisation used past scipy's LAPACK limit, by blocks of 7 rows: the same factor as
     numpy's, the same solutions as ``scipy.linalg.solve``; the condition estimate is the exact
     ``||A^-1||_1`` or a little below (Higham's estimator is a lower bound)."""
-    from ntk_bridge.structured import _inverse_norm1, blocked_cho_solve, blocked_cholesky
+    from ntk_bridge.blocked import cho_solve as blocked_cho_solve
+    from ntk_bridge.blocked import cholesky as blocked_cholesky
+    from ntk_bridge.blocked import inverse_norm1 as _inverse_norm1
 
     m = rng.standard_normal((50, 60))
     a = m @ m.T / 60 + 0.1 * np.eye(50)
@@ -118,13 +120,13 @@ def test_blocked_cholesky_and_solve_equal_lapack(rng):
 def test_systems_past_the_lapack_limit_take_the_blocked_factorisation(problem, method, monkeypatch):
     """With the limit lowered below this problem's systems, the blocked factorisation gives the
     predictions of LAPACK's (and of the dense reference); a singular system gives NaN, reported not ok."""
-    from ntk_bridge import structured
+    from ntk_bridge import blocked
 
     tasks, Th, K, f0 = problem
     cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
     lapack = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
-    monkeypatch.setattr(structured, "LAPACK_MAX_ORDER", 10)
-    monkeypatch.setattr(structured, "CHOLESKY_BLOCK", 16)
+    monkeypatch.setattr(blocked, "LAPACK_MAX_ORDER", 10)
+    monkeypatch.setattr(blocked, "CHOLESKY_BLOCK", 16)
     blocked = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method]
     assert rel(blocked.values, lapack.values) < 1e-12 and blocked.diagnostics.ridge_rel == 0
     assert blocked.diagnostics.cond == pytest.approx(lapack.diagnostics.cond, rel=0.5)  # two estimates
@@ -133,10 +135,10 @@ def test_systems_past_the_lapack_limit_take_the_blocked_factorisation(problem, m
 
 
 def test_norm1_in_row_blocks(rng):
-    from ntk_bridge.structured import _norm1
+    from ntk_bridge.blocked import norm1
 
     a = rng.standard_normal((37, 11))
-    assert _norm1(a, rows=5) == pytest.approx(np.linalg.norm(a, 1), rel=1e-14)
+    assert norm1(a, rows=5) == pytest.approx(np.linalg.norm(a, 1), rel=1e-14)
 
 
 def _meta_kernel(problem, method="maml"):

@@ -161,7 +161,7 @@ def fewshot_command(
     names = parse_methods(methods)
 
     from ntk_bridge.fewshot.data import DataSpec
-    from ntk_bridge.fewshot.experiment import FewShotConfig, check_out, run_fewshot
+    from ntk_bridge.fewshot.experiment import FewShotConfig, check_out
     from ntk_bridge.fewshot.methods import default_method_config
     from ntk_bridge.fewshot.models import ModelConfig
 
@@ -169,7 +169,8 @@ def fewshot_command(
     method_configs = apply_overrides([default_method_config(n, **shared) for n in names], list(set_))
     if tasks_of is not None:
         _positive(val_tasks, "val-tasks")
-        from ntk_bridge.fewshot.on_tasks import config_for, load_run_tasks
+        from ntk_bridge.fewshot.experiment import config_for
+        from ntk_bridge.fewshot.on_tasks import load_run_tasks
 
         out = out or Path("ntk_bridge_runs") / f"fewshot-tasks-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         check_out(out)
@@ -253,9 +254,9 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
         if tasks_of is None:
             tables = experiment.run_fewshot(config, spec, out, Display(), record={"command": sys.argv})
         else:
-            from ntk_bridge.fewshot.on_tasks import closed_form_table, run_on_tasks
+            from ntk_bridge.fewshot.on_tasks import closed_form_table
 
-            tables, comparison = run_on_tasks(config, spec, tasks_of[1], tasks_of[2], out, Display(),
+            tables, comparison = experiment.run_on_tasks(config, spec, tasks_of[1], tasks_of[2], out, Display(),
                                               record={"command": sys.argv}, run=str(tasks_of[0]))
             name = f"{spec.name} tasks of {tasks_of[0]}"
     summary = summary_table(tables.summary)

@@ -38,7 +38,7 @@ from ntk_bridge.fewshot.evaluate import BASELINE, accuracies, episode_scorer, me
 from ntk_bridge.fewshot.methods import METHODS, MethodConfig
 from ntk_bridge.fewshot.models import ModelConfig
 from ntk_bridge.fewshot.tables import RESULT_COLUMNS, add_paired_columns, add_reach_columns, summarize
-from ntk_bridge.fewshot.on_tasks import TaskEpisodes
+from ntk_bridge.fewshot.on_tasks import TaskEpisodes, write_closed_forms
 from ntk_bridge.fewshot.train import TEST_STREAM, FixedSource, TrainConfig, TrainResult, chunks, evaluate_split, train
 
 
@@ -292,5 +292,26 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
     return tables
 
 
+def config_for(episodes: TaskEpisodes, **settings) -> FewShotConfig:
+    """The :class:`FewShotConfig` of a run on a task set's ``episodes`` (:mod:`ntk_bridge.fewshot.on_tasks`):
+    their ways, shots, test episodes, queries and validation episodes, and ``settings`` (methods,
+    model, seeds, caps, checkpoints, plateau rule)."""
+    return FewShotConfig(ways=episodes.ways, shots=(episodes.shots,), test_episodes=episodes.test.n_episodes,
+                         test_queries=episodes.queries, val_episodes=episodes.val.n_episodes, **settings)
+
+
+def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, sweep_record: dict, out: Path | str,
+                 progress=None, record: dict | None = None, figure: bool = True, run: str | None = None):
+    """Train and test ``config``'s methods on a task set's ``episodes``
+    (:func:`~ntk_bridge.fewshot.on_tasks.load_run_tasks`) into the run folder ``out``
+    (:func:`run_fewshot`'s files) and write ``closed_forms.csv`` beside them; returns ``(tables,
+    comparison or None)``."""
+    info = {"tasks_of": {"run": run, "sweep_command": sweep_record.get("command"),
+                         "sweep_config": sweep_record.get("config")}, **(record or {})}
+    tables = run_fewshot(config, episodes, out, progress, record=info, figure=figure)
+    return tables, write_closed_forms(out, sweep, tables.episodes, sweep_record)
+
+
 __all__ = ["FewShotConfig", "ExperimentConfig", "ExperimentTables", "Progress", "run_experiment", "run_fewshot",
+           "config_for", "run_on_tasks",
            "check_shapes", "check_out", "write_tables", "RESULT_COLUMNS"]

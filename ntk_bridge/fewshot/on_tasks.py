@@ -270,25 +270,3 @@ def closed_form_table(comparison: pd.DataFrame) -> tuple[pd.DataFrame, str]:
              f"({comparison['arch'].iloc[0]}, width inf, {settings}) by depth; trained networks: {shown}")
     return pivot, title
 
-
-def config_for(episodes: TaskEpisodes, **settings):
-    """The :class:`~ntk_bridge.fewshot.experiment.FewShotConfig` of a run on ``episodes``: their ways,
-    shots, test episodes, queries and validation episodes, and ``settings`` (methods, model, seeds,
-    caps, checkpoints, plateau rule)."""
-    from ntk_bridge.fewshot.experiment import FewShotConfig
-
-    return FewShotConfig(ways=episodes.ways, shots=(episodes.shots,), test_episodes=episodes.test.n_episodes,
-                         test_queries=episodes.queries, val_episodes=episodes.val.n_episodes, **settings)
-
-
-def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, sweep_record: dict, out: Path | str,
-                 progress=None, record: dict | None = None, figure: bool = True, run: str | None = None):
-    """Train and test ``config``'s methods on ``episodes`` (:func:`load_run_tasks`) into the run
-    folder ``out`` (:func:`~ntk_bridge.fewshot.experiment.run_fewshot`'s files) and write
-    ``closed_forms.csv`` beside them; returns ``(tables, comparison or None)``."""
-    from ntk_bridge.fewshot.experiment import run_fewshot
-
-    info = {"tasks_of": {"run": run, "sweep_command": sweep_record.get("command"),
-                         "sweep_config": sweep_record.get("config")}, **(record or {})}
-    tables = run_fewshot(config, episodes, out, progress, record=info, figure=figure)
-    return tables, write_closed_forms(out, sweep, tables.episodes, sweep_record)
