@@ -22,8 +22,8 @@ Two solvers use this (:func:`resolve` says which runs when):
   output column; LAPACK's ``dpocon`` estimates its condition number. A factorisation that fails, or
   an estimated condition number above ``1 / rcond`` (the dense path's ridge threshold), falls back to
   the dense ``eigh`` with its ridge, so the result means what the dense one means. From
-  :data:`ntk_bridge.blocked.LAPACK_MAX_ORDER` on: :func:`ntk_bridge.blocked.cholesky` and Higham's
-  1-norm estimator instead, and no dense fallback (a failure gives NaN predictions).
+  :data:`ntk_bridge.blocked.LAPACK_MAX_ORDER` on: :func:`ntk_bridge.blocked.cholesky` and ``dpocon``'s
+  condition estimator (:func:`ntk_bridge.blocked.inverse_norm1`) instead, and no dense fallback (a failure gives NaN predictions).
 * ``cg`` (iterative, nothing ``n x n`` formed): conjugate gradients with a block-Jacobi
   preconditioner (the exact inverse of each task's own diagonal block, ``Phi_ii`` resp.
   ``Theta_ii``). Stopping rule: relative residual ``||A x - r|| / ||r|| <= CG_TOL = 1e-10`` in every
