@@ -132,13 +132,15 @@ def test_closed_forms_equal_gradient_descent_on_the_linearised_conv_network(setu
     assert rel(closed_form(s, "baseline"), np.asarray(test_preds(params0, True))) < TOL, s["arch"]
 
 
-@pytest.mark.parametrize("arch, get, width, n_samples", [("conv", "nngp", 128, 400), ("conv", "ntk", 64, 32),
-                                                     ("resnet", "nngp", 128, 400)])
+@pytest.mark.parametrize("arch, get, width, n_samples", [("conv", "nngp", 128, 400), ("conv", "ntk", 64, 16),
+                                                     ("resnet", "nngp", 128, 200)])
 def test_analytic_vs_monte_carlo_conv_kernels(arch, get, width, n_samples, rng):
     """neural-tangents' criterion (its stax tests): relative Frobenius and mean-absolute errors within
     5%. 16 readout units are traced, so a sample averages 16 readouts; widths are kept small for
-    time (the empirical NTK of a 3 x 3 convolution costs ``O(width^2)`` per point): measured errors
-    1-3%, for a finite-width bias of ``O(1/width)`` and fluctuations of ``O(1/sqrt(width samples))``."""
+    time (the empirical NTK of a 3 x 3 convolution costs ``O(width^2)`` per point) and samples to what
+    keeps the error clear of 5% (measured over two point sets: conv NNGP 3-5% at 200 samples, so 400;
+    conv NTK 1.9% at 16; resnet NNGP 2.1-2.7% at 200), for a finite-width bias of ``O(1/width)`` and
+    fluctuations of ``O(1/sqrt(width samples))``."""
     x = on_sphere(rng.standard_normal((5, 16)))
     a = Architecture(arch=arch, image_shape=SHAPE, width=width, n_outputs=16)
     init_fn, apply_fn, kernel_fn = a.network(2)
