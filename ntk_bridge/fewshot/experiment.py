@@ -39,7 +39,7 @@ from ntk_bridge.fewshot.methods import METHODS, MethodConfig
 from ntk_bridge.fewshot.models import ModelConfig
 from ntk_bridge.fewshot.tables import RESULT_COLUMNS, add_paired_columns, add_reach_columns, summarize
 from ntk_bridge.fewshot.on_tasks import TaskEpisodes, write_closed_forms
-from ntk_bridge.fewshot.train import TEST_STREAM, FixedSource, TrainConfig, TrainResult, chunks, evaluate_split, train
+from ntk_bridge.fewshot.train import TEST_STREAM, FixedSource, TrainConfig, TrainResult, chunks, train
 
 
 @dataclass(frozen=True)
@@ -206,13 +206,9 @@ def run_experiment(config: FewShotConfig, data: FewShotDataset | TaskEpisodes, p
                 progress.run_start(method.method, shots, seed)
                 net, result = train(method, config.train_config(seed), config.model, source, config.ways, shots,
                                     progress.step, progress.checkpoint)
-                if on_tasks:
-                    tic = time.perf_counter()
-                    acc = accuracies(episode_scorer(net, method), result.params, test_episodes(shots, seed))
-                    test_seconds = time.perf_counter() - tic
-                else:
-                    acc, test_seconds = evaluate_split(net, method, result.params, test, config.ways, shots,
-                                                       config.test_episodes, seed, config.test_queries)
+                tic = time.perf_counter()
+                acc = accuracies(episode_scorer(net, method), result.params, test_episodes(shots, seed))
+                test_seconds = time.perf_counter() - tic
                 row = _run_row(data, config, shots, seed, method, result, acc, test_seconds)
                 rows.append(row)
                 curves.append(pd.DataFrame(result.history).assign(
@@ -252,8 +248,9 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
     """Run the comparison and write its folder ``out`` (see the module docstring); returns the tables.
 
     ``data`` is a :class:`~ntk_bridge.fewshot.data.DataSpec` (checked, then rendered or read), a
-    loaded dataset, or a task set's episodes (:class:`~ntk_bridge.fewshot.on_tasks.TaskEpisodes`). ``record`` adds entries to ``config.json`` (e.g. the command line). Options,
-    the data source and ``out`` are checked before any data is rendered or any step is taken.
+    loaded dataset, or a task set's episodes (:class:`~ntk_bridge.fewshot.on_tasks.TaskEpisodes`).
+    ``record`` adds entries to ``config.json`` (e.g. the command line). Options, the data source and
+    ``out`` are checked before any data is rendered or any step is taken.
     """
     from ntk_bridge.provenance import provenance
 
