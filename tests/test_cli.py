@@ -96,6 +96,12 @@ BAD = [
     (["--tasks", "/"], "folder"),
     (["--no-such-option"], "No such option"),
     (["--depth"], "--depth"),
+    (["--arch", "cnn"], "--arch"),
+    (["--arch", "conv"], "image"),
+    (["--arch", "resnet", "--readout", "max"], "--readout"),
+    (["--tasks", "omniglot", "--dim", "16", "--support", "5", "--query", "5"], "--data-dir"),
+    (["--solver", "qr"], "--solver"),
+    (["--solver", "cg", "--outer-time", "5"], "outer-time inf"),
 ]
 
 

@@ -189,23 +189,6 @@ def test_conv_needs_images_and_describes_itself():
 
 # -- the command line, verify's architecture dimension and the figure ------------------------------
 
-@pytest.mark.parametrize("args, word", [
-    (["--arch", "cnn"], "--arch"),
-    (["--arch", "conv"], "image"),
-    (["--arch", "resnet", "--readout", "max"], "--readout"),
-    (["--tasks", "omniglot"], "--data-dir"),
-])
-def test_architecture_errors_are_one_line(capsys, tmp_path, args, word):
-    from ntk_bridge.cli import main
-
-    code = main(["sweep", "--train-tasks", "3", "--test-tasks", "2", "--depth", "1", "--out", str(tmp_path / "r"),
-                 *args])
-    out, err = capsys.readouterr()
-    lines = [l for l in (out + err).splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and word in lines[0] and "Traceback" not in out + err, out + err
-    assert not (tmp_path / "r").exists()
-
-
 def test_image_arch_on_a_flat_task_file_is_one_line(capsys, tmp_path):
     from ntk_bridge.cli import main
 

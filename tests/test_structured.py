@@ -10,7 +10,6 @@ import pytest
 import scipy.linalg
 
 from ntk_bridge import metrics, structured
-from ntk_bridge.cli import main
 from ntk_bridge.errors import UserError
 from ntk_bridge.kernels import kernels_all_depths
 from ntk_bridge.predictors import Diagnostics, PredictorConfig, predict_from_kernels
@@ -284,14 +283,3 @@ def test_auto_takes_the_structured_path_above_the_threshold(problem, monkeypatch
                             outer_time=5.0, outer_steps=10)
     predict_from_kernels(Th, K, tasks, steps, ("fomaml", "mtl"), solver="auto")
     assert calls == []  # a finite outer time: dense
-
-
-@pytest.mark.parametrize("args, word", [(["--solver", "qr"], "--solver"),
-                                        (["--solver", "cg", "--outer-time", "5"], "outer-time inf")])
-def test_solver_errors_are_one_line(capsys, tmp_path, args, word):
-    code = main(["sweep", "--train-tasks", "3", "--test-tasks", "2", "--depth", "1", "--out", str(tmp_path / "r"),
-                 *args])
-    out, err = capsys.readouterr()
-    lines = [l for l in (out + err).splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and word in lines[0] and "Traceback" not in out + err, out + err
-    assert not (tmp_path / "r").exists()
