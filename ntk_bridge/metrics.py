@@ -20,7 +20,8 @@ import pandas as pd
 
 from ntk_bridge import methods
 
-__all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "status_of", "with_mtl_status", "relative",
+__all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "DEFINED", "status_of", "with_metrics_status",
+           "with_mtl_status", "relative",
            "rms", "accuracy", "prediction_rows", "empty_table"]
 
 
@@ -93,6 +94,8 @@ STATUSES = {
     "not_psd": "a kernel had an eigenvalue below -1e-9 times its largest",
     "nonfinite": "NaN or inf in the predictions (their metrics are empty)",
     "not_converged": "an iterative outer solve stopped above its tolerance (`solve_residual`)",
+    "degenerate": "a relative metric is undefined (0/0: MTL's or the baseline's prediction is zero on the task, "
+                  "e.g. all-zero labels); the metric is empty, the row is kept out of fits and figures",
     "diverged": "a finite network's training or test-time adaptation diverged (its metrics are empty)",
     "linearized_diverged": "the network trained, its linearised twin diverged (twin metrics are empty)",
     "mtl_<status>": "the method's numbers are fine but MTL's, against which its gaps are measured, have <status>",
@@ -113,6 +116,22 @@ def status_of(diag, psd_tol: float = 1e-9) -> str:
     if getattr(diag, "residual", math.nan) > getattr(diag, "tolerance", math.inf):
         return "not_converged"
     return OK
+
+
+#: The metrics every row with predictions defines (a NaN among them on a row without trouble is 0/0:
+#: ``degenerate``); ``dist_to_infinite_rel`` is defined on finite-width rows as well.
+DEFINED = ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "dist_to_infinite_rel")
+
+
+def with_metrics_status(frame: pd.DataFrame) -> pd.Series:
+    """The rows' statuses after looking at their metrics: an ``ok`` row with a NaN among the
+    :data:`DEFINED` metrics present in ``frame`` (or a NaN ``test_mse`` where some row of the frame
+    has one) is ``degenerate``."""
+    cols = [c for c in DEFINED if c in frame]
+    undefined = frame[cols].isna().any(axis=1)
+    if "test_mse" in frame and frame["test_mse"].notna().any():
+        undefined |= frame["test_mse"].isna()
+    return frame["status"].where(~((frame["status"] == OK) & undefined), "degenerate")
 
 
 def with_mtl_status(status: str, mtl_status: str) -> str:
@@ -188,7 +207,8 @@ def prediction_rows(
         ``cond``).
       report: the methods to write rows for (default: every method in ``values``).
 
-    A row whose status is ``nonfinite`` or ``diverged`` has empty metrics.
+    A row whose status is ``nonfinite`` or ``diverged`` has empty metrics; an ``ok`` row with an
+    undefined metric is ``degenerate`` (:func:`with_metrics_status`).
     """
     mtl, base = values[methods.MTL.name], values[methods.BASELINE.name]
     mtl_status = list(status[methods.MTL.name])
@@ -216,6 +236,7 @@ def prediction_rows(
             cols.update(ridge_rel=diag.ridge_rel, min_eig_rel=diag.min_eig_rel, cond=diag.cond,
                         solve_residual=getattr(diag, "residual", np.nan))
         frame = pd.DataFrame(cols)
+        frame["status"] = with_metrics_status(frame)
         empty = frame["status"].isin(["nonfinite", "diverged"])
         if empty.any():
             for col in ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_baseline_rel", "test_mse",

@@ -22,7 +22,9 @@ first one's cells and computes only what is still missing.
 sha256=H`` followed by the CSV of its rows; ``H`` is the SHA-256 of the CSV bytes. A file that is
 empty, cut short, altered or unparseable fails :meth:`RunFolder.read_cell` and counts as missing, so
 the cell is computed again (a file can only be damaged from outside: a full disk outside the atomic
-rename, a power loss before the data reached the disk, an editor).
+rename, a power loss before the data reached the disk, an editor). So does a file that verifies but
+belongs to another cell (copied or renamed over this one): its rows' ``cell`` column must be the
+file's key and their grid fields the cell's.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -130,8 +132,10 @@ class RunFolder:
         header = f"# ntk_bridge cell v{CELL_FORMAT} rows={len(rows)} sha256={hashlib.sha256(body).hexdigest()}\n"
         atomic_write(self.cell_path(key), header.encode() + body)
 
-    def read_cell(self, key: str) -> pd.DataFrame | None:
-        """The cell's rows, or ``None`` if its file is missing or fails verification."""
+    def read_cell(self, key: str, fields: Mapping[str, object] | None = None) -> pd.DataFrame | None:
+        """The cell's rows, or ``None`` if its file is missing or fails verification: its header, its
+        SHA-256, its row count, and that every row belongs to the cell (its ``cell`` column is ``key``
+        and each of ``fields``, ``{column: value}``, the cell's grid fields, has the cell's value)."""
         try:
             with open(self.cell_path(key), "rb") as fh:
                 blob = fh.read()
@@ -149,13 +153,20 @@ class RunFolder:
             df = pd.read_csv(io.BytesIO(body), keep_default_na=True)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
             return None
-        return df if len(df) == int(match.group(2)) else None
+        if len(df) != int(match.group(2)) or ("cell" in df and not (df["cell"].astype(str) == key).all()):
+            return None
+        for name, value in (fields or {}).items():
+            if name not in df or not (df[name] == value).all():
+                return None
+        return df
 
-    def read_cells(self, keys: Iterable[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
-        """``({key: rows} of the cells that verify, [keys whose file exists but is damaged])``."""
+    def read_cells(self, keys: Iterable[str], fields: Mapping[str, Mapping[str, object]] | None = None
+                   ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+        """``({key: rows} of the cells that verify, [keys whose file exists but is damaged])``;
+        ``fields``: ``{key: {column: value}}``, the grid fields each cell's rows must have."""
         good, damaged = {}, []
         for key in keys:
-            df = self.read_cell(key)
+            df = self.read_cell(key, (fields or {}).get(key))
             if df is not None:
                 good[key] = df
             elif os.path.exists(self.cell_path(key)):

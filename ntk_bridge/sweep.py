@@ -356,7 +356,7 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
                       f"{est['points']:,} points)")
     folder.check_writable()
     with folder.lock(on_wait=lambda: progress.note(f"another sweep is writing to {run_dir}; waiting for it")):
-        done, damaged = folder.read_cells(dict.fromkeys(keys))
+        done, damaged = folder.read_cells(dict.fromkeys(keys), {k: dataclasses.asdict(c) for c, k in zip(cells, keys)})
         if damaged:
             progress.note(f"{len(damaged)} damaged cell file(s) in {folder.cells} failed verification and are "
                           "computed again")

@@ -26,6 +26,17 @@ inputs (``d = H W C``, each point's pixels in row-major ``H, W, C`` order), whic
 architectures reshape to (:mod:`ntk_bridge.convnets`); in a task file it is the optional key
 ``image_shape`` (three integers).
 
+**The kernels' range.** The NTK and NNGP recursions multiply the squared norms of two points
+(``q = ||x||^2 / d``; ``q = 1`` on the sphere ``||x||^2 = d``), so ``q^2`` must stay a normal float64.
+Measured on the fully connected network (depths 1 and 32, inputs scaled by powers of two, against the
+exact ``c^2 Theta(x)`` of a homogeneous kernel): bit-for-bit exact for ``q`` from ``4.8e-153`` to
+``3.4e153``, ``3.6e-4`` relative error at ``q = 1.2e-153`` and 64% at ``7.5e-155`` (the products
+underflow) and NaN from ``1.3e154`` (they overflow). Between those the arccos recursion sees
+only ratios and loses nothing to the scale. A task set whose points have ``q`` outside
+:data:`SAFE_SQUARED_NORM` (or a zero point's exact ``q = 0`` aside) is refused with one line: the
+bounds keep 50 orders of magnitude from the measured edges for the per-pixel covariances of
+``conv`` and ``resnet`` and the bias terms of custom layers.
+
 The generated families are in :mod:`ntk_bridge.families`.
 """
 from __future__ import annotations
@@ -39,7 +50,7 @@ import numpy as np
 from ntk_bridge.errors import UserError, require
 
 __all__ = ["TaskSet", "Layout", "load_tasks", "save_tasks", "on_sphere", "REQUIRED_KEYS", "OPTIONAL_KEYS",
-           "IMAGE_KEY"]
+           "SAFE_SQUARED_NORM", "IMAGE_KEY"]
 
 REQUIRED_KEYS = ("train_support_x", "train_support_y", "train_query_x", "train_query_y",
                  "test_support_x", "test_support_y", "test_query_x")
@@ -82,6 +93,32 @@ class Layout:
         return out
 
 
+#: The squared norms per dimension ``||x||^2 / d`` the kernels compute exactly with (module docstring).
+SAFE_SQUARED_NORM = (1e-100, 1e100)
+
+
+def _log10_squared_norms(x: np.ndarray) -> np.ndarray:
+    """``log10(||x||^2 / d)`` per point of ``x [..., d]``, without under- or overflow (``-inf`` for 0)."""
+    scale = np.max(np.abs(x), axis=-1)
+    safe = np.where(scale > 0, scale, 1.0)
+    inner = np.sum((x / safe[..., None]) ** 2, axis=-1) / x.shape[-1]
+    with np.errstate(divide="ignore"):
+        return np.where(scale > 0, 2 * np.log10(safe) + np.log10(np.where(scale > 0, inner, 1.0)), -np.inf)
+
+
+def _check_range(name: str, x: np.ndarray) -> None:
+    """``UserError`` for a point whose ``||x||^2 / d`` lies outside :data:`SAFE_SQUARED_NORM` (0 is exact)."""
+    lq = _log10_squared_norms(x)
+    lo, hi = np.log10(SAFE_SQUARED_NORM[0]), np.log10(SAFE_SQUARED_NORM[1])
+    bad = np.isfinite(lq) & ((lq < lo) | (lq > hi))
+    if bad.any():
+        task, point = (int(i) for i in np.argwhere(bad)[0])
+        raise UserError(f"{name}: task {task} point {point} has ||x||^2/d = 1e{lq[task, point]:.0f}, outside the "
+                        f"range the kernels compute exactly ({SAFE_SQUARED_NORM[0]:g} to {SAFE_SQUARED_NORM[1]:g}: "
+                        "beyond it products of squared norms under- or overflow); rescale the inputs, e.g. to "
+                        "||x||^2 = d")
+
+
 def _as_array(name: str, value, ndim: int) -> np.ndarray:
     raw = np.asarray(value)
     require(raw.dtype.kind in "biuf", f"{name} must hold real numbers, got dtype {raw.dtype} "
@@ -121,6 +158,8 @@ class TaskSet:
     def __post_init__(self):
         for key in REQUIRED_KEYS:
             object.__setattr__(self, key, _as_array(key, getattr(self, key), 3))
+            if key.endswith("_x"):
+                _check_range(key, getattr(self, key))
         if self.test_query_y is not None:
             object.__setattr__(self, "test_query_y", _as_array("test_query_y", self.test_query_y, 3))
         d = self.train_support_x.shape[2]

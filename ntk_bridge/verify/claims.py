@@ -33,7 +33,18 @@ from scipy import special
 from ntk_bridge import methods as registry
 from ntk_bridge.results import fit_power_law, ok_rows, width_exponents
 
-__all__ = ["RULES", "claims_table", "overall", "replicate_column", "gap_medians", "benefit_table"]
+__all__ = ["RULES", "VERDICTS", "OVERALL", "C4_RIVALS", "claims_table", "overall", "replicate_column", "gap_medians",
+           "benefit_table"]
+
+#: The verdicts a condition can get: ``no data`` where the statistic cannot be formed (fewer than two
+#: replicates); an interval that cannot be formed otherwise decides nothing (``inconclusive``).
+VERDICTS = ("holds", "fails", "inconclusive", "no data")
+#: A claim's overall verdicts.
+OVERALL = ("holds", "fails", "inconclusive", "depends")
+
+#: The width exponents a C4 interval must exclude to call the rate ``h^-1/2`` (the neighbouring
+#: rates ``h^-1/4`` and ``h^-1``): an interval wide enough to hold them cannot tell the rates apart.
+C4_RIVALS = (-0.25, -1.0)
 
 #: How each claim's verdict is derived (the report prints these).
 RULES = {
@@ -43,16 +54,22 @@ RULES = {
           "R^2 >= 0.8; fails if b's CI lies at or below 0 or R^2 < 0.5; inconclusive otherwise (the fit: least "
           "squares without intercept over every depth and inner time, per seed for b's CI; R^2 = 1 - SSE/SST of "
           "the fit to the seed-mean gaps, negative when it does worse than a constant)",
-    "C3": "per condition: holds (the bound's shape fits the grid) unless the ratio gap / (lambda*tau + 1/L) "
-          "still grows with depth at the smallest inner time (log-log slope over the deeper half of the depths, "
-          "95% CI above 0): then fails",
-    "C4": "per method and depth: holds if the width exponent's 95% CI contains -1/2, weaker if the CI lies "
-          "below 0 but excludes -1/2, fails if it reaches 0",
+    "C3": "per condition: fails if the ratio gap / (lambda*tau + 1/L) still grows with depth at the smallest "
+          "inner time (log-log slope over the deeper half of the depths, 95% CI above 0), holds if that CI "
+          "reaches 0 or below (the bound's shape fits the grid)",
+    "C4": "per method and depth: holds if the width exponent's 95% CI contains -1/2 and excludes both -1/4 and "
+          "-1 (it tells h^-1/2 from its neighbouring rates); fails if the CI excludes -1/2 (a CI reaching 0: "
+          "no approach at all); inconclusive otherwise (a CI too wide to tell the rates apart)",
     "C5": "as C1, for the MAML-MTL gap",
     "C6": "per condition: holds if the benefit's 95% CI lies above 0 at the shallowest depth (the method "
-          "transfers something); the detail gives the deepest depth up to which it stays so",
-    "overall": "a claim holds if every condition holds, fails if none does, and depends otherwise (the "
-               "conditions are listed)",
+          "transfers something), fails if it lies at or below 0, inconclusive otherwise; the detail gives the "
+          "deepest depth up to which it stays above 0",
+    "every": "a condition whose 95% CI cannot be formed is inconclusive, and no data when it has fewer than two "
+             "replicates (task seeds, or the test tasks of a single task file; a file with fewer than two test "
+             "tasks is refused)",
+    "overall": "a claim holds if every condition holds, fails if every condition fails, is inconclusive if "
+               "none is decided, and depends otherwise; where lists the families on which it holds, fails or is "
+               "inconclusive throughout, and the mixed ones with their counts",
 }
 
 KEYS = ["tasks", "mtl_data", "test_head", "inner_time"]
@@ -75,10 +92,17 @@ def _mean_ci(values) -> tuple[float, float, float, int]:
     return mean, mean - half, mean + half, n
 
 
-def _sign_verdict(lo: float, hi: float) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "inconclusive"
-    return "holds" if hi < 0 else ("fails" if lo >= 0 else "inconclusive")
+def _undecided(lo: float, hi: float, n: int) -> str | None:
+    """``'no data'`` for fewer than two replicates, ``'inconclusive'`` for an interval that cannot be
+    formed, ``None`` when the interval can decide."""
+    if n < 2:
+        return "no data"
+    return None if np.isfinite(lo) and np.isfinite(hi) else "inconclusive"
+
+
+def _sign_verdict(lo: float, hi: float, n: int = 2) -> str:
+    """Below 0: ``holds``; at or above 0: ``fails``; containing 0: ``inconclusive``."""
+    return _undecided(lo, hi, n) or ("holds" if hi < 0 else ("fails" if lo >= 0 else "inconclusive"))
 
 
 def gap_medians(df: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -100,7 +124,7 @@ def _slope_rows(df: pd.DataFrame, claim: str, method: str) -> list[dict]:
                          depths=f"{per_depth.index.min()}..{per_depth.index.max()}",
                          quality=f"gap {per_depth.iloc[0]:.3g} at L={per_depth.index.min()}, "
                                  f"{per_depth.iloc[-1]:.3g} at L={per_depth.index.max()}",
-                         verdict=_sign_verdict(lo, hi),
+                         verdict=_sign_verdict(lo, hi, n),
                          detail="CI contains -1 (the 1/L rate)" if np.isfinite(lo) and lo <= -1 <= hi else ""))
     return rows
 
@@ -123,8 +147,8 @@ def _c2_rows(df: pd.DataFrame) -> list[dict]:
         r2 = 1 - float(np.sum((y - X @ fit) ** 2) / np.sum((y - y.mean()) ** 2))
         a = _mean_ci(coef[:, 0])
         b = _mean_ci(coef[:, 1])
-        verdict = ("holds" if np.isfinite(b[1]) and b[1] > 0 and r2 >= 0.8 else
-                   "fails" if (np.isfinite(b[2]) and b[2] <= 0) or r2 < 0.5 else "inconclusive")
+        verdict = _undecided(b[1], b[2], b[3]) or ("holds" if b[1] > 0 and r2 >= 0.8 else
+                                                   "fails" if b[2] <= 0 or r2 < 0.5 else "inconclusive")
         rows.append(dict(zip(keys, key), claim="C2", method=registry.ANIL.name, estimate=b[0], ci95_low=b[1],
                          ci95_high=b[2], n=b[3], quality=f"R^2 = {r2:.2f}; a = {a[0]:.3g} [{a[1]:.3g}, {a[2]:.3g}]",
                          verdict=verdict, detail="estimate: b, the gap per unit of lambda*tau"))
@@ -145,7 +169,7 @@ def _c3_rows(df: pd.DataFrame) -> list[dict]:
         edge = g[(g["inner_time"] == s0) & g["depth"].isin(deep)]
         trend = [fit_power_law(r["depth"], r["ratio"])[0] for _, r in edge.groupby("rep")]
         est, lo, hi, n = _mean_ci(trend)
-        verdict = "fails" if np.isfinite(lo) and lo > 0 else "holds"
+        verdict = _undecided(lo, hi, n) or ("fails" if lo > 0 else "holds")
         rows.append(dict(zip(keys, key), claim="C3", method=registry.ANIL.name, estimate=C, ci95_low=math.nan,
                          ci95_high=math.nan, n=n, quality=f"ratio {c_min:.3g} (loosest) at L={L_min}, "
                                                           f"lambda*tau={s_min:g} to {C:.3g} (tightest) at L={L_max}, "
@@ -162,13 +186,24 @@ def _c4_rows(finite: pd.DataFrame) -> list[dict]:
     fits = width_exponents(finite[finite["method"] != registry.BASELINE.name], by=("method", "depth"))
     for _, f in fits.iterrows():
         lo, hi = f["ci95_low"], f["ci95_high"]
-        verdict = ("holds" if lo <= -0.5 <= hi else "weaker" if hi < 0 else "fails") if np.isfinite(lo) else \
-            "inconclusive"
+        verdict = _c4_verdict(lo, hi, int(f["n"]))
         rows.append(dict(tasks=finite["tasks"].iloc[0], claim="C4", method=f["method"], estimate=f["exponent"],
                          ci95_low=lo, ci95_high=hi, n=int(f["n"]), depths=str(f["depth"]),
                          quality=f"widths {int(finite['width'].min())}..{int(finite['width'].max())}",
-                         verdict=verdict, detail="exponent of dist_to_infinite_rel against width"))
+                         verdict=verdict, detail="exponent of dist_to_infinite_rel against width" + (
+                             "; slower than h^-1/2" if verdict == "fails" and lo > -0.5 else
+                             "; faster than h^-1/2" if verdict == "fails" else "")))
     return rows
+
+
+def _c4_verdict(lo: float, hi: float, n: int) -> str:
+    """:data:`RULES` ``C4``: the interval must contain -1/2 and exclude :data:`C4_RIVALS`."""
+    undecided = _undecided(lo, hi, n)
+    if undecided:
+        return undecided
+    if not lo <= -0.5 <= hi:
+        return "fails"
+    return "holds" if not any(lo <= r <= hi for r in C4_RIVALS) else "inconclusive"
 
 
 def benefit_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -218,10 +253,13 @@ def _c6_rows(benefit: pd.DataFrame) -> list[dict]:
                 m[setting] = "-" if setting != "inner_time" else math.nan
         first = g.sort_values("depth").iloc[0]
         deepest = _useful_up_to(g)
+        lo, hi = first["ci95_low"], first["ci95_high"]
+        verdict = _undecided(lo, hi, int(first["n"])) or ("holds" if lo > 0 else "fails" if hi <= 0 else
+                                                          "inconclusive")
         rows.append(dict(m, claim="C6", estimate=first["benefit"], ci95_low=first["ci95_low"],
                          ci95_high=first["ci95_high"], n=int(first["n"]), depths=f"{int(first['depth'])}",
                          quality=f"benefit at L={int(g['depth'].max())}: {g.sort_values('depth').iloc[-1]['benefit']:.3g}",
-                         verdict="holds" if deepest is not None else "fails",
+                         verdict=verdict,
                          detail=(f"significantly better than no transfer up to depth {deepest}" if deepest is not None
                                  else "never significantly better than no transfer")))
     return rows
@@ -253,24 +291,43 @@ def claims_table(rows: pd.DataFrame, finite: pd.DataFrame | None = None) -> pd.D
 
 
 def overall(claims: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim: ``holds`` if every condition holds, ``fails`` if none does, ``depends``
-    otherwise; ``where`` says for which task families it holds throughout, for which nowhere, and
-    for which in part (how many conditions)."""
+    """One row per claim (:data:`OVERALL`): ``holds`` if every condition holds, ``fails`` if every
+    condition fails, ``inconclusive`` if none is decided (inconclusive or no data), ``depends``
+    otherwise; the counts of each verdict, and ``where``: the families on which the claim holds,
+    fails or is undecided throughout, and the mixed ones with their counts."""
     out = []
     for claim, g in claims.groupby("claim", sort=True):
-        ok = g["verdict"] == "holds"
-        verdict = "holds" if ok.all() else ("fails" if not ok.any() else "depends")
+        v = g["verdict"].where(g["verdict"] != "no data", "inconclusive")
+        if (v == "holds").all():
+            verdict = "holds"
+        elif (v == "fails").all():
+            verdict = "fails"
+        elif (v == "inconclusive").all():
+            verdict = "inconclusive"
+        else:
+            verdict = "depends"
         where = []
-        if verdict == "depends":
-            by = g.assign(ok=ok).groupby("tasks", sort=False)["ok"].agg(["sum", "size"])
-            every = [t for t, r in by.iterrows() if r["sum"] == r["size"]]
-            none = [t for t, r in by.iterrows() if r["sum"] == 0]
-            part = [f"{t} ({int(r['sum'])} of {int(r['size'])})" for t, r in by.iterrows() if 0 < r["sum"] < r["size"]]
-            where = ([f"holds on {', '.join(every)}"] if every else []) + (
-                [f"in part on {', '.join(part)}"] if part else []) + ([f"not on {', '.join(none)}"] if none else [])
-        out.append({"claim": claim, "verdict": verdict, "conditions": len(g), "holds": int(ok.sum()),
-                    "where": "; ".join(where)})
+        if verdict != "holds" and verdict != "fails":
+            by = {t: list(c) for t, c in g.groupby("tasks", sort=False)["verdict"]}
+            for word in ("holds", "fails", "inconclusive", "no data"):
+                every = [t for t, vs in by.items() if set(vs) == {word}]
+                if every:
+                    where.append(f"{word} on {', '.join(every)}")
+            mixed = [f"{t} ({_counts(vs)})" for t, vs in by.items() if len(set(vs)) > 1]
+            if mixed:
+                where.append(f"mixed on {', '.join(mixed)}")
+        count = g["verdict"].value_counts()
+        out.append({"claim": claim, "verdict": verdict, "conditions": len(g), "holds": int(count.get("holds", 0)),
+                    "fails": int(count.get("fails", 0)), "inconclusive": int(count.get("inconclusive", 0)),
+                    "no_data": int(count.get("no data", 0)), "where": "; ".join(where)})
     return pd.DataFrame(out)
+
+
+def _counts(verdicts) -> str:
+    """``'3 hold, 1 fails, 2 inconclusive of 6'``: the verdicts of one family's conditions."""
+    words = {"holds": "hold", "fails": "fail", "inconclusive": "inconclusive", "no data": "no data"}
+    parts = [f"{verdicts.count(w)} {words[w]}" for w in words if verdicts.count(w)]
+    return f"{', '.join(parts)} of {len(verdicts)}"
 
 
 #: The settings a claim's conditions vary over besides the family and the inner time.

@@ -117,7 +117,10 @@ def select(panel: Panel, tasks: str) -> Panel:
     if len(names) > 1:
         raise UserError(f"--tasks: {', '.join(files)} is not a task family ({', '.join(FAMILIES)}); a task file "
                         "is given alone")
-    SweepConfig.of(family=names[0]).load_tasks()  # one clear line for a missing or malformed file
+    tasks = SweepConfig.of(family=names[0]).load_tasks()  # one clear line for a missing or malformed file
+    if tasks.layout.n_test < 2:
+        raise UserError(f"--tasks {names[0]}: {tasks.layout.n_test} test task; verify takes its statistics over "
+                        "the test tasks of a task file and needs at least 2")
     return panel_for_file(names[0], panel)
 
 

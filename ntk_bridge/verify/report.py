@@ -188,8 +188,10 @@ def _intro(panel: dict, seconds: float | None) -> list[str]:
 
 
 def _summary(verdicts: pd.DataFrame) -> pd.DataFrame:
+    undecided = verdicts["inconclusive"] + verdicts["no_data"]
     return pd.DataFrame({"claim": [_TITLES.get(c, c) for c in verdicts["claim"]], "verdict": verdicts["verdict"],
-                         "conditions holding": [f"{h} of {n}" for h, n in zip(verdicts["holds"], verdicts["conditions"])],
+                         "holds / fails / inconclusive": [f"{h} / {f} / {u} of {n}" for h, f, u, n in zip(
+                             verdicts["holds"], verdicts["fails"], undecided, verdicts["conditions"])],
                          "where": verdicts["where"].fillna("")})
 
 
@@ -201,7 +203,7 @@ def markdown_report(claims: pd.DataFrame, verdicts: pd.DataFrame, panel: dict, c
     if command:
         parts += [f"Command: `{command}`", ""]
     parts += _intro(panel, seconds) + ["", "## Verdicts", "", _md_table(_summary(verdicts)), "",
-                                       f"Overall: {RULES['overall']}."]
+                                       f"Overall: {RULES['overall']}.", "", f"Every claim: {RULES['every']}."]
     for claim in sorted(claims["claim"].unique()):
         parts += ["", f"## {_TITLES.get(claim, claim)}", "", f"Rule: {RULES[claim]}.", "",
                   _md_table(verdict_matrix(claims, claim))]
@@ -215,7 +217,7 @@ def markdown_report(claims: pd.DataFrame, verdicts: pd.DataFrame, panel: dict, c
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
         "th{background:#f2f2f2}.holds{color:#1a7f37;font-weight:600}.fails{color:#b3261e;font-weight:600}"
-        ".depends,.inconclusive,.weaker{color:#9a6700;font-weight:600}img{max-width:100%}code{background:#f6f6f6}")
+        ".depends,.inconclusive,.no{color:#9a6700;font-weight:600}img{max-width:100%}code{background:#f6f6f6}")
 
 
 def _html_table(df: pd.DataFrame) -> str:
@@ -226,7 +228,7 @@ def _html_table(df: pd.DataFrame) -> str:
         for c, v in r.items():
             text = html.escape(fmt(v))
             word = text.split(" ")[0]
-            cls = f' class="{word}"' if word in ("holds", "fails", "depends", "inconclusive", "weaker") else ""
+            cls = f' class="{word}"' if word in ("holds", "fails", "depends", "inconclusive", "no") else ""
             cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -241,7 +243,8 @@ def html_report(claims: pd.DataFrame, verdicts: pd.DataFrame, panel: dict, image
     if command:
         parts.append(f"<p>Command: <code>{html.escape(command)}</code></p>")
     parts += [f"<p>{html.escape(line)}</p>" for line in _intro(panel, seconds)]
-    parts += ["<h2>Verdicts</h2>", _html_table(_summary(verdicts)), f"<p>Overall: {html.escape(RULES['overall'])}.</p>"]
+    parts += ["<h2>Verdicts</h2>", _html_table(_summary(verdicts)), f"<p>Overall: {html.escape(RULES['overall'])}.</p>",
+              f"<p>Every claim: {html.escape(RULES['every'])}.</p>"]
     for claim in sorted(claims["claim"].unique()):
         parts += [f"<h2>{html.escape(_TITLES.get(claim, claim))}</h2>", f"<p>Rule: {html.escape(RULES[claim])}.</p>",
                   _html_table(verdict_matrix(claims, claim))]
@@ -261,6 +264,6 @@ def verdict_table(verdicts: pd.DataFrame):
 
     frame = _summary(verdicts)
     cols = {c: c for c in frame.columns}
-    note = ("A claim holds if it holds in every condition, fails if in none, depends otherwise; report.md lists "
-            "where. The rules are in the report.")
+    note = ("A claim holds if every condition holds, fails if every condition fails, is inconclusive if none is "
+            "decided, depends otherwise; report.md lists where. The rules are in the report.")
     return ReportTable("ntk-bridge verify: the theorem's claims", frame, cols, note)
