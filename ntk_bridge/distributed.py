@@ -73,23 +73,23 @@ def split_units(units: Iterable[Unit], min_units: int = 1) -> list[Unit]:
     """
     units = list(units)
     finite = [u for u in units if u.cells and not u.cells[0].infinite]
-    combos: list[tuple] = []  # (config, [(cell, key), ...]) per time combination
+    combos: list[tuple] = []  # (unit, [(cell, key), ...]) per time combination
     for unit in units:
         if not unit.cells or not unit.cells[0].infinite:
             continue
         pairs = list(zip(unit.cells, unit.keys))
         for combo in sorted({_combo(c) for c in unit.cells}):
-            combos.append((unit.config, [(c, k) for c, k in pairs if _combo(c) == combo]))
+            combos.append((unit, [(c, k) for c, k in pairs if _combo(c) == combo]))
     ranges = max(1, -(-(int(min_units) - len(finite)) // max(len(combos), 1)))
     out: list[Unit] = []
-    for config, pairs in combos:
+    for whole, pairs in combos:
         depths = sorted({c.depth for c, _ in pairs})
         n = min(ranges, len(depths))
         for part in range(n):
             lo, hi = part * len(depths) // n, (part + 1) * len(depths) // n
             wanted = set(depths[lo:hi])
             sel = [(c, k) for c, k in pairs if c.depth in wanted]
-            out.append(Unit(config, tuple(c for c, _ in sel), tuple(k for _, k in sel)))
+            out.append(Unit(whole.config, tuple(c for c, _ in sel), tuple(k for _, k in sel), whole.solvers))
     # Longest first (finite networks: width^2 x depth; kernels: deepest depth), so that no worker is
     # left alone with a long unit at the end.
     finite.sort(key=lambda u: -(u.cells[0].width ** 2 * u.cells[0].depth))

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ntk_bridge import metrics
 from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
 
 __all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged",
-           "ok_rows"]
+           "ok_rows", "sort_results", "results_table"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
@@ -153,3 +154,21 @@ def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     finite = finite[finite["method"] != registry.BASELINE.name]
     return width_exponents(finite, by=("method", "depth", "inner_time", "mtl_data"))
+
+
+def sort_results(df: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's rows in ``results.csv`` order: by width, times, MTL data, test head, depth, method
+    (registry order), network and test task."""
+    order = {m: i for i, m in enumerate(registry.METHODS)}
+    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
+    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
+                         "_m", "_n", "test_task"], kind="stable")
+    return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
+
+
+def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The cells' rows as one sorted table in the :data:`ntk_bridge.metrics.COLUMNS` schema."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return metrics.empty_table()
+    return sort_results(pd.concat(frames, ignore_index=True))

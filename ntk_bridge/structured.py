@@ -45,8 +45,8 @@ from ntk_bridge.errors import require
 from ntk_bridge.operators import Solve, adapt_test, adapt_train, block, eigh_apply, mtl_index, own
 from ntk_bridge.tasks import Layout
 
-__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "solve_estimate",
-           "outer_size", "gbml", "mtl"]
+__all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "solver_plan",
+           "solve_estimate", "outer_size", "gbml", "mtl"]
 
 #: Outer solvers: ``auto`` picks one of the others (:func:`resolve`).
 SOLVERS = ("auto", "dense", "cholesky", "cg")
@@ -150,9 +150,25 @@ def solve_estimate(solvers, layout: Layout) -> tuple[int, float]:
     return max(cost[s][0] for s in solvers), max(cost[s][1] for s in solvers)
 
 
-def grid_solvers(solver: str, layout: Layout, outer_times, mtl_data) -> list[str]:
-    """The outer solvers a sweep grid's infinite-width cells use (sorted, without repeats)."""
-    return sorted({resolve(solver, layout, [_Outer(float(o), None, m)]) for o in outer_times for m in mtl_data})
+def grid_solvers(solver: str, layout: Layout, outer_times, mtl_data, plan: tuple | None = None) -> list[str]:
+    """The outer solvers a sweep grid's infinite-width cells use (sorted, without repeats), those of
+    ``plan`` (:func:`solver_plan`) when given."""
+    plan = solver_plan(solver, layout, outer_times, mtl_data) if plan is None else plan
+    return sorted({s for _, s in plan})
+
+
+def solver_plan(solver: str, layout: Layout, outer_times, mtl_data, memory: int | None = None) -> tuple:
+    """``solver`` resolved (:func:`resolve`) for every ``(outer_time, mtl_data)`` of a grid, once, from
+    one reading of the available memory: ``(((outer_time, mtl_data), 'dense' | 'cholesky' | 'cg'), ...)``.
+    A sweep resolves ``auto`` here when it plans and hands the result to every unit and worker, so
+    that the solver its cache keys name is the one that computed the numbers."""
+    if solver == "auto" and memory is None:
+        try:
+            memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            memory = None
+    return tuple(((float(o), m), resolve(solver, layout, [_Outer(float(o), None, m)], memory))
+                 for o in outer_times for m in mtl_data)
 
 
 class _Outer(NamedTuple):  # the fields of a PredictorConfig that resolve() reads

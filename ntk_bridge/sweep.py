@@ -1,13 +1,12 @@
 """Sweeps over depth, width and times: the grid, the resumable cell cache and the executors.
 
-A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time,
-mtl_data, test_head)``. Its rows (one per method x test task, and per network for finite widths) are written
-atomically to ``<run>/cells/<key>.csv`` the moment they are computed, where ``key`` is a SHA-256 of
-everything that determines them (:func:`cell_context`: task data fingerprint, architecture, methods,
-the BLAS thread count, the versions of ntk_bridge and of the numerical packages). A rerun skips
-cells whose file exists and verifies (:class:`ntk_bridge.runs.RunFolder`), so an interrupted run
-resumes and never duplicates rows; ``results.csv`` is rebuilt from the cell files of the current
-grid.
+A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time, mtl_data,
+test_head)``. Its rows (one per method x test task, and per network for finite widths) are written atomically to
+``<run>/cells/<key>.csv`` the moment they are computed, where ``key`` is a SHA-256 of everything that determines
+them (:func:`cell_context`: task data fingerprint, architecture, methods, the outer solver resolved once when the
+sweep plans, the BLAS thread count, the versions of ntk_bridge and of the numerical packages). A rerun skips cells
+whose file exists and verifies (:class:`ntk_bridge.runs.RunFolder`), so an interrupted run resumes and never
+duplicates rows; ``results.csv`` is rebuilt from the cell files of the current grid.
 
 Work is grouped into *units* that an executor runs: all infinite-width cells of one task set form one
 unit (one kernel pass gives every depth, streamed one depth at a time), the finite-width cells of one
@@ -36,6 +35,7 @@ from ntk_bridge import convnets, metrics, runtime, structured
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
 from ntk_bridge.config import SweepConfig, json_number
+from ntk_bridge.results import results_table, sort_results
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import TaskSet
 
@@ -86,11 +86,13 @@ class Cell:
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """A unit of work: cells computed together (one kernel pass for every infinite-width cell, or
-    every finite-width cell of one width and depth, which share their training runs)."""
+    every finite-width cell of one width and depth, which share their training runs); ``solvers``:
+    the outer solvers the sweep resolved when it planned (:func:`ntk_bridge.structured.solver_plan`)."""
 
     config: SweepConfig
     cells: tuple[Cell, ...]
     keys: tuple[str, ...]
+    solvers: tuple = ()
 
     @property
     def label(self) -> str:
@@ -100,7 +102,7 @@ class Unit:
         return f"width {int(c.width)}, depth {c.depth}, {len(self.cells)} cells"
 
 
-def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> dict:
+def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False, solvers: tuple | None = None) -> dict:
     """What, besides the cell's own fields, determines its rows (part of the cache key): the task
     data, architecture, methods, ridge floor, the BLAS thread count and the versions of ntk_bridge
     and of the numerical packages (:func:`ntk_bridge.provenance.numerics_versions`); finite-width
@@ -110,7 +112,8 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> d
     ctx = dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.grid.methods),
                architecture=config.architecture(tasks).describe(), rcond=config.numerics.rcond,
                blas_threads=int(config.numerics.blas_threads), versions=dict(numerics_versions()))
-    solvers = structured.grid_solvers(config.numerics.solver, tasks.layout, config.grid.outer_times, config.grid.mtl_data)
+    solvers = structured.grid_solvers(config.numerics.solver, tasks.layout, config.grid.outer_times, config.grid.mtl_data,
+                                      solvers)
     if solvers != ["dense"]:  # the dense eigh is what every earlier key means
         ctx.update(outer_solver=solvers, cg_tol=structured.CG_TOL)
     if finite:
@@ -118,25 +121,26 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False) -> d
     return ctx
 
 
-def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, list[Cell], list[str]]:
-    """The task set, every cell of the grid and their cache keys."""
+def plan(config: SweepConfig, tasks: TaskSet | None = None, solvers: tuple | None = None
+         ) -> tuple[TaskSet, list[Cell], list[str]]:
+    """The task set, every cell of the grid and their cache keys (``solvers``: the resolved outer solvers)."""
     tasks = config.load_tasks() if tasks is None else tasks
     g = config.grid
     cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m, h)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
              for o in g.outer_times for m in g.mtl_data for h in g.test_heads for d in g.depths]
-    ctx = {finite: cell_context(config, tasks, finite=finite)
+    ctx = {finite: cell_context(config, tasks, finite=finite, solvers=solvers)
            for finite in {not c.infinite for c in cells}}
     return tasks, cells, [c.key(ctx[not c.infinite]) for c in cells]
 
 
-def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) -> list[Unit]:
+def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str], solvers: tuple = ()) -> list[Unit]:
     """Group pending cells into units: all infinite-width cells together; the finite-width cells of
     each (task set, width, depth) together, so that they share kernels and training runs."""
     inf = [(c, k) for c, k in zip(cells, keys) if c.infinite]
     units = []
     if inf:
-        units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf)))
+        units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf), tuple(solvers)))
     groups: dict[tuple, list] = {}
     for c, k in zip(cells, keys):
         if not c.infinite:
@@ -150,16 +154,16 @@ def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) 
 # ---------------------------------------------------------------------------------------------
 
 def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame]]:
-    """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass over the
-    layers gives every depth; each depth's cells are computed as soon as its kernels exist.
+    """Stream ``(key, rows)`` for the infinite-width cells of ``unit``: one kernel pass over the layers gives every
+    depth; each depth's cells are computed as soon as its kernels exist.
 
-    Each method is one jitted call per (depth, settings) (compiled once per task layout and method):
-    XLA's batched kernels round differently for different batch sizes, and a cell's numbers must not
-    depend on which other cells happened to be pending (resume, Dask). On CPU this is also no slower
-    than vmapping over depths (``benchmarks/``). A method is computed once for all the cells of a
-    depth that agree on the settings it depends on (:mod:`ntk_bridge.methods`: ANIL not on MTL's
-    training set, MTL not on the inner time or the test-head protocol, the baseline on neither);
-    its numbers are the same bits as when computed per cell.
+    Each method is one jitted call per (depth, settings) (compiled once per task layout and method): XLA's batched
+    kernels round differently for different batch sizes, and a cell's numbers must not depend on which other cells
+    happened to be pending (resume, Dask). On CPU this is also no slower than vmapping over depths (``benchmarks/``).
+    A method is computed once for all the cells of a depth that agree on the settings it depends on
+    (:mod:`ntk_bridge.methods`: ANIL not on MTL's training set, MTL not on the inner time or the test-head protocol,
+    the baseline on neither); its numbers are the same bits as when computed per cell. The outer solver is the one
+    the unit carries (resolved when the sweep planned).
     """
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.predictors import predict_from_kernels
@@ -169,7 +173,7 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
     by_depth: dict[int, list[tuple[Cell, str]]] = {}
     for c, k in zip(unit.cells, unit.keys):
         by_depth.setdefault(c.depth, []).append((c, k))
-    solver = cfg.numerics.solver
+    solvers = dict(unit.solvers)  # resolved at planning; an explicit solver where the unit carries none
     for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=cfg.architecture(tasks)):
         computed: dict[tuple, object] = {}
         for cell, key in by_depth[kern.depth]:
@@ -179,7 +183,8 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
                 if memo not in computed:
                     computed[memo] = predict_from_kernels(kern.ntk, kern.readout, tasks,
                                                           cell.predictor_config(cfg.numerics.rcond), (m,),
-                                                          solver=solver)[m]
+                                                          solver=solvers.get((cell.outer_time, cell.mtl_data),
+                                                                             cfg.numerics.solver))[m]
                 res[m] = computed[memo]
             constants = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
                              finetune_time=cell.finetune_time, outer_time=cell.outer_time, mtl_data=cell.mtl_data,
@@ -220,33 +225,12 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
         yield from rows(unit, tasks)
 
 
-# ---------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------
-
-def sort_results(df: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(registry.METHODS)}
-    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
-    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
-                         "_m", "_n", "test_task"], kind="stable")
-    return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
-
-
-def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The cells' rows as one sorted table in the :data:`ntk_bridge.metrics.COLUMNS` schema."""
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return metrics.empty_table()
-    return sort_results(pd.concat(frames, ignore_index=True))
-
-
 class Progress:
     """What a sweep reports while it runs (override any method; the defaults do nothing).
 
-    ``start(total, cached, damaged)``: cells in the grid, cells found in the cache, damaged cell
-    files that will be recomputed; ``cell(key)``: a cell was computed and written;
-    ``note(message)``: one line worth telling (a damaged cache, a wait for another sweep, a long
-    estimate).
+    ``start(total, cached, damaged)``: cells in the grid, cells found in the cache, damaged cell files that will be
+    recomputed; ``cell(key)``: a cell was computed and written; ``note(message)``: one line worth telling (a damaged
+    cache, a wait for another sweep, a long estimate).
     """
 
     def start(self, total: int, cached: int, damaged: int) -> None:
@@ -329,19 +313,19 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
               figures: bool = True, command: str | None = None, release_memory: bool = False) -> pd.DataFrame:
     """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
 
-    Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``,
-    ``config.json``, ``summary.md`` and, with ``figures``, the figures of the run
-    (:func:`ntk_bridge.report.write_run`) -- the same folder ``ntk-bridge sweep`` writes.
+    Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``, ``config.json``,
+    ``summary.md`` and, with ``figures``, the figures of the run (:func:`ntk_bridge.report.write_run`) -- the same
+    folder ``ntk-bridge sweep`` writes. ``--solver auto`` is resolved once, here (:func:`structured.solver_plan`).
 
     Args:
       executor: ``None`` for in-process, else an object with ``map_units(units) -> iterator of
         (key, rows)`` (see :mod:`ntk_bridge.distributed`).
       progress: a :class:`Progress` to report to.
       command: the command line to record (``config.json``, ``summary.md``).
-      release_memory: drop JAX's compiled programs (``jax.clear_caches()``, every program of the
-        process; they reload from the persistent compilation cache) once the cells are computed and
-        before the figures are drawn: the command line does this, which keeps the default sweep's
-        peak memory about 60 MB lower (``benchmarks/README.md``).
+      release_memory: drop JAX's compiled programs (``jax.clear_caches()``, every program of the process; they
+        reload from the persistent compilation cache) once the cells are computed and before the figures are
+        drawn: the command line does this, which keeps the default sweep's peak memory about 60 MB lower
+        (``benchmarks/README.md``).
     """
     from ntk_bridge.report import write_run
 
@@ -350,7 +334,9 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     folder = RunFolder(run_dir)
     tasks = config.load_tasks()
     est = check_feasible(config, tasks)  # before anything is planned, allocated or written
-    tasks, cells, keys = plan(config, tasks)
+    solvers = structured.solver_plan(config.numerics.solver, tasks.layout, config.grid.outer_times,
+                                     config.grid.mtl_data)
+    tasks, cells, keys = plan(config, tasks, solvers)
     if est["seconds"] > 600:
         progress.note(f"estimated time: about {est['seconds'] / 60:.0f} minutes ({est['cells']:,} cells over "
                       f"{est['points']:,} points)")
@@ -363,7 +349,7 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
         pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
         progress.start(len(set(keys)), len(done), len(damaged))
         if pending:
-            _compute(config, folder, tasks, pending, executor, progress)
+            _compute(config, folder, tasks, pending, executor, progress, solvers)
             done.update(folder.read_cells(k for _, k in pending)[0])
             if release_memory:
                 import jax
@@ -378,10 +364,11 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     return df
 
 
-def _compute(config: SweepConfig, folder: RunFolder, tasks: TaskSet, pending, executor, progress: Progress) -> None:
+def _compute(config: SweepConfig, folder: RunFolder, tasks: TaskSet, pending, executor, progress: Progress,
+             solvers: tuple = ()) -> None:
     """Compute the pending cells and write each the moment it arrives."""
     runtime.enable_compilation_cache()
-    units = make_units(config, [c for c, _ in pending], [k for _, k in pending])
+    units = make_units(config, [c for c, _ in pending], [k for _, k in pending], solvers)
     stream = (item for u in units for item in iter_unit(u, tasks)) if executor is None else executor.map_units(units)
     wanted = {k for _, k in pending}
     written = 0

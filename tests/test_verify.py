@@ -13,7 +13,8 @@ from ntk_bridge import methods as registry
 from ntk_bridge.cli import main
 from ntk_bridge.families import subspace_tasks
 from ntk_bridge.verify import Family, Panel, run_verify
-from ntk_bridge.verify.claims import benefit_table, claims_table, gap_medians, overall, verdict_matrix
+from ntk_bridge.verify.claims import (OVERALL, RULES, VERDICTS, benefit_table, claims_table, gap_medians, overall,
+                                     verdict_matrix)
 
 DEPTHS = [1, 2, 4, 8, 16]
 TIMES = [0.01, 0.1, 1.0]
@@ -124,9 +125,76 @@ def test_a_gap_that_grows_with_depth_fails_and_the_summary_says_where():
     assert len(b6) and (b6["verdict"] == "fails").all()  # worse than no transfer everywhere
     summary = overall(claims).set_index("claim")
     assert summary.loc["C1", "verdict"] == "depends"
-    assert summary.loc["C1", "where"] == "holds on A; not on B"
+    assert summary.loc["C1", "where"] == "holds on A; fails on B"
     matrix = verdict_matrix(claims, "C1").set_index("tasks")
     assert matrix.loc["A", "verdict"] == "holds (all 3)" and matrix.loc["B", "verdict"] == "fails (all 3)"
+
+
+def _seed_slopes(rows: pd.DataFrame, spread: float) -> pd.DataFrame:
+    """``rows`` with every GBML gap times ``L^(spread (seed - 2))``: the seeds' depth slopes are
+    ``-2 spread .. 2 spread`` around the gap's own, their mean unchanged and their 95% CI widened."""
+    gbml = rows["method"].isin(["anil", "maml"])
+    factor = rows["depth"].astype(float) ** (spread * (rows["task_seed"] - 2))
+    return rows.assign(gap_to_mtl_rel=rows["gap_to_mtl_rel"].where(~gbml, rows["gap_to_mtl_rel"] * factor))
+
+
+def test_inconclusive_conditions_make_an_inconclusive_claim_not_a_failing_one():
+    # C1 and C5: a flat gap whose per-seed slopes are -0.2 .. 0.2, so every CI contains 0; family B as A
+    # but with a gap that falls (decided: holds)
+    flat = _seed_slopes(synthetic_rows(lambda L, s: 0.3 + 0 * L, useful_to_4, tasks="A"), 0.1)
+    falls = synthetic_rows(bound_shaped, useful_to_4, tasks="B")
+    claims = claims_table(pd.concat([flat, falls]))
+    for claim in ("C1", "C5"):
+        a = claims.query(f"claim == '{claim}' and tasks == 'A'")
+        assert (a["ci95_low"] < 0).all() and (a["ci95_high"] > 0).all()
+        assert (a["verdict"] == "inconclusive").all()
+    summary = overall(claims[claims["tasks"] == "A"]).set_index("claim")
+    assert summary.loc["C1", "verdict"] == summary.loc["C5", "verdict"] == "inconclusive"
+    assert summary.loc["C5", "fails"] == 0 and summary.loc["C5", "inconclusive"] == len(TIMES)
+    both = overall(claims).set_index("claim")
+    assert both.loc["C5", "verdict"] == "depends"
+    assert both.loc["C5", "where"] == "holds on B; inconclusive on A"
+    assert "fail" not in both.loc["C5", "where"]
+
+
+def test_a_claim_whose_interval_cannot_be_formed_is_not_decided():
+    # two depths: C3's trend over the deeper half is one depth, so no replicate has a slope (old rule: holds)
+    rows = synthetic_rows(bound_shaped, useful_to_4)
+    rows = rows[rows["depth"].isin([1, 2])]
+    c3 = claims_table(rows).query("claim == 'C3'")
+    assert (c3["verdict"] == "no data").all()
+    assert overall(claims_table(rows)).set_index("claim").loc["C3", "verdict"] == "inconclusive"
+    # one replicate: every claim is "no data", none decided
+    one = synthetic_rows(bound_shaped, useful_to_4, test_tasks=1)
+    one = one[one["task_seed"] == 0]
+    assert set(claims_table(one)["verdict"]) == {"no data"}
+    assert set(overall(claims_table(one))["verdict"]) == {"inconclusive"}
+    assert "no data" in RULES["every"] and "inconclusive" in RULES["overall"]
+
+
+def _finite_rows(exponent, noise, widths=(64, 128, 256, 512, 1024, 2048), networks=2) -> pd.DataFrame:
+    """Finite-width rows whose distance is ``w^exponent`` times a fixed per-network, per-width factor
+    ``exp(noise * z)`` (z: a fixed pattern of +-1, +-0.5)."""
+    z = np.array([1.0, -1.0, 0.5, -0.5, -1.0, 1.0, -0.5, 0.5, 1.0, -1.0, 0.5, -0.5])
+    rows, i = [], 0
+    for w in widths:
+        for net in range(networks):
+            rows.append(dict(tasks="A", method="mtl", depth=1, mode="centred", width=float(w), seed=0, network=net,
+                             status="ok", dist_to_infinite_rel=w ** exponent * math.exp(noise * z[i % len(z)])))
+            i += 1
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("exponent, noise, verdict", [
+    (-0.5, 0.02, "holds"),         # a tight CI around -1/2
+    (-0.43, 0.6, "inconclusive"),  # contains -1/2 but also -1/4 (the old rule said holds)
+    (-0.3, 0.02, "fails"),         # excludes -1/2 (the old rule said "weaker")
+])
+def test_c4_holds_only_when_its_interval_tells_minus_half_from_its_neighbours(shaped, exponent, noise, verdict):
+    c4 = claims_table(shaped, _finite_rows(exponent, noise)).query("claim == 'C4'").iloc[0]
+    assert c4["n"] == 12 and c4["verdict"] == verdict, c4.to_dict()
+    if verdict == "inconclusive":
+        assert c4["ci95_low"] < -0.5 < -0.25 < c4["ci95_high"]
 
 
 def test_one_task_set_takes_its_statistics_over_test_tasks():
@@ -157,12 +225,12 @@ def test_panel_end_to_end(tiny_run):
     claims = pd.read_csv(out / "claims.csv")
     assert set(claims["claim"]) == {"C1", "C2", "C3", "C4", "C5", "C6"}
     assert set(claims.query("claim == 'C1'")["tasks"]) == {"subspace", "common"}
-    assert set(claims["verdict"]) <= {"holds", "fails", "inconclusive", "weaker"}
+    assert set(claims["verdict"]) <= set(VERDICTS)
     # every condition of the panel: families x MTL data x protocols x inner times
     assert len(claims.query("claim == 'C1'")) == 2 * 2 * 2 * 2
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts["claim"]) == ["C1", "C2", "C3", "C4", "C5", "C6"]
-    assert set(verdicts["verdict"]) <= {"holds", "fails", "depends"}
+    assert set(verdicts["verdict"]) <= set(OVERALL)
     for name in ("report.md", "report.html", "gaps.csv", "benefit.csv", "panel.json", "c1_gap_vs_depth.png"):
         assert (out / name).exists(), name
     for fam in ("subspace", "common"):
@@ -224,6 +292,16 @@ def test_verify_on_a_tasks_file(tmp_path, capsys):
     assert set(claims["tasks"]) == {"mine"}
     assert (claims.query("claim == 'C1'")["n"] == 3).all()  # statistics over the file's 3 test tasks
     assert "C1 depth" in printed.out and "report.html" in printed.out
+
+
+def test_verify_refuses_a_task_file_with_one_test_task(tmp_path, capsys):
+    path = tmp_path / "one.npz"
+    subspace_tasks(seed=3, n_train=3, n_test=1, n_support=3, n_query=4, dim=5).save(path)
+    code = main(["verify", "--quick", "--no-finite", "--tasks", str(path), "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error:") and "1 test task" in err and "at least 2" in err
+    assert not (tmp_path / "v" / "verdicts.csv").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

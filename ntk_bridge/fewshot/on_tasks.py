@@ -156,7 +156,10 @@ def load_run_tasks(run: Path | str, val_episodes: int = 20, val_tasks: int = 0):
         raise UserError(f"--tasks-of: {path} is not a sweep's config.json ({type(e).__name__}: {e})") from None
     tasks = spec.load()
     recorded = record.get("tasks_fingerprint")
-    if recorded is not None and recorded != tasks.fingerprint():
+    if recorded is None:
+        raise UserError(f"--tasks-of: {path} records no tasks_fingerprint, so nothing shows that the task set "
+                        "rebuilt from it is the one the sweep ran on; rerun the sweep into that folder")
+    if recorded != tasks.fingerprint():
         raise UserError(f"--tasks-of: the task set rebuilt from {path} differs from the one the sweep ran on "
                         f"(fingerprint {tasks.fingerprint()} != {recorded}); was the data or the renderer changed?")
     validation = None
@@ -174,10 +177,45 @@ def load_run_tasks(run: Path | str, val_episodes: int = 20, val_tasks: int = 0):
                     raise
                 n -= 1
     episodes = task_episodes(tasks, validation, val_tasks or max(1, tasks.train_support_x.shape[0] // 5))
-    results = None
-    if (run / "results.csv").is_file():
-        results = pd.read_csv(run / "results.csv", keep_default_na=True)
-    return episodes, results, record
+    return episodes, verified_rows(run, tasks, spec.task_seed), record
+
+
+def verified_rows(run: Path, tasks, task_seed: int) -> pd.DataFrame | None:
+    """The rows of the cells a sweep's ``results.csv`` lists, read from its verified ``cells/``
+    (:meth:`ntk_bridge.runs.RunFolder.read_cell`), or None without ``results.csv``. ``UserError``
+    (one line) when ``results.csv`` says another task set or task seed than ``config.json``, when a
+    cell it lists is missing or damaged, or when a closed form does not cover every test task."""
+    from ntk_bridge.runs import RunFolder
+
+    if not (run / "results.csv").is_file():
+        return None
+    try:
+        listed = pd.read_csv(run / "results.csv", keep_default_na=True, usecols=["tasks", "task_seed", "cell"])
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"--tasks-of: {run / 'results.csv'} is not a sweep's results table ({e})") from None
+    seeds = sorted(set(listed["task_seed"].dropna().astype(int)))
+    names = sorted(set(listed["tasks"].dropna().astype(str)))
+    if names != [tasks.name] or seeds != [int(task_seed)]:
+        raise UserError(f"--tasks-of: {run / 'results.csv'} holds tasks {', '.join(names)} at task seed(s) "
+                        f"{', '.join(map(str, seeds))}, but config.json says {tasks.name} at task seed {task_seed}")
+    folder, frames = RunFolder(run), []
+    for key in dict.fromkeys(listed["cell"].dropna().astype(str)):
+        rows = folder.read_cell(key)
+        if rows is None:
+            raise UserError(f"--tasks-of: cell {key} that {run / 'results.csv'} lists is missing or damaged in "
+                            f"{folder.cells}; rerun the sweep into {run} to recompute it")
+        frames.append(rows)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=listed.columns)
+    if set(rows["tasks"].astype(str)) - {tasks.name} or set(rows["task_seed"].astype(int)) - {int(task_seed)}:
+        raise UserError(f"--tasks-of: the cells of {run} hold rows of another task set or task seed than "
+                        "config.json's")
+    test = set(range(tasks.test_support_x.shape[0]))
+    keys = [k for k in _CF_KEYS + ["width", "outer_time"] if k in rows]
+    for key, group in rows.groupby(keys, dropna=False, sort=False):
+        if set(group["test_task"].astype(int)) != test:
+            raise UserError(f"--tasks-of: closed form {dict(zip(keys, key))} in {run} covers "
+                            f"{group['test_task'].nunique()} of the task set's {len(test)} test tasks")
+    return rows
 
 
 #: Columns of ``closed_forms.csv``.

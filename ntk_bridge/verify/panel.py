@@ -79,7 +79,8 @@ FULL = Panel(
     seeds=(0, 1, 2, 3, 4),
     depths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
     inner_times=(0.01, 0.1, 1.0),
-    finite=tuple(dict(_SMALL_FINITE, depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), outer_steps=100).items()),
+    finite=tuple(dict(_SMALL_FINITE, depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0),
+                      outer_steps=100).items()),
 )
 #: The quick panel (CI): three families, three seeds, a coarser grid.
 QUICK = Panel(
