@@ -232,3 +232,49 @@ def test_tasks_of_a_flat_sweep_or_a_changed_task_set_is_refused(conv_run, tmp_pa
     (changed / "config.json").write_text("{not json")
     code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(changed), "--out", str(tmp_path / "c")])
     assert code == 2 and "not a sweep's config.json" in stderr
+
+
+def _copy_run(conv_run, to):
+    import shutil
+
+    shutil.copytree(conv_run, to)
+    return to
+
+
+def test_tasks_of_without_a_fingerprint_or_with_another_task_seed_is_refused_before_training(conv_run, tmp_path,
+                                                                                             capsys):
+    unmarked = _copy_run(conv_run, tmp_path / "unmarked")
+    record = json.loads((unmarked / "config.json").read_text())
+    del record["tasks_fingerprint"]
+    record["config"]["tasks"]["task_seed"] = 1  # says seed 1 over the seed-0 results
+    (unmarked / "config.json").write_text(json.dumps(record))
+    code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(unmarked), "--out", str(tmp_path / "a")])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "records no tasks_fingerprint" in lines[0], stderr
+    assert not (tmp_path / "a" / "episodes.csv").exists()
+    reseeded = _copy_run(conv_run, tmp_path / "reseeded")  # fingerprint intact, results.csv of another seed
+    results = pd.read_csv(reseeded / "results.csv")
+    results.assign(task_seed=1).to_csv(reseeded / "results.csv", index=False)
+    code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(reseeded), "--out", str(tmp_path / "b")])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "task seed(s) 1, but config.json says" in lines[0], stderr
+    assert not (tmp_path / "b" / "episodes.csv").exists()
+
+
+def test_tasks_of_reads_the_closed_forms_from_the_verified_cells(conv_run, tmp_path, capsys):
+    from ntk_bridge.fewshot.on_tasks import load_run_tasks
+
+    cut = _copy_run(conv_run, tmp_path / "cut")
+    full = pd.read_csv(conv_run / "results.csv")
+    text = (cut / "results.csv").read_text().splitlines(keepends=True)
+    (cut / "results.csv").write_text("".join(text[:3]))  # truncated: two rows of the first cell
+    _, rows, _ = load_run_tasks(cut, val_episodes=2)
+    first = full[full["cell"] == full["cell"].iloc[0]]
+    assert len(rows) == len(first) and set(rows["test_task"]) == {0, 1, 2, 3}  # the whole cell, every test task
+    for _, group in rows.groupby(["method", "depth", "mtl_data", "test_head"]):
+        assert sorted(group["test_task"]) == [0, 1, 2, 3]
+    missing = _copy_run(conv_run, tmp_path / "missing")
+    (missing / "cells" / f"{full['cell'].iloc[-1]}.csv").unlink()
+    code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(missing), "--out", str(tmp_path / "m")])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "missing or damaged" in lines[0], stderr
