@@ -193,6 +193,8 @@ def verified_rows(run: Path, tasks, task_seed: int) -> pd.DataFrame | None:
         listed = pd.read_csv(run / "results.csv", keep_default_na=True, usecols=["tasks", "task_seed", "cell"])
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"--tasks-of: {run / 'results.csv'} is not a sweep's results table ({e})") from None
+    if not len(listed):
+        return None
     seeds = sorted(set(listed["task_seed"].dropna().astype(int)))
     names = sorted(set(listed["tasks"].dropna().astype(str)))
     if names != [tasks.name] or seeds != [int(task_seed)]:

@@ -58,8 +58,9 @@ RULES = {
           "inner time (log-log slope over the deeper half of the depths, 95% CI above 0), holds if that CI "
           "reaches 0 or below (the bound's shape fits the grid)",
     "C4": "per method and depth: holds if the width exponent's 95% CI contains -1/2 and excludes both -1/4 and "
-          "-1 (it tells h^-1/2 from its neighbouring rates); fails if the CI excludes -1/2 (a CI reaching 0: "
-          "no approach at all); inconclusive otherwise (a CI too wide to tell the rates apart)",
+          "-1 (it tells h^-1/2 from its neighbouring rates); fails if the CI excludes -1/2 (above it: a slower "
+          "approach, or none where it reaches 0; below it: a faster one); inconclusive otherwise (a CI too wide to "
+          "tell the rates apart)",
     "C5": "as C1, for the MAML-MTL gap",
     "C6": "per condition: holds if the benefit's 95% CI lies above 0 at the shallowest depth (the method "
           "transfers something), fails if it lies at or below 0, inconclusive otherwise; the detail gives the "
