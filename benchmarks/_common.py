@@ -20,7 +20,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.environ.get("NTK_BRIDGE_BENCH_RESULTS") or os.path.join(HERE, "results")
+
+
+def smoke(argv=None) -> bool:
+    """``--smoke``: tiny sizes through the same code path, seconds instead of minutes, to show that a
+    benchmark still runs (``tests/test_benchmarks.py``). Its CSVs go to a temporary folder (inherited by
+    the benchmark's child processes), never over the measured ones in ``benchmarks/results/``."""
+    global RESULTS
+    argv = sys.argv[1:] if argv is None else argv
+    if "--smoke" not in argv:
+        return False
+    if not os.environ.get("NTK_BRIDGE_BENCH_RESULTS"):
+        import tempfile
+
+        os.environ["NTK_BRIDGE_BENCH_RESULTS"] = tempfile.mkdtemp(prefix="ntkb-bench-smoke-")
+    RESULTS = os.environ["NTK_BRIDGE_BENCH_RESULTS"]
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,12 +200,6 @@ def write_csv(name: str, rows: list[dict], meta: dict | None = None) -> str:
         w.writerows(full)
     print(f"wrote {os.path.relpath(path, REPO)}")
     return path
-
-
-def mode_from_argv(argv=None) -> str:
-    """``--quick`` (default) or ``--full``."""
-    argv = sys.argv[1:] if argv is None else argv
-    return "full" if "--full" in argv else "quick"
 
 
 def git_commit() -> str | None:

@@ -73,12 +73,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     ap.add_argument("--child", nargs=5, default=None)
     args = ap.parse_args(argv)
     if args.child:
         s, n, px, L, save = args.child
         return child(s, int(n), int(px), int(L), save)
-    n, px, L = (600, 14, 8) if args.full else (200, 7, 4)
+    C.smoke(["--smoke"] if args.smoke else [])
+    n, px, L = (12, 4, 2) if args.smoke else (600, 14, 8) if args.full else (200, 7, 4)
     import numpy as np
 
     from ntk_bridge import convnets

@@ -47,9 +47,14 @@ import time
 import _common as C
 
 
-def grid(name: str, full: bool):
+def grid(name: str, full: bool, smoke: bool = False):
     from ntk_bridge.sweep import SweepConfig
 
+    if smoke:  # the same code path on two tiny units
+        return SweepConfig.of(depths=(1,), widths=(16.0,) if name == "finite" else (math.inf,), inner_times=(0.1,),
+                              finetune_times=(1.0,), outer_times=(1.0,) if name == "finite" else (math.inf,),
+                              methods=("mtl", "anil"), mtl_data=("all",), train_tasks=2, test_tasks=2, support=2,
+                              query=2, dim=4, seeds=1, outer_steps=2)
     if name == "finite":
         return SweepConfig.of(depths=(1, 2, 4) if full else (1, 2),
                            widths=(64.0, 128.0, 256.0) if full else (64.0, 128.0),
@@ -66,7 +71,7 @@ def side(args) -> None:
     t0 = time.perf_counter()
     from ntk_bridge.sweep import make_units, plan, run_sweep
 
-    config = grid(args.grid, args.full)
+    config = grid(args.grid, args.full, args.smoke)
     t_import = time.perf_counter() - t0
     executor, t_cluster, n_units = None, 0.0, None
     _, cells, keys = plan(config)
@@ -96,7 +101,8 @@ def side(args) -> None:
 
 def run_side(args, which: str, out: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--side", which, "--grid", args.grid, "--out", out,
-           "--workers", str(args.workers)] + (["--full"] if args.full else [])
+           "--workers", str(args.workers)] + (["--full"] if args.full else []) + \
+        (["--smoke"] if args.smoke else [])
     t = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -118,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--full", action="store_true", help="the larger grid")
     ap.add_argument("--quick", action="store_true", help="the smaller grid (default)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     ap.add_argument("--side", choices=("in-process", "dask"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -128,6 +135,7 @@ def main(argv=None):
         except ImportError:
             args.grid = "infinite"
             print("ntk_bridge.finite is not available: benchmarking an infinite-width grid instead")
+    C.smoke(["--smoke"] if args.smoke else [])
     if args.side:
         return side(args)
 
@@ -143,7 +151,7 @@ def main(argv=None):
     rows = []
     for name, r, workers in (("in-process", local, 0), ("dask", dask, args.workers)):
         rows.append(dict(
-            grid=args.grid, size="full" if args.full else "quick", mode=name, workers=workers,
+            grid=args.grid, size="smoke" if args.smoke else "full" if args.full else "quick", mode=name, workers=workers,
             cells=r["cells"], units=r["units"], sweep_s=round(r["sweep_s"], 2),
             cluster_start_s=round(r["cluster_s"], 2), process_s=round(r["process_s"], 2),
             cpu_s=round(r["cpu_s"], 1), cpu_ratio=round(r["cpu_s"] / local["cpu_s"], 3),

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, median, print_table, write_csv  # noqa: E402
+from _common import machine, median, print_table, smoke, write_csv  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -49,7 +49,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="outer steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=100, help="test episodes per timed repeat")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a "
+                        "temporary folder")
     args = parser.parse_args()
+    if smoke(["--smoke"] if args.smoke else []):
+        # the digits images ship with scikit-learn: no rendering
+        args.steps, args.repeats, args.episodes, args.width, args.dataset, args.ways = 1, 1, 2, 4, "digits", 3
+        if args.methods == parser.get_default("methods"):  # the two cheapest to compile
+            args.methods = "mtl,protonet"
 
     data = load_dataset(args.dataset)
     model = ModelConfig(width=args.width)

@@ -41,7 +41,7 @@ from ntk_bridge.kernels import kernels_by_depth  # noqa: E402
 from ntk_bridge.predictors import PredictorConfig  # noqa: E402
 from ntk_bridge.families import subspace_tasks  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.environ.get("NTK_BRIDGE_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _tasks(args):
@@ -50,6 +50,7 @@ def _tasks(args):
 
 
 def _timed(fn):
+    t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
 
@@ -175,7 +176,18 @@ def main():
     parser.add_argument("--target-steps", type=int, default=300, help="grid: outer steps of the estimate")
     parser.add_argument("--target-networks", type=int, default=4, help="grid: networks of the estimate")
     parser.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/...)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a "
+                        "temporary folder")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        for k, v in dict(width=16, depth=1, short=1, long=2, repeats=1, history_steps=3, n_train=2, n_test=2,
+                         n_support=2, n_query=2, dim=4, widths="16", depths="1", target_steps=3,
+                         target_networks=1).items():
+            setattr(args, k, v)
+        folder = os.environ.get("NTK_BRIDGE_BENCH_RESULTS") or tempfile.mkdtemp(prefix="ntkb-bench-smoke-")
+        args.out = args.out or os.path.join(folder, "finite.csv")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# jax {jax.__version__} on {platform.processor() or platform.machine()}, "

@@ -36,7 +36,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="L = 8, 32 (default)")
     ap.add_argument("--exhaustive", action="store_true", help="time every depth at L = 128 (minutes)")
     ap.add_argument("--depths", type=str, default=None, help="comma list of L, overrides the mode")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     args = ap.parse_args(argv)
+    C.smoke(["--smoke"] if args.smoke else [])
 
     import jax
     import numpy as np
@@ -47,7 +49,9 @@ def main(argv=None):
 
     x = SweepConfig().load_tasks().all_points()
     arch = Architecture()
-    if args.depths:
+    if args.smoke:
+        plan = [(3, 1)]
+    elif args.depths:
         plan = [(int(L), 3) for L in args.depths.split(",")]
     elif args.full:
         plan = [(8, 7), (32, 3), (128, 1)]

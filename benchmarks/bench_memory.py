@@ -46,6 +46,7 @@ def child(n_train: int, depth: int) -> None:
         t = time.perf_counter()
 
     import ntk_bridge  # noqa: F401
+    from ntk_bridge import operators as O
     from ntk_bridge import predictors as P
     from ntk_bridge import runtime
     from ntk_bridge.kernels import kernels_by_depth
@@ -58,7 +59,7 @@ def child(n_train: int, depth: int) -> None:
     (k,) = list(kernels_by_depth(tasks.all_points(), depths=[depth]))
     Th, K = k.ntk, k.readout
     mark(f"kernels_by_depth: Theta, K over {Th.shape[0]} points")
-    phi = P.meta_kernel(Th, K, tasks.layout, P.Dynamics(0.1))
+    phi = O.meta_kernel(Th, K, tasks.layout, O.Dynamics(0.1))
     mark(f"meta_kernel (ANIL): {phi.shape[0]} x {phi.shape[1]}")
     P.predict_from_kernels(Th, K, tasks, P.PredictorConfig(), ("anil",))
     mark("predict_from_kernels, ANIL (compile + run)")
@@ -76,10 +77,10 @@ def run_child(n_train, depth) -> dict:
     return json.loads(line[-1][len("BENCH_JSON "):])
 
 
-def run_sweep() -> dict:
+def run_sweep(depths: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="ntkb-bench-mem-") as tmp:
         out = os.path.join(tmp, "run")
-        cmd = [os.path.join(VENV_BIN, "ntk-bridge"), "sweep", "--depth", "2..32", "--out", out]
+        cmd = [os.path.join(VENV_BIN, "ntk-bridge"), "sweep", *depths, "--out", out]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
         p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
@@ -96,6 +97,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="the sweep three times")
     ap.add_argument("--quick", action="store_true", help="(default)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--depth", type=int, default=4)
@@ -105,10 +107,12 @@ def main(argv=None):
 
     import _common as C
 
+    if C.smoke(["--smoke"] if args.smoke else []):
+        args.n_train, args.depth = 4, 2
     rows = []
     for repeat in range(3 if args.full else 1):
         label = f"run {repeat + 1}"
-        s = run_sweep()
+        s = run_sweep(["--depth", "2..3"] if args.smoke else ["--depth", "2..32"])
         rows.append(dict(what="default sweep: ntk-bridge sweep --depth 2..32", variant=label,
                          stage="whole run (/usr/bin/time -v)", peak_rss_mib=s["max_rss_mib"],
                          rusage_children_peak_rss_mib=s["rusage_children_max_rss_mib"], seconds=s["wall_s"]))

@@ -143,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--skip-loop", action="store_true", help="only item 3 (floor)")
     ap.add_argument("--skip-floor", action="store_true", help="only item 2 (loop)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     args = ap.parse_args(argv)
 
     import jax
@@ -159,8 +160,10 @@ def main(argv=None):
 
     methods = ("anil", "maml") if args.full else ("anil",)
     Ns = [int(n) for n in args.tasks.split(",")]
+    if C.smoke(["--smoke"] if args.smoke else []):
+        Ns, args.depth = [2], 2
     reps = {n: (25 if n <= 10 else 11 if n <= 50 else 3) if args.full else (15 if n <= 10 else 7 if n <= 50 else 2)
-            for n in Ns}
+            for n in Ns} if not args.smoke else {n: 1 for n in Ns}
     cfg = P.PredictorConfig()  # inner 0.1, finetune 1, outer inf
     events = CompileEvents()
     nthreads = default_blas_threads()

@@ -141,6 +141,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     ap.add_argument("--sizes", default=None, help="comma list of N")
     ap.add_argument("--solvers", default="dense,cholesky,cg")
     ap.add_argument("--threads", type=int, default=2)
@@ -156,8 +157,9 @@ def main(argv=None):
         return child(int(args.child[0]), args.child[1], args.threads, args.save, args.kernels_on_disk)
     if args.floor:
         return floor_child(args.floor[0], args.threads, args.floor[1])
-    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([25, 75, 200, 1000] if args.full
-                                                                          else [25, 75, 200])
+    C.smoke(["--smoke"] if args.smoke else [])
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([3] if args.smoke else [25, 75, 200, 1000]
+                                                                          if args.full else [25, 75, 200])
     import tempfile
 
     import numpy as np

@@ -34,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SWEEP = ["sweep", "--depth", "2..32"]
+SWEEP = ["sweep", "--depth", os.environ.get("NTK_BRIDGE_BENCH_SWEEP", "2..32")]
 LAUNCH = ("import sys, ntk_bridge.cli as c; sys.argv[0] = 'ntk-bridge'; "
           "f = getattr(c, 'entry', None) or c.main; f()")
 
@@ -66,6 +66,7 @@ def child(out_dir: str) -> None:
     t = time.perf_counter()
     import ntk_bridge.figures as figures
     import ntk_bridge.kernels as kernels
+    import ntk_bridge.metrics as metrics
     import ntk_bridge.predictors as predictors
     import ntk_bridge.report as report
     import ntk_bridge.runs as runs
@@ -124,7 +125,7 @@ def child(out_dir: str) -> None:
     wrap(sweep, "plan", "plan: tasks, fingerprint, cell keys")
     wrap_gen(kernels, "kernels_by_depth", "kernel pass (eager neural-tangents)")
     wrap(predictors, "predict_from_kernels", "predictors (jitted calls)")
-    wrap(sweep, "metric_rows", "metric rows")
+    wrap(metrics, "prediction_rows", "metric rows")
     wrap(runs.RunFolder, "write_cell", "write cell files")
     wrap(runs.RunFolder, "read_cells", "read and verify cell files")
     wrap(sweep, "results_table", "results table (concat, sort)")
@@ -225,11 +226,19 @@ def main(argv=None):
     ap.add_argument("--baseline", metavar="REV", help="also run commit REV, interleaved")
     ap.add_argument("--no-stages", action="store_true", help="skip the instrumented runs")
     ap.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, same code path (seconds); CSV to a temporary folder")
     args = ap.parse_args(argv)
+    if args.smoke:  # depths 2..3, one repeat: the same scenarios in seconds
+        global SWEEP
+        SWEEP = SWEEP[:2] + ["2..3"]
+        os.environ["NTK_BRIDGE_BENCH_SWEEP"] = "2..3"
+        args.repeats = 1
     if args.child:
         return child(args.child)
     sys.path.insert(0, HERE)
     import _common as C
+
+    C.smoke(["--smoke"] if args.smoke else [])
 
     rows, stage_runs, checks = [], [], []
     with tempfile.TemporaryDirectory(prefix="ntkb-bench-sweep-") as tmp:

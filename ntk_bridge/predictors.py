@@ -304,11 +304,41 @@ def predict(
         out = predict(tasks, depth=[2, 32], config=PredictorConfig(inner_time=0.1, mtl_data="query"))
         gap = out[32]["anil"].values - out[32]["mtl"].values       # [test tasks, queries, outputs]
     """
-    from ntk_bridge.kernels import kernels_by_depth
-
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(x) for x in depth]
-    ks = list(kernels_by_depth(tasks.all_points(), None, architecture=architecture, depths=depths))
-    out = predict_from_kernels(np.stack([k.ntk for k in ks]), np.stack([k.readout for k in ks]),
-                               tasks, config, methods, f0, solver)
+    ks, Theta, K = _kernels(tasks.all_points(), architecture, depths)
+    out = predict_from_kernels(Theta, K, tasks, config, methods, f0, solver)
     by_depth = {k.depth: o for k, o in zip(ks, out)}
     return by_depth[int(depth)] if np.ndim(depth) == 0 else {d: by_depth[d] for d in depths}
+
+
+#: The kernels of the last :func:`predict` call: a user looping over configurations of one task set
+#: (inner times, MTL data, methods) pays the kernel pass once. One entry (the default grid's kernels
+#: of 31 depths take about 100 MB).
+_LAST_KERNELS: dict = {}
+
+
+def _kernels(points: np.ndarray, architecture, depths: list[int]):
+    """``(kernels, Theta [B, P, P], K [B, P, P])`` of ``depths`` over ``points``, reused when the
+    points (by content), the architecture (by value; custom layers by identity) and the depths are
+    those of the previous call."""
+    import hashlib
+
+    from ntk_bridge.kernels import kernels_by_depth
+
+    points = np.ascontiguousarray(points)
+    try:
+        key = (hashlib.sha256(points.tobytes()).hexdigest(), points.shape, str(points.dtype), architecture,
+               tuple(depths))
+        hash(key)
+    except TypeError:  # an architecture with unhashable fields: no reuse
+        key = None
+    if key is not None and key in _LAST_KERNELS:
+        return _LAST_KERNELS[key]
+    ks = list(kernels_by_depth(points, None, architecture=architecture, depths=depths))
+    entry = (ks, np.stack([k.ntk for k in ks]), np.stack([k.readout for k in ks]))
+    for a in entry[1:]:
+        a.flags.writeable = False  # shared between calls: nobody may change them in place
+    _LAST_KERNELS.clear()
+    if key is not None:
+        _LAST_KERNELS[key] = entry
+    return entry

@@ -26,3 +26,13 @@ def key(request):
 @pytest.fixture
 def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()) % (2**31))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebooks (executed by nbmake) count as ``slow``: ``pytest`` runs the fast suite,
+    ``pytest -m slow`` the notebooks, the statistical checks and the benchmarks' smoke runs (``.ci/run``
+    runs both)."""
+    slow = pytest.mark.slow
+    for item in items:
+        if str(getattr(item, "fspath", "")).endswith(".ipynb"):
+            item.add_marker(slow)

@@ -149,3 +149,29 @@ def test_nan_kernel_is_flagged(small):
     Th[0, 0] = np.nan
     out = predict_from_kernels(Th, K, tasks, methods=("maml",))
     assert status_of(out["maml"].diagnostics) == "nonfinite"
+
+
+def test_predict_reuses_the_kernel_pass_of_the_previous_call(monkeypatch):
+    """A loop over configurations of one task set pays the kernel pass once; other points, another
+    architecture or other depths compute their own kernels, and the reused kernels give the numbers of
+    a fresh pass."""
+    import ntk_bridge.kernels as kernels
+    from ntk_bridge import predictors
+
+    tasks = subspace_tasks(seed=3, n_train=3, n_test=2, n_support=2, n_query=3, dim=4)
+    other = subspace_tasks(seed=4, n_train=3, n_test=2, n_support=2, n_query=3, dim=4)
+    calls = []
+    real = kernels.kernels_by_depth
+    monkeypatch.setattr(kernels, "kernels_by_depth", lambda *a, **k: calls.append(1) or real(*a, **k))
+    predictors._LAST_KERNELS.clear()
+    first = predict(tasks, depth=[1, 2], config=PredictorConfig(inner_time=0.1), methods=("anil",))
+    again = predict(tasks, depth=[1, 2], config=PredictorConfig(inner_time=1.0), methods=("anil",))
+    assert len(calls) == 1
+    predict(tasks, depth=[1, 3], methods=("anil",))
+    predict(other, depth=[1, 3], methods=("anil",))
+    assert len(calls) == 3
+    predictors._LAST_KERNELS.clear()
+    fresh = predict(tasks, depth=[1, 2], config=PredictorConfig(inner_time=1.0), methods=("anil",))
+    for d in (1, 2):
+        assert np.array_equal(again[d]["anil"].values, fresh[d]["anil"].values)
+        assert not np.array_equal(first[d]["anil"].values, again[d]["anil"].values)

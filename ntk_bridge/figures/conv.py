@@ -70,10 +70,10 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
                 g = t[(t["arch"] == arch) & (t["method"] == method)].sort_values("depth")
                 ax.plot(g["depth"], g["gap_to_mtl_rel_q50"], color=COLORS[method], linestyle=LINESTYLES[i % 4],
                         marker="o", label=f"{LABELS[method]}, {arch}")
-        depth_axis(ax, t["depth"].unique(), "depth $L$ (layers / blocks)")
+        depth_axis(ax, t["depth"].unique(), "depth L (layers / blocks)")
         log_y(ax)
-        ax.set_ylabel(r"$\|F_{\rm method}-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
-        ax.set_title(f"gap to MTL ($\\lambda\\tau$={s0:g})")
+        ax.set_ylabel("‖F(method) − F(MTL)‖ / ‖F(MTL)‖")
+        ax.set_title(f"gap to MTL (λτ={s0:g})")
         ax.legend(frameon=False, fontsize=5.5)
         lo = min(0.0, float(t["test_accuracy_q25"].min()))
         for ax, arch in zip(axes[0][1:len(archs) + 1], archs):
@@ -89,7 +89,7 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
             chance = float(g0["chance"].iloc[0]) if "chance" in g0 and len(g0) else math.nan
             if math.isfinite(chance):
                 ax.axhline(chance, color="k", linewidth=0.7, linestyle=":", label="chance")
-            depth_axis(ax, g0["depth"].unique(), "depth $L$ (layers / blocks)")
+            depth_axis(ax, g0["depth"].unique(), "depth L (layers / blocks)")
             ax.set_ylim(lo, 1.0)
             ax.set_ylabel("test accuracy (query sets)")
             ax.set_title(f"{ARCH_LABELS[arch]}: accuracy")

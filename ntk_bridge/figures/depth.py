@@ -41,16 +41,16 @@ def _gap_panel(ax, t: pd.DataFrame, title: str):
                 continue
             slope, lo, hi, _ = fit_power_law(g["depth"], g["gap_to_mtl_rel_q50"])
             band(ax, g, "depth", "gap_to_mtl_rel", COLORS[method],
-                  f"{LABELS[method]}, $\\lambda\\tau$={s:g}: slope {slope:.2f} [{lo:.2f}, {hi:.2f}]",
+                  f"{LABELS[method]}, λτ={s:g}: slope {slope:.2f} [{lo:.2f}, {hi:.2f}]",
                   linestyle=LINESTYLES[i % 4])
     ref = t[t["method"] != MTL].groupby("depth")["gap_to_mtl_rel_q50"].median()
     if len(ref):
         depths = np.array(ref.index, float)
         ax.plot(depths, float(ref.iloc[0] * ref.index[0]) / depths, color="k", linewidth=0.8,
-                linestyle=(0, (1, 2)), label="$\\propto 1/L$")
+                linestyle=(0, (1, 2)), label="∝ 1/L")
     depth_axis(ax, t["depth"].unique())
     log_y(ax)
-    ax.set_ylabel(r"$\|F_{\rm method}-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
+    ax.set_ylabel("‖F(method) − F(MTL)‖ / ‖F(MTL)‖")
     ax.set_title(title)
     ax.legend(loc="lower left", frameon=False)
 
@@ -77,7 +77,7 @@ def _test_error_panel(ax, t: pd.DataFrame):
         band(ax, g, "depth", "test_mse", COLORS[BASELINE], LABELS[BASELINE], linestyle="--")
     depth_axis(ax, t["depth"].unique())
     ax.set_ylabel("test MSE on query sets")
-    ax.set_title(f"test error ($\\lambda\\tau$={s0:g}): real or trivial closeness?")
+    ax.set_title(f"test error (λτ={s0:g}): real or trivial closeness?")
     ax.legend(frameon=False)
 
 
@@ -135,8 +135,8 @@ def plot_gap_vs_inner_time(table: pd.DataFrame, path_prefix: str) -> list[str]:
                               f"L={L}, MTL on {m}", linestyle=LINESTYLES[j % 4], marker="os"[j % 2])
             ax.set_xscale("log")
             log_y(ax)
-            ax.set_xlabel(r"inner time $\lambda\tau$ (learning rate $\times$ steps)")
-            ax.set_ylabel(r"$\|F-F_{\rm MTL}\| / \|F_{\rm MTL}\|$")
+            ax.set_xlabel("inner time λτ (learning rate × steps)")
+            ax.set_ylabel("‖F − F(MTL)‖ / ‖F(MTL)‖")
             ax.set_title(f"{LABELS[method]}: gap to MTL vs inner time")
             ax.legend(frameon=False, ncol=1)
         fig.tight_layout()
@@ -156,21 +156,21 @@ def plot_kernel_degeneracy(table: pd.DataFrame, path_prefix: str) -> list[str]:
     L = t["depth"].to_numpy(float)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(1, 4, figsize=(10.0, 2.5))
-        ax[0].plot(L, t["k_over_theta_diag"], "o", color=COLORS[registry.ANIL.name], label="$K(x,x)/\\Theta(x,x)$")
-        ax[0].plot(L, 1 / (L + 1), "-", color="k", linewidth=0.8, label="$1/(L+1)$")
+        ax[0].plot(L, t["k_over_theta_diag"], "o", color=COLORS[registry.ANIL.name], label="K(x,x) / Θ(x,x)")
+        ax[0].plot(L, 1 / (L + 1), "-", color="k", linewidth=0.8, label="1/(L+1)")
         log_y(ax[0])
         ax[0].set_title("readout share of the NTK")
         ax[1].plot(L, t["ntk_offdiag_normalised_mean"], "o-", color=COLORS[registry.MAML.name], label="mean off-diagonal")
         ax[1].fill_between(L, t["ntk_offdiag_normalised_min"], t["ntk_offdiag_normalised_max"],
                            color=COLORS[registry.MAML.name], alpha=0.15, linewidth=0, label="min..max")
         ax[1].axhline(0.25, color="k", linewidth=0.8, linestyle="--", label="1/4")
-        ax[1].set_title(r"$\Theta(x,x')/\Theta(x,x)$")
-        ax[2].plot(L, t["one_minus_rho_times_L2"], "o-", color=COLORS[MTL], label=r"$(1-\rho_K) L^2$ (median)")
-        ax[2].axhline(9 * math.pi ** 2 / 2, color="k", linewidth=0.8, linestyle="--", label=r"$9\pi^2/2$")
-        ax[2].set_title("readout correlation $\\rho_K \\to 1$")
-        ax[3].plot(L, t["cond_support_K_median"], "o-", color=COLORS[registry.ANIL.name], label="$K(X',X')$ (ANIL inner)")
-        ax[3].plot(L, t["cond_support_theta_median"], "s-", color=COLORS[registry.MAML.name], label="$\\Theta(X',X')$ (MAML inner)")
-        ax[3].plot(L, L ** 2, color="k", linewidth=0.8, linestyle=":", label="$L^2$")
+        ax[1].set_title("Θ(x,x′) / Θ(x,x)")
+        ax[2].plot(L, t["one_minus_rho_times_L2"], "o-", color=COLORS[MTL], label="(1 − ρ_K) L² (median)")
+        ax[2].axhline(9 * math.pi ** 2 / 2, color="k", linewidth=0.8, linestyle="--", label="9π²/2")
+        ax[2].set_title("readout correlation ρ_K → 1")
+        ax[3].plot(L, t["cond_support_K_median"], "o-", color=COLORS[registry.ANIL.name], label="K(X′,X′) (ANIL inner)")
+        ax[3].plot(L, t["cond_support_theta_median"], "s-", color=COLORS[registry.MAML.name], label="Θ(X′,X′) (MAML inner)")
+        ax[3].plot(L, L ** 2, color="k", linewidth=0.8, linestyle=":", label="L²")
         log_y(ax[3])
         ax[3].set_title("condition number of support kernels")
         for a in ax:

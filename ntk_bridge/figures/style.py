@@ -96,7 +96,7 @@ def log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(plain)
 
 
-def depth_axis(ax, values, label: str = "depth $L$ (hidden layers)") -> None:
+def depth_axis(ax, values, label: str = "depth L (hidden layers)") -> None:
     """Log-scaled axis with plain integer ticks at powers of two."""
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 

@@ -66,10 +66,10 @@ def plot_distance_vs_width(table: pd.DataFrame, path_prefix: str) -> list[str]:
             ref = table[(table["depth"] == L) & (table["kind"] == "network")]
             if len(ref):
                 c = float(ref.sort_values("width")["dist_to_infinite_rel_q50"].iloc[0]) * math.sqrt(w[0])
-                ax.plot(w, c / np.sqrt(w), color="k", linewidth=0.8, linestyle=(0, (1, 2)), label=r"$\propto h^{-1/2}$")
-            depth_axis(ax, w, "width $h$")
+                ax.plot(w, c / np.sqrt(w), color="k", linewidth=0.8, linestyle=(0, (1, 2)), label="∝ h^(−1/2)")
+            depth_axis(ax, w, "width h")
             log_y(ax)
-            ax.set_ylabel(r"$\|F_h - F_\infty\| / \|F_\infty\|$")
+            ax.set_ylabel("‖F(h) − F(∞)‖ / ‖F(∞)‖")
             ax.set_title(f"depth {L}: finite vs infinite width")
             ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=2)
         fig.tight_layout()
@@ -134,8 +134,8 @@ def plot_finite_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]
                                     inf["infinite_gap_to_mtl_rel_q75"], color="k", alpha=0.1, linewidth=0)
                 depth_axis(ax, t["depth"].unique() if len(t) else [1, 2])
                 log_y(ax)
-                ax.set_ylabel(rf"$\|F_{{\rm {LABELS[method]}}}-F_{{\rm MTL}}\| / \|F_{{\rm MTL}}\|$")
-                ax.set_title(f"{LABELS[method]}, $\\lambda\\tau$={combo['inner_time']:g}, "
+                ax.set_ylabel(f"‖F({LABELS[method]}) − F(MTL)‖ / ‖F(MTL)‖")
+                ax.set_title(f"{LABELS[method]}, λτ={combo['inner_time']:g}, "
                              f"MTL on {combo['mtl_data']}")
                 ax.legend(frameon=False)
         fig.tight_layout()
