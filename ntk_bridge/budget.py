@@ -10,7 +10,8 @@ without the data), the grid's from ``--depth``, ``--width``, the times, ``--seed
 constants measured on a 2-core machine: ``README.md``, "Guarantees"), and :func:`check_feasible`
 refuses, in one line saying what it would need,
 
-* a grid above :data:`MAX_CELLS` cells,
+* a grid above :data:`MAX_CELLS` cells, conv and resnet kernels on images above :data:`MAX_CONV_SIDE`
+  pixels a side,
 * a peak above the memory available (:func:`available_memory`),
 * a run above :data:`LONG_SECONDS` unless the user said ``--yes``.
 
@@ -31,7 +32,7 @@ from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
 
 __all__ = ["MAX_CELLS", "LONG_SECONDS", "available_memory", "npz_shapes", "PlannedTasks", "planned_tasks",
-           "estimate", "check_feasible", "check_long", "check_memory", "size_text", "n_cells"]
+           "estimate", "check_feasible", "check_long", "check_memory", "size_text", "n_cells", "MAX_CONV_SIDE"]
 
 #: Largest number of cells one sweep may plan (a documented cap: a longer grid is almost surely a typo).
 MAX_CELLS = 200_000
@@ -39,6 +40,9 @@ MAX_CELLS = 200_000
 LONG_SECONDS = 3600.0
 #: Memory of the libraries once loaded (JAX, XLA, neural-tangents, pandas; measured).
 LIBRARIES_BYTES = 400 * 2 ** 20
+#: Largest image side the conv and resnet kernels take (a documented cap: their XLA programs were reported
+#: to fail to dispatch at 150 x 150 pixels after most of a minute; the kanji renders are 28 x 28).
+MAX_CONV_SIDE = 64
 #: Copies of the ``P x d`` inputs a kernel pass holds at its peak (about 3 measured at ``d = 10^6``; XLA's
 #: buffers grow with the size, so the estimate keeps a margin).
 INPUT_COPIES = 8
@@ -230,6 +234,10 @@ def check_feasible(config, tasks=None, memory: int | None = None, yes: bool = Tr
     tasks = planned_tasks(config) if tasks is None else tasks
     if not config.tasks.generated:  # the file's own arrays first: the rest is moot if they do not fit
         check_memory(int(getattr(tasks, "source_bytes", 0)), f"reading the task file {config.tasks.family}", memory)
+    shape = getattr(tasks, "image_shape", None)
+    require(config.model.arch == "fc" or shape is None or max(shape[:2]) <= MAX_CONV_SIDE,
+            f"--arch {config.model.arch}: images of {shape[0] if shape else 0} x {shape[1] if shape else 0} pixels are "
+            f"above the maximum of {MAX_CONV_SIDE} x {MAX_CONV_SIDE} for the conv and resnet kernels (--dim)")
     est = estimate(config, tasks)
     require(est["cells"] <= MAX_CELLS, f"the grid has {est['cells']:,} cells, above the maximum of {MAX_CELLS:,} "
             "per sweep: split it into several sweeps (they can share a --out folder)")
