@@ -368,3 +368,17 @@ def test_fewshot_on_a_full_disk_is_one_line_writes_atomically_and_the_rerun_comp
     assert main([*FEWSHOT, "--out", str(out)]) == 0
     for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png"):
         assert (out / name).is_file(), name
+
+
+def test_figures_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """The guard around ``figures`` (its sweeps are cached run folders, as in the sweep test above)."""
+    from ntk_bridge import paper_figures
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(kwargs["out"], "gap_vs_depth.png"))
+
+    monkeypatch.setattr(paper_figures, "make_figures", full)
+    capsys.readouterr()
+    assert main(["figures", "--quick", "--out", str(tmp_path / "figs")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "gap_vs_depth.png" in lines[0], lines
