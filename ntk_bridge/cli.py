@@ -157,6 +157,8 @@ def sweep(
     workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
     figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (finite widths: distance_vs_width and "
                                             "finite_gap_vs_depth)."),
+    yes: bool = typer.Option(False, "--yes", help="Start even when the sweep is estimated to take more than an "
+                                                  "hour (without it such a sweep is refused, with the estimate)."),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     options = dict(locals())
@@ -165,8 +167,11 @@ def sweep(
     if scheduler and workers:
         raise UserError("give either --scheduler or --workers, not both")
     config = SweepConfig.from_options(**options)
+    from ntk_bridge import budget, runtime
     from ntk_bridge.sweep import run_sweep
 
+    budget.check_feasible(config, yes=yes)  # from the sizes alone, before any task is built or read
+    runtime.check_blas_threads(config.numerics.blas_threads)
     config.load_tasks()  # a malformed task file fails here, before anything is written
 
     executor = None
@@ -219,8 +224,9 @@ def figures_command(
     RunFolder(out).check_writable()
     out_console, err_console = _consoles()
     started = time.time()
-    written = make_figures(out=out, quick=quick, only=names, run_root=runs,
-                           log=lambda m: err_console.print(f"[bold]{m}[/]"))
+    with RunFolder(out).writing("the figures"):  # the sweeps behind them are cached: the rerun resumes
+        written = make_figures(out=out, quick=quick, only=names, run_root=runs,
+                               log=lambda m: err_console.print(f"[bold]{m}[/]"))
     for name, paths in written.items():
         out_console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
     out_console.print(f"done in {time.time() - started:.0f} s")
@@ -246,6 +252,8 @@ def verify(
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to run "
                                                        "grid cells on."),
     workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
+    yes: bool = typer.Option(False, "--yes", help="Start even when the panel is estimated to take more than an "
+                                                  "hour (without it such a panel is refused, with the estimate)."),
 ):
     """Check the theorem's claims (C1-C6) over a panel of task families, seeds and protocols; write
     claims.csv and a one-page report.html."""
@@ -266,8 +274,14 @@ def verify(
         from ntk_bridge.verify.panel import with_archs
 
         panel = with_archs(panel, arch)
+    from ntk_bridge import budget
     from ntk_bridge.verify import run_verify
+    from ntk_bridge.verify.panel import panel_estimate
 
+    est = panel_estimate(panel)  # from the sizes alone, before any task is built or any sweep starts
+    what = f"this panel ({est['sweeps']} sweeps, {est['cells']:,} cells, kernels over up to {est['points']:,} points)"
+    budget.check_memory(est["memory_bytes"], what)
+    budget.check_long(est["seconds"], what, yes)
     executor = None
     if scheduler or workers:
         from ntk_bridge.distributed import DaskExecutor
@@ -282,6 +296,12 @@ def verify(
     from ntk_bridge.verify.report import verdict_table
 
     print_tables(out_console, [verdict_table(result.verdicts)])
+    from ntk_bridge.verify.claims import NO_USABLE_ROWS
+
+    empty = sorted(set(result.claims.loc[result.claims["detail"] == NO_USABLE_ROWS, "claim"]))
+    if empty:
+        out_console.print(f"[yellow]no usable rows for {', '.join(empty)} in some or all conditions (claims.csv says "
+                          "which); the other claims and the report are written[/]")
     out_console.print(f"claims: {result.file('claims.csv')}  report: {result.file('report.html')} "
                       f"({result.seconds:.0f} s)")
 

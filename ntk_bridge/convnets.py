@@ -42,7 +42,7 @@ READOUTS = ("flatten", "gap")
 #: (neural-tangents' ReLU and convolution intermediates): a conservative bound, the measured peak of
 #: whole-network ``kernel_fn`` calls being 6.6 (``benchmarks/bench_conv.py --full``).
 PASS_ARRAYS = 12
-#: The fully connected pass holds about 11 ``P1 x P2`` arrays (``ntk_bridge.sweep.estimate``).
+#: The fully connected pass holds about 11 ``P1 x P2`` arrays (``ntk_bridge.budget.estimate``).
 FC_PASS_ARRAYS = 11
 #: Bound on the neural-tangents intermediates of one kernel pass (2 GiB): above it the pass runs in
 #: blocks of point pairs (:func:`ntk_bridge.kernels.kernels_by_depth`); the kernels come on top.

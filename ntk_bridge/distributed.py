@@ -48,7 +48,7 @@ from ntk_bridge.errors import UserError
 from ntk_bridge.sweep import Unit, iter_unit
 from ntk_bridge.tasks import TaskSet
 
-__all__ = ["DaskExecutor", "split_units", "compute_remote", "unit_label"]
+__all__ = ["DaskExecutor", "split_units", "compute_remote", "unit_label", "probe_scheduler"]
 
 #: Seconds to wait for an existing scheduler to answer.
 CONNECT_TIMEOUT = 5.0
@@ -151,6 +151,47 @@ def _check_address(address: str) -> None:
         raise UserError(f"--scheduler: {address!r} is not a scheduler address (expected tcp://HOST:PORT)") from None
 
 
+async def _identity_of(address: str, timeout: float):
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> dict:
+    """The identity of the Dask scheduler at ``address``, asked in a thread of its own and given up
+    after ``timeout`` seconds: ``UserError`` (one line) for anything that is not a Dask scheduler
+    answering in time (a closed port, an HTTP server, a port that accepts and says nothing).
+    ``distributed.Client`` itself can wait far longer than its ``timeout`` on such a port."""
+    import asyncio
+    import threading
+
+    answer: dict = {}
+
+    def ask():
+        try:
+            answer["identity"] = asyncio.run(asyncio.wait_for(_identity_of(address, timeout), timeout))
+        except BaseException as exc:  # reported below, in the caller's thread
+            answer["error"] = exc
+
+    thread = threading.Thread(target=ask, name="ntk_bridge-probe-scheduler", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    identity = answer.get("identity")
+    if isinstance(identity, dict) and identity.get("type") == "Scheduler":
+        return identity
+    error = answer.get("error")
+    reason = ("no answer" if error is None or isinstance(error, (TimeoutError, asyncio.TimeoutError))
+              else (str(error).splitlines()[0] if str(error) else type(error).__name__))
+    if identity is not None:
+        reason = "it answers, but not as a Dask scheduler"
+    raise UserError(f"--scheduler: no Dask scheduler at {address} answered within {timeout:g} s ({reason})")
+
+
 def _identity(x):
     return x
 
@@ -214,6 +255,7 @@ class DaskExecutor:
         if address:
             _check_address(address)
             timeout = CONNECT_TIMEOUT if timeout is None else float(timeout)
+            probe_scheduler(address, timeout)
             try:
                 self.client = distributed.Client(address, timeout=timeout, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:

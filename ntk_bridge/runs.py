@@ -109,7 +109,11 @@ class RunFolder:
         except ImportError:  # pragma: no cover  (not POSIX)
             yield
             return
-        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # a folder or an unreadable file in its place, a read-only folder
+            raise UserError(f"cannot take the lock {self.file('.lock')} ({exc.strerror or exc}): it must be a "
+                            "file this user can write (remove what is there and rerun)") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,3 +186,16 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.file(name), text)
+
+    @contextlib.contextmanager
+    def writing(self, what: str = "the results"):
+        """Turn an ``OSError`` of the block's writes (a full disk, a folder where a file goes, a
+        read-only file) into one ``UserError`` line naming the file's folder: the files written
+        before are whole (:func:`atomic_write`), and the rerun resumes."""
+        try:
+            yield
+        except OSError as exc:
+            where = getattr(exc, "filename2", None) or exc.filename or self.path
+            raise UserError(f"cannot write {what} into {self.path} ({exc.strerror or exc}: {where}); the files "
+                            "written so far are whole: free some space or remove what is in the way, and rerun "
+                            "the same command to resume") from None

@@ -33,7 +33,7 @@ import sys
 import types
 
 __all__ = ["prepare", "defer_neural_tangents_experimental", "cache_dir", "enable_compilation_cache",
-           "blas_threads", "current_blas_threads", "DEFAULT_BLAS_THREADS"]
+           "blas_threads", "current_blas_threads", "check_blas_threads", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
 #: thread is the fastest here: a sweep's matrices are 100-300 points square, where a second OpenBLAS
@@ -147,6 +147,28 @@ def current_blas_threads() -> int:
     _load_lapack()
     counts = [int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"]
     return max(counts) if counts else 1
+
+
+def check_blas_threads(n: int) -> None:
+    """``UserError`` (one line naming ``--blas-threads``) unless the BLAS libraries accept ``n`` threads."""
+    from ntk_bridge.errors import UserError
+
+    try:
+        with blas_threads(n):
+            pass
+    except RuntimeError:
+        raise UserError(f"--blas-threads: the BLAS libraries here run at most {current_max_blas_threads()} "
+                        f"threads, not the {n} requested") from None
+
+
+def current_max_blas_threads() -> int:
+    """The largest thread count the loaded BLAS libraries accept (their limit when asked for more)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    _load_lapack()
+    with threadpool_limits(limits=1 << 16, user_api="blas"):
+        counts = [int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return min(counts) if counts else 1
 
 
 @contextlib.contextmanager

@@ -24,14 +24,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from typing import Iterator, Sequence
 
 import pandas as pd
 
 from ntk_bridge import methods as registry
-from ntk_bridge import convnets, metrics, runtime, structured
+from ntk_bridge import metrics, runtime, structured
+from ntk_bridge.budget import MAX_CELLS, available_memory, check_feasible, estimate  # noqa: F401  (re-exported)
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
 from ntk_bridge.config import SweepConfig, json_number
@@ -241,72 +241,6 @@ class Progress:
 
     def note(self, message: str) -> None:
         pass
-
-
-#: Largest number of cells one sweep may plan (a documented cap: a longer grid is almost surely a typo).
-MAX_CELLS = 200_000
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable`` of ``/proc/meminfo``, else the
-    physical memory), ``None`` when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
-    """Peak memory (bytes) and time (seconds, an order of magnitude) of a sweep, before anything is
-    allocated, from the sizes that drive them (docs: ``README.md``, "Guarantees"): the kernel pass
-    (:func:`ntk_bridge.convnets.pass_estimate`: for the fully connected network about 11 ``P^2``
-    float64 numbers and ``4e-8 P^2`` seconds per depth), the outer solves of every method and cell
-    (:func:`ntk_bridge.structured.solve_estimate`: the dense path holds a few copies of its training
-    kernels, ``N n_q`` and ``N (n' + n)`` square, and takes ``2e-3 + 3e-9 n^3`` seconds), finite
-    networks about 20 copies of their ``width^2 depth`` parameters, plus 400 MB of libraries
-    (measured on a 2-core machine); finite-width training is not estimated."""
-    lay, grid = tasks.layout, config.grid
-    P = lay.n_points
-    solvers = structured.grid_solvers(config.numerics.solver, lay, grid.outer_times, grid.mtl_data)
-    solve_memory, solve_seconds = structured.solve_estimate(solvers, lay)
-    pass_memory, pass_seconds = convnets.pass_estimate(config.architecture(tasks), P, len(grid.depths), max(grid.depths))
-    memory = pass_memory + solve_memory + 400 * 2 ** 20
-    finite = [w for w in grid.widths if math.isfinite(w)]
-    if finite:
-        memory += 8 * 20 * max(finite) ** 2 * max(grid.depths)
-    n_cells = len(grid.depths) * len(grid.widths) * len(grid.inner_times) * len(grid.finetune_times) * \
-        len(grid.outer_times) * len(grid.mtl_data)
-    seconds = pass_seconds + n_cells * (len(grid.methods) + 1) * solve_seconds
-    return dict(points=P, memory_bytes=int(memory), seconds=float(seconds), cells=n_cells)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PB"
-
-
-def check_feasible(config: SweepConfig, tasks: TaskSet, memory: int | None = None) -> dict:
-    """Refuse (``UserError``, one line saying what it would need) a sweep whose grid exceeds
-    :data:`MAX_CELLS` or whose estimated peak memory exceeds the machine's (``memory`` bytes, default
-    :func:`available_memory`). Returns the :func:`estimate`."""
-    est = estimate(config, tasks)
-    require(est["cells"] <= MAX_CELLS, f"the grid has {est['cells']:,} cells, above the maximum of {MAX_CELLS:,} "
-            "per sweep: split it into several sweeps (they can share a --out folder)")
-    memory = available_memory() if memory is None else memory
-    require(memory is None or est["memory_bytes"] <= memory,
-            f"this sweep needs about {_size(est['memory_bytes'])} of memory (kernels over {est['points']:,} "
-            f"points) and this machine has {_size(memory)} available: use fewer or smaller tasks")
-    return est
 
 
 def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,

@@ -102,6 +102,11 @@ BAD = [
     (["--tasks", "omniglot", "--dim", "16", "--support", "5", "--query", "5"], "--data-dir"),
     (["--solver", "qr"], "--solver"),
     (["--solver", "cg", "--outer-time", "5"], "outer-time inf"),
+    (["--blas-threads", "1000"], "--blas-threads"),
+    (["--tasks", "kanji", "--dim", "100000000", "--support", "5", "--query", "5", "--depth", "1"], "memory"),
+    (["--width", "64", "--seeds", "1000000"], "--yes"),
+    (["--depth", "1..4096", "--train-tasks", "60", "--test-tasks", "60"], "--yes"),
+    (["--tasks", "kanji", "--arch", "conv", "--dim", "22500", "--support", "5", "--query", "5"], "maximum"),
 ]
 
 
@@ -195,3 +200,156 @@ def test_unknown_option_and_command_are_one_line(runner):
         res = runner.invoke(argv)
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.output
+
+
+def _one_line(res, word):
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def _header_only_npz(path, shape):
+    """A task file whose every member's .npy header claims ``shape`` (float64) and holds no data."""
+    import io
+    import zipfile
+
+    from ntk_bridge.tasks import REQUIRED_KEYS
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        for key in REQUIRED_KEYS:
+            archive.writestr(f"{key}.npy", head.getvalue())
+
+
+@pytest.mark.parametrize("command", ["sweep", "verify"])
+def test_a_task_file_too_large_is_refused_from_its_header(runner, tmp_path, command):
+    """The .npy headers claim 10^6 x 10^6 x 10 float64 numbers (73 TiB): refused from the sizes alone,
+    before any array is read (a read would raise ArrayMemoryError)."""
+    path = tmp_path / "huge.npz"
+    _header_only_npz(path, (10 ** 6, 10 ** 6, 10))
+    res = runner.invoke([command, "--tasks", str(path), "--out", str(tmp_path / "run")])
+    _one_line(res, "memory")
+    assert "reading the task file" in res.output and not (tmp_path / "run").exists()
+
+
+def test_the_grid_estimate_counts_every_cell_the_plan_makes():
+    from ntk_bridge import budget
+    from ntk_bridge.config import SweepConfig
+    from ntk_bridge.sweep import plan
+
+    config = SweepConfig.of(depths=(1, 2, 3), inner_times=(0.1, 1.0), mtl_data=("all", "query"),
+                            test_heads=("learned", "reset"), widths=(float("inf"), 32.0), train_tasks=3,
+                            test_tasks=2, support=3, query=4, dim=5)
+    tasks, cells, _ = plan(config)
+    assert budget.estimate(config, tasks)["cells"] == len(cells) == 3 * 2 * 2 * 2 * 2
+    assert budget.estimate(config, budget.planned_tasks(config)) == budget.estimate(config, tasks)
+
+
+class _Silent:
+    """A port on 127.0.0.1 that accepts connections and never says anything."""
+
+    def __enter__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self):
+        try:
+            while True:
+                self.held.append(self.sock.accept()[0])
+        except OSError:
+            pass
+
+    def __exit__(self, *exc):
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+class _Http:
+    """An HTTP server on 127.0.0.1 (it answers Dask's handshake with '400 Bad Request')."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Quiet(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"tcp://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("command", ["sweep", "verify"])
+@pytest.mark.parametrize("server", [_Silent, _Http], ids=["silent port", "http server"])
+def test_a_scheduler_that_is_not_dask_is_one_line_within_its_timeout(runner, tmp_path, monkeypatch, command, server):
+    import time
+
+    from ntk_bridge import distributed
+
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", 1.0)
+    args = [*SMALL, "--depth", "1..2"] if command == "sweep" else ["--quick", "--tasks", "subspace"]
+    with server() as address:
+        started = time.time()
+        res = runner.invoke([command, *args, "--scheduler", address, "--out", str(tmp_path / "run")])
+        took = time.time() - started
+    _one_line(res, "--scheduler")
+    assert "no Dask scheduler" in res.output and took < 10, (took, res.output)
+    assert not (tmp_path / "run").exists()
+
+
+def _sweep_record(tmp_path):
+    from ntk_bridge.config import SweepConfig
+
+    config = SweepConfig.of(family="kanji", dim=49, support=5, query=5, train_tasks=3, test_tasks=2, depths=(1,))
+    return {"config": config.to_dict(), "tasks_fingerprint": "ab" * 32, "command": "ntk-bridge sweep"}
+
+
+def _edit(record, change):
+    import copy
+
+    record = copy.deepcopy(record)
+    change(record)
+    return record
+
+
+EDITED = [
+    (lambda r: r["config"]["tasks"].update(family=3), "config.tasks.family"),
+    (lambda r: r["config"].update(tasks="kanji"), "config.tasks"),
+    (lambda r: r["config"].update(model="conv"), "config.model"),
+    (lambda r: r.pop("tasks_fingerprint"), "tasks_fingerprint"),
+    (lambda r: r["config"]["tasks"].update(dim=-4), "--dim"),
+    (lambda r: r["config"]["tasks"].update(dim=10 ** 10), "memory"),
+    (lambda r: r["config"]["tasks"].update(train_tasks=True), "config.tasks.train_tasks"),
+    (lambda r: r["config"]["tasks"].update(family="spiral"), "spiral"),
+    (lambda r: r["config"]["tasks"].update(family="/etc/passwd.npz"), "not found"),
+    (lambda r: r["config"]["grid"].update(depths=["a"]), "config.grid.depths"),
+    (lambda r: r["config"]["tasks"].update(colour="red"), "config.tasks.colour"),
+    (lambda r: r["config"].update(extra={}), "config.extra"),
+    (lambda r: r.update(config=[]), "config"),
+]
+
+
+@pytest.mark.parametrize("change, word", EDITED)
+def test_an_edited_run_folder_is_one_line_naming_the_key_before_anything_trains(runner, tmp_path, change, word):
+    run = tmp_path / "sweep"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(_edit(_sweep_record(tmp_path), change)))
+    out = tmp_path / "nets"
+    res = runner.invoke(["fewshot", "--tasks-of", str(run), "--arch", "mlp", "--width", "8", "--depth", "1",
+                         "--max-steps", "2", "--out", str(out)])
+    _one_line(res, word)
+    assert not out.exists()  # refused before anything was written, built or trained

@@ -19,7 +19,7 @@ def test_every_option_of_the_command_is_a_config_field_and_back():
     params = command_parameters()
     hints = typing.get_type_hints(cli.sweep.__wrapped__)
     fields = {parameter(f): (part, f) for part, f in SweepConfig.options()}
-    run_only = {"ctx", "out", "scheduler", "workers", "figures"}  # how to run, not what is computed
+    run_only = {"ctx", "out", "scheduler", "workers", "figures", "yes"}  # how to run, not what is computed
     assert set(params) - run_only == set(fields)
     for name, (part, f) in fields.items():
         option = params[name].default

@@ -250,7 +250,7 @@ def test_tasks_of_without_a_fingerprint_or_with_another_task_seed_is_refused_bef
     (unmarked / "config.json").write_text(json.dumps(record))
     code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(unmarked), "--out", str(tmp_path / "a")])
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "records no tasks_fingerprint" in lines[0], stderr
+    assert code == 2 and len(lines) == 1 and "tasks_fingerprint is missing" in lines[0], stderr
     assert not (tmp_path / "a" / "episodes.csv").exists()
     reseeded = _copy_run(conv_run, tmp_path / "reseeded")  # fingerprint intact, results.csv of another seed
     results = pd.read_csv(reseeded / "results.csv")

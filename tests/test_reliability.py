@@ -213,3 +213,176 @@ def test_config_json_says_how_many_damaged_cells_were_recomputed(tmp_path):
     next((tmp_path / "cells").iterdir()).write_bytes(b"")
     sw.run_sweep(config, str(tmp_path), figures=False)
     assert json.loads((tmp_path / "config.json").read_text())["damaged_cells_recomputed"] == 1
+
+
+# -- the new surfaces: the kanji render cache, verify, fewshot, run folders ----------------------
+
+def _cheap_renderer(monkeypatch):
+    """Rendering as the code does it, on 6 characters (no near-duplicate pass over all of KanjiVG)."""
+    from ntk_bridge.fewshot import render
+
+    monkeypatch.setattr(render, "list_characters", lambda *a, **k: [0x4e00, 0x4e8c, 0x4e09, 0x5341, 0x571f, 0x5c71])
+    monkeypatch.setattr(render, "drop_near_duplicates", lambda codepoints, *a, **k: list(codepoints))
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "altered", "foreign arrays"])
+def test_a_damaged_kanji_render_cache_is_rebuilt_never_trusted(tmp_path, monkeypatch, how):
+    from ntk_bridge.fewshot import data
+
+    _cheap_renderer(monkeypatch)
+    monkeypatch.delenv("NTK_BRIDGE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the one cache rule (runtime.cache_dir)
+    config = data.KanjiConfig(seed=3, samples_per_class=3, max_classes=None)
+    images, codes = data.render_kanji(config)
+    [entry] = (tmp_path / "xdg" / "ntk_bridge").glob("kanji_r*.npz")
+    blob = entry.read_bytes()
+    if how == "truncated":
+        entry.write_bytes(blob[: len(blob) // 2])
+    elif how == "empty":
+        entry.write_bytes(b"")
+    elif how == "altered":  # a flipped byte inside the compressed images: the archive's CRC catches it
+        i = len(blob) // 3
+        entry.write_bytes(blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1:])
+    else:  # a valid archive with the wrong arrays
+        np.savez(entry, images=np.zeros((2, 3, 5, 5), np.uint8), codepoints=np.arange(2))
+    again, again_codes = data.render_kanji(config)
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(again_codes, codes)
+    with np.load(entry) as stored:  # rebuilt in place, whole
+        np.testing.assert_array_equal(stored["images"], images)
+    assert not [p for p in entry.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _degenerate(tmp_path, how):
+    t = subspace_tasks(seed=0, n_train=3, n_test=3, n_support=3, n_query=4, dim=5)
+    change = {"zero labels": lambda k, a: np.zeros_like(a) if k.endswith("_y") else a,
+              "identical points": lambda k, a: np.ones_like(a) if k.endswith("_x") else a,
+              "zero inputs": lambda k, a: np.zeros_like(a) if k.endswith("_x") else a,
+              "inputs x1e150": lambda k, a: a * 1e150 if k.endswith("_x") else a}[how]
+    path = tmp_path / "tasks.npz"
+    np.savez(path, **{k: change(k, a) for k, a in t.arrays().items()})  # as a user's script would write it
+    return path
+
+
+@pytest.mark.parametrize("how", ["zero labels", "identical points", "zero inputs", "inputs x1e150"])
+def test_verify_on_degenerate_data_writes_the_report_and_names_the_claims_without_usable_rows(tmp_path, capsys, how):
+    from ntk_bridge.verify.claims import NO_USABLE_ROWS
+
+    path = _degenerate(tmp_path, how)
+    out = tmp_path / "verify"
+    capsys.readouterr()
+    code = main(["verify", "--quick", "--no-finite", "--tasks", str(path), "--out", str(out)])
+    captured = capsys.readouterr()
+    if how == "inputs x1e150":  # outside the kernels' exact range (ntk_bridge.tasks): refused in one line
+        lines = captured.err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "range" in lines[0], captured.err
+        return
+    assert code == 0 and "Traceback" not in captured.err, captured.err[-2000:]
+    for name in ("claims.csv", "verdicts.csv", "report.md", "report.html", "panel.json"):
+        assert (out / name).is_file(), name
+    claims = pd.read_csv(out / "claims.csv")
+    empty = claims[claims["detail"] == NO_USABLE_ROWS]
+    assert (empty["verdict"] == "no data").all()  # a condition without a usable row: no statistic
+    if len(empty):
+        assert "no usable rows for" in captured.out
+        for claim in set(empty["claim"]):
+            if (claims.loc[claims["claim"] == claim, "detail"] == NO_USABLE_ROWS).all():
+                verdicts = pd.read_csv(out / "verdicts.csv").set_index("claim")
+                assert verdicts.loc[claim, "verdict"] == "inconclusive"
+
+
+VERIFY = ["verify", "--quick", "--no-finite", "--tasks"]  # + a task file: one task set, 48 cells
+
+
+@pytest.fixture
+def small_file(tmp_path):
+    path = tmp_path / "small.npz"
+    subspace_tasks(seed=0, n_train=3, n_test=3, n_support=3, n_query=4, dim=5).save(path)
+    return str(path)
+
+
+def test_verify_on_a_full_disk_or_with_a_folder_in_the_way_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch,
+                                                                                              capsys, small_file):
+    import ntk_bridge.verify  # noqa: F401  (imported before the writer is replaced: its name is bound at import)
+
+    out = tmp_path / "verify"
+    real = runs.atomic_write
+    written = []
+
+    def full_after_three(path, data):
+        if os.path.dirname(os.path.abspath(path)) == str(out) and len(written) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if os.path.dirname(os.path.abspath(path)) == str(out):
+            written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write", full_after_three)
+    capsys.readouterr()
+    assert main([*VERIFY, small_file, "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(err) == 1 and "No space left on device" in err[0] and "rerun" in err[0], err
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(runs, "atomic_write", real)
+    (out / "report.html").mkdir()  # now a folder where the report goes
+    assert main([*VERIFY, small_file, "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(err) == 1 and "report.html" in err[0], err
+    (out / "report.html").rmdir()
+    assert main([*VERIFY, small_file, "--out", str(out)]) == 0
+    assert "(0 cached" not in capsys.readouterr().err  # every sweep found its cells: nothing recomputed
+    assert (out / "report.html").is_file() and (out / "claims.csv").is_file()
+
+
+@pytest.mark.parametrize("command", ["sweep", "verify"])
+def test_a_run_folder_whose_lock_is_a_folder_is_one_line(tmp_path, capsys, command, small_file):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    capsys.readouterr()
+    argv = CLI_SMALL if command == "sweep" else [*VERIFY, small_file]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot take the lock") and ".lock" in lines[0], captured.err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+
+
+FEWSHOT = ["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--methods", "mtl", "--arch", "mlp",
+           "--width", "8", "--depth", "1", "--max-steps", "3", "--test-episodes", "4", "--val-episodes", "2",
+           "--checkpoints", "2", "--meta-batch", "2", "--train-queries", "2"]
+
+
+def test_fewshot_on_a_full_disk_is_one_line_writes_atomically_and_the_rerun_completes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fewshot"
+    real = runs.atomic_write
+    written = []
+
+    def full_after_two(path, data):
+        if len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(os.path.basename(path))
+        real(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write", full_after_two)
+    capsys.readouterr()
+    assert main([*FEWSHOT, "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(err) == 1 and "No space left on device" in err[0] and "rerun" in err[0], err
+    assert written == ["results.csv", "summary.csv"]  # the tables go through the atomic writer
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.csv"]  # whole files, no temporaries
+    monkeypatch.setattr(runs, "atomic_write", real)
+    assert main([*FEWSHOT, "--out", str(out)]) == 0
+    for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png"):
+        assert (out / name).is_file(), name
+
+
+def test_figures_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """The guard around ``figures`` (its sweeps are cached run folders, as in the sweep test above)."""
+    from ntk_bridge import paper_figures
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(kwargs["out"], "gap_vs_depth.png"))
+
+    monkeypatch.setattr(paper_figures, "make_figures", full)
+    capsys.readouterr()
+    assert main(["figures", "--quick", "--out", str(tmp_path / "figs")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "gap_vs_depth.png" in lines[0], lines

@@ -70,6 +70,22 @@ def apply_overrides(configs: list, settings: list[str]) -> list:
     return configs
 
 
+#: ``(classes, images per class, channels)`` of each dataset at most (kanji: every rendered character).
+_DATASET_SIZES = {"kanji": (1458, 20, 1), "omniglot": (1623, 20, 1), "mini-imagenet": (100, 600, 3),
+                  "digits": (10, 180, 1)}
+
+
+def dataset_bytes(dataset: str, size: int, max_classes: int | None = None) -> int:
+    """Memory to load ``dataset`` at ``size x size`` pixels, before any image is read: its uint8
+    images about three times over (the loaded arrays, the split copies, the images being resized), and
+    for kanji the float canvas a character is drawn on."""
+    classes, samples, channels = _DATASET_SIZES[dataset]
+    if max_classes is not None:
+        classes = min(classes, int(max_classes))
+    render = 8 * (4 * int(size)) ** 2 if dataset == "kanji" else 0  # one character drawn at 4x oversampling
+    return 3 * classes * samples * channels * int(size) ** 2 + render
+
+
 def _positive(value, name: str, minimum: float = 1) -> None:
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= minimum):
         raise UserError(f"--{name} must be a finite number >= {minimum:g}, got {value}")
@@ -172,6 +188,9 @@ def fewshot_command(
         from ntk_bridge.fewshot.experiment import config_for
         from ntk_bridge.fewshot.on_tasks import load_run_tasks
 
+        from ntk_bridge.record import read_sweep_record
+
+        read_sweep_record(tasks_of)  # an edited or foreign config.json: one line, before anything is written
         out = out or Path("ntk_bridge_runs") / f"fewshot-tasks-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         check_out(out)
         episodes, sweep, record = load_run_tasks(tasks_of, val_episodes, val_tasks or 0)
@@ -189,6 +208,11 @@ def fewshot_command(
         plateau_patience=patience)
     spec = DataSpec(dataset, str(data_dir) if data_dir else None, data_seed, image_size, max_classes)
     spec.check()
+    from ntk_bridge import budget
+    from ntk_bridge.fewshot import NATIVE_SIZE
+
+    size = image_size or NATIVE_SIZE[dataset]
+    budget.check_memory(dataset_bytes(dataset, size, max_classes), f"--dataset {dataset} at {size} x {size} pixels")
     out = out or Path("ntk_bridge_runs") / f"fewshot-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     check_out(out)
     _run(config, spec, out)

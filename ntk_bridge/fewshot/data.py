@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,10 +67,35 @@ class FewShotDataset:
 
 
 def cache_dir() -> Path:
-    """``$NTK_BRIDGE_CACHE`` if set, else ``~/.cache/ntk_bridge`` (created on demand)."""
-    folder = Path(os.environ.get("NTK_BRIDGE_CACHE", Path.home() / ".cache" / "ntk_bridge"))
-    folder.mkdir(parents=True, exist_ok=True)
+    """ntk_bridge's cache folder (:func:`ntk_bridge.runtime.cache_dir`: ``$NTK_BRIDGE_CACHE``, else
+    ``$XDG_CACHE_HOME/ntk_bridge``, else ``~/.cache/ntk_bridge``), created on demand."""
+    from ntk_bridge.runtime import cache_dir as root
+
+    folder = Path(root())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the cache folder {folder} ({exc.strerror or exc}); set NTK_BRIDGE_CACHE "
+                        "to a writable folder") from None
     return folder
+
+
+def _read_render_cache(path: Path, config: "KanjiConfig") -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached ``(images, codepoints)`` if ``path`` holds a complete entry for ``config``
+    (uint8 ``[C, samples, size, size]``, one distinct codepoint per class; the archive's CRCs checked
+    while reading), else ``None``: a missing, cut short, altered or foreign file is never trusted."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            images, codepoints = stored["images"], stored["codepoints"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    size, samples = config.image_size, config.samples_per_class
+    ok = (images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (samples, size, size)
+          and codepoints.ndim == 1 and codepoints.dtype.kind in "iu" and len(codepoints) == len(images) > 0
+          and len(np.unique(codepoints)) == len(codepoints))
+    return (images, codepoints.astype(np.int64)) if ok else None
 
 
 def split_classes(n_classes: int, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
@@ -121,9 +147,9 @@ def render_kanji(config: KanjiConfig, progress: Callable[[int, int], None] | Non
     seeded subset of that many. ``progress(done, total)`` is called while rendering.
     """
     path = cache_dir() / f"kanji_r{render.RENDERER_VERSION}_{config.cache_key()}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            return stored["images"], stored["codepoints"]
+    cached = _read_render_cache(path, config)
+    if cached is not None:
+        return cached
     codepoints = render.drop_near_duplicates(
         render.list_characters(config.max_strokes, config.scripts), config.duplicate_threshold, config.image_size
     )
@@ -135,10 +161,24 @@ def render_kanji(config: KanjiConfig, progress: Callable[[int, int], None] | Non
         images[i] = render.render_character(codepoint, config.samples_per_class, config.seed, config.image_size, config.warp)
         if progress is not None:
             progress(i + 1, len(codepoints))
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, images=images, codepoints=np.asarray(codepoints, np.int64))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+    _write_render_cache(path, images, np.asarray(codepoints, np.int64))
     return images, np.asarray(codepoints, np.int64)
+
+
+def _write_render_cache(path: Path, images: np.ndarray, codepoints: np.ndarray) -> None:
+    """Replace the cache entry atomically (:func:`ntk_bridge.runs.atomic_write`: a crash never leaves
+    a part); a cache that cannot be written (a full disk, a read-only folder) only costs the next run
+    the rendering again."""
+    import io
+
+    from ntk_bridge.runs import atomic_write
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, codepoints=codepoints)
+    try:
+        atomic_write(str(path), buf.getvalue())
+    except OSError:
+        pass
 
 
 def load_kanji(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -234,13 +233,16 @@ def check_out(out: Path | str) -> Path:
 
 
 def write_tables(tables: ExperimentTables, record: dict, out: Path) -> None:
-    """Write ``results.csv``, ``summary.csv``, ``curves.csv``, ``episodes.csv`` and ``config.json``."""
+    """Write ``results.csv``, ``summary.csv``, ``curves.csv``, ``episodes.csv`` and ``config.json``, each
+    atomically (:func:`ntk_bridge.runs.atomic_write`)."""
+    from ntk_bridge.runs import RunFolder
+
     out.mkdir(parents=True, exist_ok=True)
-    tables.results.to_csv(out / "results.csv", index=False)
-    tables.summary.to_csv(out / "summary.csv", index=False)
-    tables.curves.to_csv(out / "curves.csv", index=False)
-    tables.episodes.to_csv(out / "episodes.csv", index=False)
-    (out / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    folder = RunFolder(out)
+    for name, table in (("results.csv", tables.results), ("summary.csv", tables.summary),
+                        ("curves.csv", tables.curves), ("episodes.csv", tables.episodes)):
+        folder.write_table(name, table)  # atomically: a reader sees the old file or the new one
+    folder.write_json("config.json", record)
 
 
 def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpisodes, out: Path | str,
@@ -281,11 +283,14 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
         **(record or {}),
     }
-    write_tables(tables, info, out)
-    if figure:
-        from ntk_bridge.fewshot.report import plot_accuracy_vs_cost
+    from ntk_bridge.runs import RunFolder
 
-        plot_accuracy_vs_cost(out)
+    with RunFolder(out).writing("the few-shot tables"):  # a full disk or a file in the way: one line
+        write_tables(tables, info, out)
+        if figure:
+            from ntk_bridge.fewshot.report import plot_accuracy_vs_cost
+
+            plot_accuracy_vs_cost(out)
     return tables
 
 
@@ -305,8 +310,11 @@ def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, swe
     comparison or None)``."""
     info = {"tasks_of": {"run": run, "sweep_command": sweep_record.get("command"),
                          "sweep_config": sweep_record.get("config")}, **(record or {})}
+    from ntk_bridge.runs import RunFolder
+
     tables = run_fewshot(config, episodes, out, progress, record=info, figure=figure)
-    return tables, write_closed_forms(out, sweep, tables.episodes, sweep_record)
+    with RunFolder(out).writing("closed_forms.csv"):
+        return tables, write_closed_forms(out, sweep, tables.episodes, sweep_record)
 
 
 __all__ = ["FewShotConfig", "ExperimentConfig", "ExperimentTables", "Progress", "run_experiment", "run_fewshot",

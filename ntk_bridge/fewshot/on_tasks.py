@@ -26,7 +26,6 @@ What is the same and what is not:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,23 +141,15 @@ def load_run_tasks(run: Path | str, val_episodes: int = 20, val_tasks: int = 0):
     """``(TaskEpisodes, sweep results or None, the run's config.json)`` of a sweep's run folder: the
     task set rebuilt from its ``config.json`` (and checked against the fingerprint recorded there),
     with validation episodes as the module docstring says."""
-    from ntk_bridge.config import TaskConfig
     from ntk_bridge.families import IMAGE_FAMILIES, image_family_data, image_validation_episodes
+    from ntk_bridge.record import read_sweep_record
 
     run = Path(run)
     path = run / "config.json"
-    if not path.is_file():
-        raise UserError(f"--tasks-of: {run} is not a sweep's run folder (no config.json)")
-    try:
-        record = json.loads(path.read_text())
-        spec = TaskConfig(**record["config"]["tasks"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--tasks-of: {path} is not a sweep's config.json ({type(e).__name__}: {e})") from None
+    record, config = read_sweep_record(run)  # one validating schema, before anything is built
+    spec = config.tasks
     tasks = spec.load()
-    recorded = record.get("tasks_fingerprint")
-    if recorded is None:
-        raise UserError(f"--tasks-of: {path} records no tasks_fingerprint, so nothing shows that the task set "
-                        "rebuilt from it is the one the sweep ran on; rerun the sweep into that folder")
+    recorded = record["tasks_fingerprint"]  # present: read_sweep_record refuses a record without it
     if recorded != tasks.fingerprint():
         raise UserError(f"--tasks-of: the task set rebuilt from {path} differs from the one the sweep ran on "
                         f"(fingerprint {tasks.fingerprint()} != {recorded}); was the data or the renderer changed?")
@@ -283,7 +274,9 @@ def write_closed_forms(out: Path | str, sweep: pd.DataFrame | None, episodes: pd
         return None
     arch = str(record.get("config", {}).get("model", {}).get("arch", "fc"))
     table = closed_form_comparison(sweep, episodes, arch)
-    table.to_csv(Path(out) / "closed_forms.csv", index=False)
+    from ntk_bridge.runs import RunFolder
+
+    RunFolder(out).write_table("closed_forms.csv", table)  # atomically
     return table
 
 

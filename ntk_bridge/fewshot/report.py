@@ -6,6 +6,7 @@ colours come from :data:`ntk_bridge.fewshot.methods.METHODS`.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -76,9 +77,15 @@ def plot_accuracy_vs_cost(out: Path | str, name: str = FIGURE) -> list[Path]:
         bottom.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
+    from ntk_bridge.runs import atomic_write
+
+    try:
+        for path in paths:  # atomically: a reader sees the old figure or the new one
+            buf = io.BytesIO()
+            fig.savefig(buf, format=path.suffix[1:], dpi=130)
+            atomic_write(str(path), buf.getvalue())
+    finally:
+        plt.close(fig)
     return paths
 
 

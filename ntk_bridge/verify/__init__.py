@@ -47,21 +47,24 @@ def run_verify(panel: Panel, out: str, executor=None, progress_factory: Callable
     started = time.time()
     folder = RunFolder(out)
     folder.check_writable()
+    with folder.lock():  # a file in the way of the lock is one line before any sweep starts
+        pass
     rows, finite = run_panel(panel, out, executor=executor, progress_factory=progress_factory)
     claims = claims_table(rows, finite)
     verdicts = overall(claims)
     seconds = time.time() - started
     images = figures(rows, finite)
     described = panel.describe()
-    folder.write_table("gaps.csv", pd.concat([gap_medians(rows, m).assign(method=m)
-                                              for m in (registry.ANIL.name, registry.MAML.name)], ignore_index=True))
-    folder.write_table("benefit.csv", benefit_table(rows))
-    folder.write_table("claims.csv", claims)
-    folder.write_table("verdicts.csv", verdicts)
-    for name, data in images.items():
-        atomic_write(folder.file(name), data)
-    folder.write_text("report.md", markdown_report(claims, verdicts, described, command, seconds))
-    folder.write_text("report.html", html_report(claims, verdicts, described, images, command, seconds))
-    folder.write_text("panel.json", json.dumps(dict(panel=described, command=command, seconds=round(seconds, 2),
-                                                    **provenance()), indent=2, default=str) + "\n")
+    with folder.writing("the report"):  # every sweep is cached under runs/: the rerun only rewrites these
+        folder.write_table("gaps.csv", pd.concat([gap_medians(rows, m).assign(method=m)
+                                                  for m in (registry.ANIL.name, registry.MAML.name)], ignore_index=True))
+        folder.write_table("benefit.csv", benefit_table(rows))
+        folder.write_table("claims.csv", claims)
+        folder.write_table("verdicts.csv", verdicts)
+        for name, data in images.items():
+            atomic_write(folder.file(name), data)
+        folder.write_text("report.md", markdown_report(claims, verdicts, described, command, seconds, images))
+        folder.write_text("report.html", html_report(claims, verdicts, described, images, command, seconds))
+        folder.write_text("panel.json", json.dumps(dict(panel=described, command=command, seconds=round(seconds, 2),
+                                                        **provenance()), indent=2, default=str) + "\n")
     return VerifyResult(out, rows, finite, claims, verdicts, seconds)

@@ -162,7 +162,9 @@ def _c3_rows(df: pd.DataFrame) -> list[dict]:
     med = gap_medians(df, registry.ANIL.name)
     med = med.assign(ratio=med["gap_to_mtl_rel"] / (med["inner_time"] + 1.0 / med["depth"]))
     for key, g in med.groupby(keys):
-        mean = g.groupby(["depth", "inner_time"])["ratio"].mean()
+        mean = g.groupby(["depth", "inner_time"])["ratio"].mean().dropna()
+        if mean.empty:  # every gap NaN: claims_table reports the condition as having no usable rows
+            continue
         (L_max, s_max), C = mean.idxmax(), float(mean.max())
         (L_min, s_min), c_min = mean.idxmin(), float(mean.min())
         s0 = g["inner_time"].min()
@@ -270,14 +272,36 @@ COLUMNS = ["claim", "tasks", "method", "mtl_data", "test_head", "inner_time", "d
            "ci95_high", "n", "quality", "verdict", "detail", "useful_up_to_depth"]
 
 
+#: The ``detail`` of a condition (or of a claim without any condition) that no usable row supports.
+NO_USABLE_ROWS = ("no usable rows: every gap here is NaN or its rows are not ok (identical or zero inputs, all-zero "
+                  "labels, overflowing inputs); the runs' results.csv give each row's status")
+
+
+def _expected(claim: str, rows: pd.DataFrame) -> bool:
+    """Whether ``claim`` has conditions on a panel with these rows (C2 needs two inner times, C4 the
+    finite panel)."""
+    if claim == "C4":
+        return False
+    return claim != "C2" or rows["inner_time"].nunique() >= 2
+
+
 def claims_table(rows: pd.DataFrame, finite: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every claim for every condition (``claims.csv``). C1 rows carry ``useful_up_to_depth``: the
     depth up to which both ANIL (same protocol) and MTL (same data) beat the baseline significantly,
     so that each closeness verdict says whether it is closeness of useful predictors."""
     benefit = benefit_table(rows)
-    out = (_slope_rows(rows, "C1", registry.ANIL.name) + _c2_rows(rows) + _c3_rows(rows) + _c4_rows(finite)
-           + _slope_rows(rows, "C5", registry.MAML.name) + _c6_rows(benefit))
+    parts = {"C1": _slope_rows(rows, "C1", registry.ANIL.name), "C2": _c2_rows(rows), "C3": _c3_rows(rows),
+             "C4": _c4_rows(finite), "C5": _slope_rows(rows, "C5", registry.MAML.name), "C6": _c6_rows(benefit)}
+    out = []
+    for claim, found in parts.items():
+        if not found and len(rows) and _expected(claim, rows):
+            found = [dict(claim=claim, tasks=", ".join(map(str, dict.fromkeys(rows["tasks"]))), n=0)]
+        out += found
     table = pd.DataFrame(out).reindex(columns=COLUMNS)
+    unusable = (table["n"].fillna(0).astype(int) == 0) & table["estimate"].isna()
+    table[["verdict", "detail"]] = table[["verdict", "detail"]].astype(object)
+    table.loc[unusable, "verdict"] = "no data"
+    table.loc[unusable, "detail"] = NO_USABLE_ROWS
     table["useful_up_to_depth"] = table["useful_up_to_depth"].astype(object)
     if len(benefit):
         for i, r in table[table["claim"].isin(["C1", "C5"])].iterrows():
@@ -308,7 +332,9 @@ def overall(claims: pd.DataFrame) -> pd.DataFrame:
         else:
             verdict = "depends"
         where = []
-        if verdict != "holds" and verdict != "fails":
+        if (g["detail"] == NO_USABLE_ROWS).all():  # nothing to decide on: neither holds nor fails
+            verdict, where = "inconclusive", ["no usable rows (no data)"]
+        if verdict not in ("holds", "fails") and not where:
             by = {t: list(c) for t, c in g.groupby("tasks", sort=False)["verdict"]}
             for word in ("holds", "fails", "inconclusive", "no data"):
                 every = [t for t, vs in by.items() if set(vs) == {word}]

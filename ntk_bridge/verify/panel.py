@@ -13,7 +13,8 @@ import pandas as pd
 from ntk_bridge import methods as registry
 from ntk_bridge.config import SweepConfig
 
-__all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select", "with_archs"]
+__all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select", "with_archs",
+           "sweeps", "panel_estimate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +119,11 @@ def select(panel: Panel, tasks: str) -> Panel:
     if len(names) > 1:
         raise UserError(f"--tasks: {', '.join(files)} is not a task family ({', '.join(FAMILIES)}); a task file "
                         "is given alone")
-    tasks = SweepConfig.of(family=names[0]).load_tasks()  # one clear line for a missing or malformed file
+    from ntk_bridge import budget
+
+    config = SweepConfig.of(family=names[0])
+    budget.check_memory(budget.planned_tasks(config).source_bytes, f"reading the task file {names[0]}")
+    tasks = config.load_tasks()  # one clear line for a missing or malformed file
     if tasks.layout.n_test < 2:
         raise UserError(f"--tasks {names[0]}: {tasks.layout.n_test} test task; verify takes its statistics over "
                         "the test tasks of a task file and needs at least 2")
@@ -153,6 +158,34 @@ def _run(run_sweep, config: SweepConfig, run_dir: str, executor, progress) -> pd
             progress.stop()
 
 
+def sweeps(panel: Panel) -> list[tuple[str, SweepConfig, str]]:
+    """``(label, config, arch)`` of every infinite-width sweep of ``panel``, in the order they run."""
+    out = []
+    for family in panel.families:
+        for seed in panel.seeds if "fc" in panel.archs else ():
+            out.append((f"{_family_label(family.name)}-s{seed}", family.config(panel, seed), "fc"))
+        for arch in [a for a in panel.archs if a != "fc"]:
+            if not family.has_images():
+                continue
+            for seed in panel.seeds:
+                out.append((f"{_family_label(family.name)}-{arch}-s{seed}", family.config(panel, seed, arch), arch))
+    return out
+
+
+def panel_estimate(panel: Panel, finite: bool = True) -> dict:
+    """The :func:`ntk_bridge.budget.estimate` of the whole panel, from its sizes alone (nothing is
+    built or read): the largest peak memory of its sweeps (they run one after another) and the sum of
+    their times and cells."""
+    from ntk_bridge import budget
+
+    configs = [config for _, config, _ in sweeps(panel)]
+    if finite and panel.finite:
+        configs.append(SweepConfig.of(**dict(panel.finite)))
+    ests = [budget.estimate(c, budget.planned_tasks(c)) for c in configs]
+    return dict(memory_bytes=max(e["memory_bytes"] for e in ests), seconds=sum(e["seconds"] for e in ests),
+                cells=sum(e["cells"] for e in ests), points=max(e["points"] for e in ests), sweeps=len(ests))
+
+
 def run_panel(panel: Panel, out: str, executor=None, progress_factory: Callable[[str], object] | None = None,
               finite: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every sweep of ``panel`` under ``out`` (``<out>/runs/<family>-s<seed>/`` and
@@ -161,19 +194,10 @@ def run_panel(panel: Panel, out: str, executor=None, progress_factory: Callable[
     from ntk_bridge.sweep import run_sweep
 
     frames = []
-    for family in panel.families:
-        for seed in panel.seeds if "fc" in panel.archs else ():
-            label = f"{_family_label(family.name)}-s{seed}"
-            frames.append(_run(run_sweep, family.config(panel, seed), os.path.join(out, "runs", label), executor,
-                               progress_factory(label) if progress_factory else None))
-        for arch in [a for a in panel.archs if a != "fc"]:
-            if not family.has_images():
-                continue
-            for seed in panel.seeds:
-                label = f"{_family_label(family.name)}-{arch}-s{seed}"
-                rows = _run(run_sweep, family.config(panel, seed, arch), os.path.join(out, "runs", label), executor,
-                            progress_factory(label) if progress_factory else None)
-                frames.append(rows.assign(tasks=rows["tasks"].astype(str) + f"/{arch}"))
+    for label, config, arch in sweeps(panel):
+        rows = _run(run_sweep, config, os.path.join(out, "runs", label), executor,
+                    progress_factory(label) if progress_factory else None)
+        frames.append(rows if arch == "fc" else rows.assign(tasks=rows["tasks"].astype(str) + f"/{arch}"))
     infinite = pd.concat(frames, ignore_index=True)
     finite_rows = pd.DataFrame()
     if finite and panel.finite:

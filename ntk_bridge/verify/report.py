@@ -136,11 +136,25 @@ def _fig_width(finite: pd.DataFrame) -> bytes | None:
             return fh.read()
 
 
+def _usable(rows: pd.DataFrame, method: str) -> bool:
+    """Whether ``method`` has a finite gap on an ok row to draw."""
+    return bool(np.isfinite(gap_medians(rows, method)["gap_to_mtl_rel"].to_numpy(float)).any())
+
+
 def figures(rows: pd.DataFrame, finite: pd.DataFrame | None) -> dict[str, bytes]:
-    """The report's figures as PNG bytes, by file name."""
-    out = {"c1_gap_vs_depth.png": _fig_gap(rows, registry.ANIL.name),
-           "c5_maml_gap_vs_depth.png": _fig_gap(rows, registry.MAML.name),
-           "c3_ratio.png": _fig_ratio(rows), "c6_benefit.png": _fig_benefit(rows)}
+    """The report's figures as PNG bytes, by file name; a figure without a usable row (every gap NaN
+    or not ok: the claims say so) is not drawn."""
+    anil, maml = _usable(rows, registry.ANIL.name), _usable(rows, registry.MAML.name)
+    out = {}
+    if anil:
+        out["c1_gap_vs_depth.png"] = _fig_gap(rows, registry.ANIL.name)
+    if maml:
+        out["c5_maml_gap_vs_depth.png"] = _fig_gap(rows, registry.MAML.name)
+    if anil:
+        out["c3_ratio.png"] = _fig_ratio(rows)
+    benefit = benefit_table(rows)
+    if "benefit" in benefit and np.isfinite(benefit["benefit"].to_numpy(float)).any():
+        out["c6_benefit.png"] = _fig_benefit(rows)
     width = _fig_width(finite)
     if width is not None:
         out["c4_width.png"] = width
@@ -196,9 +210,9 @@ def _summary(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_report(claims: pd.DataFrame, verdicts: pd.DataFrame, panel: dict, command: str | None,
-                    seconds: float | None = None) -> str:
-    """``report.md``: the verdicts, then per claim its rule, its verdict matrix, its figure and every
-    condition's numbers."""
+                    seconds: float | None = None, images: dict | None = None) -> str:
+    """``report.md``: the verdicts, then per claim its rule, its verdict matrix, its figure (those of
+    ``images`` when given) and every condition's numbers."""
     parts = ["# ntk-bridge verify: the theorem's verdict", ""]
     if command:
         parts += [f"Command: `{command}`", ""]
@@ -207,7 +221,7 @@ def markdown_report(claims: pd.DataFrame, verdicts: pd.DataFrame, panel: dict, c
     for claim in sorted(claims["claim"].unique()):
         parts += ["", f"## {_TITLES.get(claim, claim)}", "", f"Rule: {RULES[claim]}.", "",
                   _md_table(verdict_matrix(claims, claim))]
-        if claim in _FIGURE_OF:
+        if claim in _FIGURE_OF and (images is None or _FIGURE_OF[claim] in images):
             parts += ["", f"![{claim}]({_FIGURE_OF[claim]})", "", _CAPTIONS[claim]]
         parts += ["", "Every condition:", "", _md_table(_shown(claims, claim))]
     parts.append("")
