@@ -189,7 +189,8 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> dict:
               else (str(error).splitlines()[0] if str(error) else type(error).__name__))
     if identity is not None:
         reason = "it answers, but not as a Dask scheduler"
-    raise UserError(f"--scheduler: no Dask scheduler at {address} answered within {timeout:g} s ({reason})")
+    raise UserError(f"--scheduler: cannot reach the Dask scheduler at {address} within {timeout:g} s ({reason}; is "
+                    "it a Dask scheduler?)")
 
 
 def _identity(x):
