@@ -43,6 +43,8 @@ from ntk_bridge.errors import require
 
 __all__ = [
     "ARCHS",
+    "ACTIVATIONS",
+    "PARAMS",
     "KERNEL_MEMORY_BYTES",
     "Architecture",
     "DepthKernels",
@@ -55,6 +57,8 @@ __all__ = [
 
 #: Architectures (:mod:`ntk_bridge.convnets`).
 ARCHS = convnets.ARCHS
+#: Activations of the fully connected hidden layers, and parameterisations of its finite networks.
+ACTIVATIONS, PARAMS = ("relu", "linear"), ("ntk", "mup")
 #: Bound on the neural-tangents intermediates of one kernel pass (2 GiB, :mod:`ntk_bridge.convnets`).
 KERNEL_MEMORY_BYTES = convnets.KERNEL_MEMORY_BYTES
 
@@ -100,6 +104,11 @@ class Architecture:
         convolutional body.
       filter_size: ``f`` of the ``f x f`` convolutions.
       residual_w_std: ``W_std`` of the last convolution of a residual branch.
+      activation: ``'relu'`` (default) or ``'linear'`` (the identity: a deep linear network, whose
+        NTK and NNGP neural-tangents gives too) of the fully connected hidden layers.
+      param: how *finite* fully connected networks are parameterised: ``'ntk'`` (default, the
+        ``stax`` network above) or ``'mup'`` (the maximal-update parameterisation,
+        :mod:`ntk_bridge.finite.mup`, docs/theory.md §8). The kernels are the NTK limit either way.
     """
 
     width: int = 512
@@ -114,6 +123,8 @@ class Architecture:
     spatial_readout: str = "flatten"
     filter_size: int = 3
     residual_w_std: float = 1.0
+    activation: str = "relu"
+    param: str = "ntk"
     hidden_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
     readout_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -128,6 +139,13 @@ class Architecture:
         require(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         require(self.spatial_readout in convnets.READOUTS,
                 f"spatial_readout must be one of {', '.join(convnets.READOUTS)}, got {self.spatial_readout!r}")
+        require(self.activation in ACTIVATIONS,
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require(self.param in PARAMS, f"param must be one of {', '.join(PARAMS)}, got {self.param!r}")
+        require(not self.convolutional or (self.activation, self.param) == ("relu", "ntk"),
+                "activation 'linear' and param 'mup' are for the fully connected network (arch 'fc')")
+        require(self.param == "ntk" or (self.hidden_layer is None and self.readout_layer is None),
+                "param 'mup' builds its own layers: custom stax layers are for param 'ntk'")
         require(int(self.filter_size) >= 1, f"filter_size must be >= 1, got {self.filter_size!r}")
         if self.convolutional:
             shape = self.image_shape
@@ -176,7 +194,7 @@ class Architecture:
         return stax.serial(
             stax.Dense(int(self.width), W_std=self.hidden_w_std, b_std=self.hidden_b_std,
                        parameterization=self.parameterization),
-            stax.Relu(),
+            stax.Relu() if self.activation == "relu" else stax.Identity(),
         )
 
     def readout(self) -> tuple:
@@ -231,6 +249,9 @@ class Architecture:
         skip = ("hidden_layer", "readout_layer") + (() if self.convolutional else conv_only)
         if self.arch == "conv":
             skip += ("residual_w_std",)
+        # fields added later enter the description only when set, so earlier cache keys stay valid
+        skip += tuple(name for name, default in (("activation", "relu"), ("param", "ntk"))
+                      if getattr(self, name) == default)
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         if "image_shape" in d:
             d["image_shape"] = list(d["image_shape"])

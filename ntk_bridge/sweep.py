@@ -29,13 +29,14 @@ import os
 import time
 from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge import convnets, metrics, runtime, structured
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
-from ntk_bridge.config import SweepConfig, json_number
+from ntk_bridge.config import MUP_WIDTH, SweepConfig, finite_width, json_number
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import TaskSet
 
@@ -55,7 +56,7 @@ class Cell:
     """One grid point of a sweep."""
 
     task_seed: int
-    width: float
+    width: float  # or the string 'mup' (the muP limit)
     depth: int
     inner_time: float
     finetune_time: float
@@ -65,7 +66,13 @@ class Cell:
 
     @property
     def infinite(self) -> bool:
-        return math.isinf(self.width)
+        """Width ``inf``: the NTK closed forms."""
+        return not self.mup_limit and math.isinf(self.width)
+
+    @property
+    def mup_limit(self) -> bool:
+        """Width ``'mup'``: the muP limit (:mod:`ntk_bridge.finite.mup_limit`)."""
+        return self.width == MUP_WIDTH
 
     def predictor_config(self, rcond: float, steps: dict | None = None):
         """The cell's :class:`~ntk_bridge.predictors.PredictorConfig`."""
@@ -95,8 +102,8 @@ class Unit:
     @property
     def label(self) -> str:
         c = self.cells[0]
-        if c.infinite:
-            return f"width inf, {len(self.cells)} cells"
+        if c.infinite or c.mup_limit:
+            return f"width {'inf' if c.infinite else MUP_WIDTH}, {len(self.cells)} cells"
         return f"width {int(c.width)}, depth {c.depth}, {len(self.cells)} cells"
 
 
@@ -122,7 +129,7 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, li
     """The task set, every cell of the grid and their cache keys."""
     tasks = config.load_tasks() if tasks is None else tasks
     g = config.grid
-    cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m, h)
+    cells = [Cell(config.tasks.task_seed, w if w == MUP_WIDTH else float(w), int(d), float(s), float(f), float(o), m, h)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
              for o in g.outer_times for m in g.mtl_data for h in g.test_heads for d in g.depths]
     ctx = {finite: cell_context(config, tasks, finite=finite)
@@ -131,15 +138,17 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, li
 
 
 def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) -> list[Unit]:
-    """Group pending cells into units: all infinite-width cells together; the finite-width cells of
-    each (task set, width, depth) together, so that they share kernels and training runs."""
-    inf = [(c, k) for c, k in zip(cells, keys) if c.infinite]
+    """Group pending cells into units: all infinite-width cells together, all muP-limit cells together;
+    the finite-width cells of each (task set, width, depth) together, so that they share kernels and
+    training runs."""
     units = []
-    if inf:
-        units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf)))
+    for limit in ("infinite", "mup_limit"):
+        group = [(c, k) for c, k in zip(cells, keys) if getattr(c, limit)]
+        if group:
+            units.append(Unit(config, tuple(c for c, _ in group), tuple(k for _, k in group)))
     groups: dict[tuple, list] = {}
     for c, k in zip(cells, keys):
-        if not c.infinite:
+        if not c.infinite and not c.mup_limit:
             groups.setdefault((c.task_seed, c.width, c.depth), []).append((c, k))
     units.extend(Unit(config, tuple(c for c, _ in g), tuple(k for _, k in g)) for g in groups.values())
     return units
@@ -207,15 +216,46 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame
     for cell, key in zip(unit.cells, unit.keys):
         df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.numerics.rcond),
                                 methods=methods, seed=0, n_networks=cfg.finite.seeds, mode=cfg.finite.finite_mode,
-                                training=cfg.training(), kernels=kernels, cache=shared)
+                                architecture=arch, training=cfg.training(), kernels=kernels, cache=shared)
         yield key, df.assign(tasks=tasks.name, task_seed=cell.task_seed, cell=key)
+
+
+def _mup_limit_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Rows of the muP-limit cells (width ``'mup'``, :mod:`ntk_bridge.finite.mup_limit`): the width-``(d + k)``
+    network trained under the discrete schedule the finite networks of the same depth follow
+    (:func:`~ntk_bridge.finite.schedule.discretise` with the NTK of the same network)."""
+    from ntk_bridge.finite.mup_limit import MUP, mup_limit_run
+    from ntk_bridge.finite.schedule import discretise
+    from ntk_bridge.kernels import kernels_by_depth
+
+    cfg = unit.config
+    methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(cfg.grid.methods))
+    arch = cfg.architecture(tasks)
+    kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
+    training = cfg.training()
+    for cell, key in zip(unit.cells, unit.keys):
+        dcfg = discretise(cell.predictor_config(cfg.numerics.rcond), kernels.ntk, tasks, training)
+        run = mup_limit_run(tasks, dcfg, methods, arch, training)
+        M = tasks.layout.n_test
+        extra = {m: dict(kernel_movement=np.repeat(run.kernel_movement[m], M)[None],
+                         train_loss_rel=np.repeat(run.train_loss_rel[m], M)[None]) for m in methods}
+        constants = dict(depth=1, width=MUP, inner_time=cell.inner_time, finetune_time=cell.finetune_time,
+                         outer_time=cell.outer_time, outer_time_used=dcfg.outer_time, mtl_data=cell.mtl_data,
+                         test_head=cell.test_head, inner_steps=dcfg.inner_steps, finetune_steps=dcfg.finetune_steps,
+                         outer_steps=dcfg.outer_steps, seed=0, dist_to_infinite_rel=0.0, tasks=tasks.name,
+                         task_seed=cell.task_seed, mode="mean", dtype=training.dtype, param=MUP, cell=key)
+        yield key, metrics.prediction_rows(
+            {m: run.finite[m] for m in methods},
+            {m: ["diverged" if run.diverged[m][0] else metrics.OK] for m in methods},
+            tasks.test_query_y, ["mean"], constants, extra=extra, report=methods)
 
 
 def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
     at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`)."""
     tasks = tasks if tasks is not None else unit.config.load_tasks()
-    rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
+    first = unit.cells[0]
+    rows = _infinite_rows if first.infinite else _mup_limit_rows if first.mup_limit else _finite_rows
     with runtime.blas_threads(unit.config.numerics.blas_threads):
         yield from rows(unit, tasks)
 
@@ -226,10 +266,12 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
 
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(registry.METHODS)}
-    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
-    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
+    limit = df["width"].astype(str) == MUP_WIDTH  # the muP limit after every numeric width
+    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str),
+                   _w=df["width"].where(~limit, math.inf).astype(float), _l=limit)
+    df = df.sort_values(["_w", "_l", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
                          "_m", "_n", "test_task"], kind="stable")
-    return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
+    return df.drop(columns=["_m", "_n", "_w", "_l"]).reset_index(drop=True)
 
 
 def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -294,7 +336,7 @@ def estimate(config: SweepConfig, tasks: TaskSet) -> dict:
     solve_memory, solve_seconds = structured.solve_estimate(solvers, lay)
     pass_memory, pass_seconds = convnets.pass_estimate(config.architecture(tasks), P, len(grid.depths), max(grid.depths))
     memory = pass_memory + solve_memory + 400 * 2 ** 20
-    finite = [w for w in grid.widths if math.isfinite(w)]
+    finite = [w for w in grid.widths if finite_width(w)]
     if finite:
         memory += 8 * 20 * max(finite) ** 2 * max(grid.depths)
     n_cells = len(grid.depths) * len(grid.widths) * len(grid.inner_times) * len(grid.finetune_times) * \
