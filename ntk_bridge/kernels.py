@@ -42,9 +42,7 @@ from ntk_bridge import convnets
 from ntk_bridge.errors import require
 
 __all__ = [
-    "ARCHS",
-    "ACTIVATIONS",
-    "PARAMS",
+    "ARCHS", "ACTIVATIONS", "PARAMS",
     "KERNEL_MEMORY_BYTES",
     "Architecture",
     "DepthKernels",
@@ -104,11 +102,9 @@ class Architecture:
         convolutional body.
       filter_size: ``f`` of the ``f x f`` convolutions.
       residual_w_std: ``W_std`` of the last convolution of a residual branch.
-      activation: ``'relu'`` (default) or ``'linear'`` (the identity: a deep linear network, whose
-        NTK and NNGP neural-tangents gives too) of the fully connected hidden layers.
-      param: how *finite* fully connected networks are parameterised: ``'ntk'`` (default, the
-        ``stax`` network above) or ``'mup'`` (the maximal-update parameterisation,
-        :mod:`ntk_bridge.finite.mup`, docs/theory.md §8). The kernels are the NTK limit either way.
+      activation: ``'relu'`` or ``'linear'`` (the identity) of the fully connected hidden layers.
+      param: *finite* fully connected networks in the NTK parameterisation (``'ntk'``, the ``stax``
+        network) or muP (``'mup'``, :mod:`ntk_bridge.finite.mup`); the kernels are the NTK limit.
     """
 
     width: int = 512
@@ -142,10 +138,8 @@ class Architecture:
         require(self.activation in ACTIVATIONS,
                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         require(self.param in PARAMS, f"param must be one of {', '.join(PARAMS)}, got {self.param!r}")
-        require(not self.convolutional or (self.activation, self.param) == ("relu", "ntk"),
-                "activation 'linear' and param 'mup' are for the fully connected network (arch 'fc')")
-        require(self.param == "ntk" or (self.hidden_layer is None and self.readout_layer is None),
-                "param 'mup' builds its own layers: custom stax layers are for param 'ntk'")
+        require((self.activation, self.param) == ("relu", "ntk") or (self.arch == "fc" and self.hidden_layer is None),
+                "activation 'linear' and param 'mup' are for the fully connected network without custom layers")
         require(int(self.filter_size) >= 1, f"filter_size must be >= 1, got {self.filter_size!r}")
         if self.convolutional:
             shape = self.image_shape

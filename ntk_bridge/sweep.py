@@ -29,7 +29,6 @@ import os
 import time
 from typing import Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
@@ -45,8 +44,6 @@ __all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "ite
 
 #: Methods a sweep can be asked for (the no-transfer baseline is always computed as well).
 METHODS = registry.SWEEPABLE
-
-
 #: The settings of a cell that methods can depend on (:data:`ntk_bridge.methods.SETTINGS` but width).
 CELL_SETTINGS = ("inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
 
@@ -64,15 +61,8 @@ class Cell:
     mtl_data: str
     test_head: str = "learned"
 
-    @property
-    def infinite(self) -> bool:
-        """Width ``inf``: the NTK closed forms."""
-        return not self.mup_limit and math.isinf(self.width)
-
-    @property
-    def mup_limit(self) -> bool:
-        """Width ``'mup'``: the muP limit (:mod:`ntk_bridge.finite.mup_limit`)."""
-        return self.width == MUP_WIDTH
+    infinite = property(lambda self: self.width != MUP_WIDTH and math.isinf(self.width), doc="width inf: NTK limit")
+    mup_limit = property(lambda self: self.width == MUP_WIDTH, doc="width 'mup': the muP limit")
 
     def predictor_config(self, rcond: float, steps: dict | None = None):
         """The cell's :class:`~ntk_bridge.predictors.PredictorConfig`."""
@@ -138,14 +128,11 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None) -> tuple[TaskSet, li
 
 
 def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str]) -> list[Unit]:
-    """Group pending cells into units: all infinite-width cells together, all muP-limit cells together;
-    the finite-width cells of each (task set, width, depth) together, so that they share kernels and
-    training runs."""
+    """Group pending cells into units: all infinite-width cells together (all muP-limit ones too); the
+    finite-width cells of each (task set, width, depth) together: they share kernels and training runs."""
     units = []
-    for limit in ("infinite", "mup_limit"):
-        group = [(c, k) for c, k in zip(cells, keys) if getattr(c, limit)]
-        if group:
-            units.append(Unit(config, tuple(c for c, _ in group), tuple(k for _, k in group)))
+    for group in ([(c, k) for c, k in zip(cells, keys) if getattr(c, limit)] for limit in ("infinite", "mup_limit")):
+        units += [Unit(config, tuple(c for c, _ in group), tuple(k for _, k in group))] if group else []
     groups: dict[tuple, list] = {}
     for c, k in zip(cells, keys):
         if not c.infinite and not c.mup_limit:
@@ -220,44 +207,15 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame
         yield key, df.assign(tasks=tasks.name, task_seed=cell.task_seed, cell=key)
 
 
-def _mup_limit_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame]]:
-    """Rows of the muP-limit cells (width ``'mup'``, :mod:`ntk_bridge.finite.mup_limit`): the width-``(d + k)``
-    network trained under the discrete schedule the finite networks of the same depth follow
-    (:func:`~ntk_bridge.finite.schedule.discretise` with the NTK of the same network)."""
-    from ntk_bridge.finite.mup_limit import MUP, mup_limit_run
-    from ntk_bridge.finite.schedule import discretise
-    from ntk_bridge.kernels import kernels_by_depth
-
-    cfg = unit.config
-    methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(cfg.grid.methods))
-    arch = cfg.architecture(tasks)
-    kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
-    training = cfg.training()
-    for cell, key in zip(unit.cells, unit.keys):
-        dcfg = discretise(cell.predictor_config(cfg.numerics.rcond), kernels.ntk, tasks, training)
-        run = mup_limit_run(tasks, dcfg, methods, arch, training)
-        M = tasks.layout.n_test
-        extra = {m: dict(kernel_movement=np.repeat(run.kernel_movement[m], M)[None],
-                         train_loss_rel=np.repeat(run.train_loss_rel[m], M)[None]) for m in methods}
-        constants = dict(depth=1, width=MUP, inner_time=cell.inner_time, finetune_time=cell.finetune_time,
-                         outer_time=cell.outer_time, outer_time_used=dcfg.outer_time, mtl_data=cell.mtl_data,
-                         test_head=cell.test_head, inner_steps=dcfg.inner_steps, finetune_steps=dcfg.finetune_steps,
-                         outer_steps=dcfg.outer_steps, seed=0, dist_to_infinite_rel=0.0, tasks=tasks.name,
-                         task_seed=cell.task_seed, mode="mean", dtype=training.dtype, param=MUP, cell=key)
-        yield key, metrics.prediction_rows(
-            {m: run.finite[m] for m in methods},
-            {m: ["diverged" if run.diverged[m][0] else metrics.OK] for m in methods},
-            tasks.test_query_y, ["mean"], constants, extra=extra, report=methods)
-
-
 def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
     at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`)."""
     tasks = tasks if tasks is not None else unit.config.load_tasks()
-    first = unit.cells[0]
-    rows = _infinite_rows if first.infinite else _mup_limit_rows if first.mup_limit else _finite_rows
+    from ntk_bridge.finite.mup_limit import limit_rows  # the muP limit's cells (width 'mup')
+    rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
     with runtime.blas_threads(unit.config.numerics.blas_threads):
-        yield from rows(unit, tasks)
+        yield from (limit_rows(unit.config, unit.cells, unit.keys, tasks) if unit.cells[0].mup_limit
+                    else rows(unit, tasks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,8 +225,8 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(registry.METHODS)}
     limit = df["width"].astype(str) == MUP_WIDTH  # the muP limit after every numeric width
-    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str),
-                   _w=df["width"].where(~limit, math.inf).astype(float), _l=limit)
+    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str), _l=limit,
+                   _w=df["width"].where(~limit, math.inf).astype(float))
     df = df.sort_values(["_w", "_l", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
                          "_m", "_n", "test_task"], kind="stable")
     return df.drop(columns=["_m", "_n", "_w", "_l"]).reset_index(drop=True)

@@ -23,7 +23,7 @@ from ntk_bridge.kernels import Architecture
 from ntk_bridge.predictors import PredictorConfig
 from ntk_bridge.tasks import TaskSet
 
-__all__ = ["MUP", "has_limit", "check_limit", "limit_architecture", "mup_limit_run"]
+__all__ = ["MUP", "has_limit", "check_limit", "limit_architecture", "mup_limit_run", "limit_rows"]
 
 #: The ``--width`` token of the muP limit (and the ``param`` of its rows).
 MUP = "mup"
@@ -64,3 +64,35 @@ def mup_limit_run(tasks: TaskSet, config: PredictorConfig, methods: Sequence[str
                          training=dataclasses.replace(training, linearized=False), network=net)
     require(bool(np.all(run.f0 == 0)), "the muP limit's initial output must be exactly 0")
     return run
+
+
+def limit_rows(config, cells, keys, tasks: TaskSet):
+    """``(key, rows)`` of a sweep's muP-limit cells (width ``'mup'``; ``config`` a
+    :class:`~ntk_bridge.config.SweepConfig`): the limit trained under the discrete schedule the finite
+    networks of depth 1 follow (:func:`~ntk_bridge.finite.schedule.discretise` with the NTK of the same
+    network), one row per method and test task in the :data:`ntk_bridge.metrics.COLUMNS` schema
+    (``network = 'mean'``, ``mode = 'mean'``: the limit is deterministic and its initial output is 0)."""
+    from ntk_bridge import methods as registry
+    from ntk_bridge import metrics
+    from ntk_bridge.finite.schedule import discretise
+    from ntk_bridge.kernels import kernels_by_depth
+
+    methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(config.grid.methods))
+    arch = config.architecture(tasks)
+    kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
+    training = config.training()
+    M = tasks.layout.n_test
+    for cell, key in zip(cells, keys):
+        dcfg = discretise(cell.predictor_config(config.numerics.rcond), kernels.ntk, tasks, training)
+        run = mup_limit_run(tasks, dcfg, methods, arch, training)
+        extra = {m: dict(kernel_movement=np.repeat(run.kernel_movement[m], M)[None],
+                         train_loss_rel=np.repeat(run.train_loss_rel[m], M)[None]) for m in methods}
+        constants = dict(depth=1, width=MUP, inner_time=cell.inner_time, finetune_time=cell.finetune_time,
+                         outer_time=cell.outer_time, outer_time_used=dcfg.outer_time, mtl_data=cell.mtl_data,
+                         test_head=cell.test_head, inner_steps=dcfg.inner_steps, finetune_steps=dcfg.finetune_steps,
+                         outer_steps=dcfg.outer_steps, seed=0, dist_to_infinite_rel=0.0, tasks=tasks.name,
+                         task_seed=cell.task_seed, mode="mean", dtype=training.dtype, param=MUP, cell=key)
+        yield key, metrics.prediction_rows(
+            {m: run.finite[m] for m in methods},
+            {m: ["diverged" if run.diverged[m][0] else metrics.OK] for m in methods},
+            tasks.test_query_y, ["mean"], constants, extra=extra, report=methods)
