@@ -105,9 +105,9 @@ def _only_what_it_depends_on(frame: pd.DataFrame, dims, keys=("method",)) -> pd.
 def numeric_widths(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of numeric width (finite networks and the NTK limit ``inf``), width as float: the muP
     limit's rows (width ``'mup'``) are left to the tables and figures that know them."""
-    if df["width"].dtype != object:
-        return df
     keep = df["width"].astype(str) != "mup"
+    if keep.all():
+        return df
     return df[keep].assign(width=df.loc[keep, "width"].astype(float))
 
 
