@@ -152,6 +152,11 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
 
 
+#: Methods of the feature-learning figure: the finite networks (TP4's FO-MAML beside ANIL and MTL), the limits.
+_FEATURE_NETWORKS = (registry.MTL.name, registry.ANIL.name, registry.FOMAML.name)
+_FEATURE_LIMITS = (registry.MTL.name, registry.ANIL.name, registry.MAML.name)
+
+
 def feature_configs(quick: bool) -> dict[str, SweepConfig]:
     """The sweeps behind ``feature_learning_vs_width`` (docs/theory.md §8): kanji 5-way 1-shot episodes
     (15 queries, 7 x 7 pixels) for finite muP linear networks (3 seeds) and the muP limit (``mup``), the
@@ -166,16 +171,16 @@ def feature_configs(quick: bool) -> dict[str, SweepConfig]:
     common = dict(depths=(1,), inner_times=(0.5,), mtl_data=("all",), linearized=False)
     widths = (8.0, 32.0, 128.0) if quick else (8.0, 32.0, 128.0, 512.0, 2048.0)
     out = {"mup": SweepConfig.of(**kanji, **common, widths=widths + ("mup",), param="mup", activation="linear",
-                                 methods=("mtl", "anil", "fomaml"), seeds=3),
+                                 methods=_FEATURE_NETWORKS, seeds=3),
            "ntk_linear": SweepConfig.of(**kanji, **common, widths=(math.inf,), activation="linear",
-                                        methods=("mtl", "anil", "maml")),
-           "ntk_relu": SweepConfig.of(**kanji, **common, widths=(math.inf,), methods=("mtl", "anil", "maml"))}
+                                        methods=_FEATURE_LIMITS),
+           "ntk_relu": SweepConfig.of(**kanji, **common, widths=(math.inf,), methods=_FEATURE_LIMITS)}
     families = ("subspace", "kanji") if quick else ("subspace", "linear", "sinusoid", "common", "kanji")
     for family in families:
         sizes = kanji if family == "kanji" else dict(family=family, test_tasks=10 if quick else 20, outer_times=(5.0,))
         for limit, width in (("mup", "mup"), ("ntk", math.inf)):
             out[f"closeness:{family}:{limit}"] = SweepConfig.of(**sizes, **common, widths=(width,), activation="linear",
-                                                                methods=("mtl", "anil", "maml"))
+                                                                methods=_FEATURE_LIMITS)
     return out
 
 
@@ -187,10 +192,10 @@ def _fig_feature_learning_vs_width(g: Grids, run_root: str, out: str) -> list[st
     frames = {name: run_sweep(cfg, os.path.join(run_root, "feature_learning_vs_width", name.replace(":", "_")),
                               figures=False) for name, cfg in cfgs.items()}
     accuracy = accuracy_vs_width_table(frames["mup"], frames["ntk_linear"], frames["ntk_relu"],
-                                       ("fomaml", "anil", "mtl"))
+                                       tuple(reversed(_FEATURE_NETWORKS)))
     families = list(dict.fromkeys(n.split(":")[1] for n in frames if n.startswith("closeness:")))
     pairs = {f: (frames[f"closeness:{f}:mup"], frames[f"closeness:{f}:ntk"]) for f in families}
-    table = feature_learning_table(accuracy, closeness_table(pairs, ("anil", "maml")))
+    table = feature_learning_table(accuracy, closeness_table(pairs, _FEATURE_LIMITS[1:]))
     return plot_feature_learning_vs_width(table, os.path.join(out, "feature_learning_vs_width"), "kanji 5-way 1-shot")
 
 

@@ -32,6 +32,7 @@ from scipy import special
 
 from ntk_bridge import methods as registry
 from ntk_bridge.results import fit_power_law, ok_rows, width_exponents
+from ntk_bridge.verify.beyond import C7_RULE
 
 __all__ = ["RULES", "claims_table", "overall", "replicate_column", "gap_medians", "benefit_table"]
 
@@ -51,6 +52,7 @@ RULES = {
     "C5": "as C1, for the MAML-MTL gap",
     "C6": "per condition: holds if the benefit's 95% CI lies above 0 at the shallowest depth (the method "
           "transfers something); the detail gives the deepest depth up to which it stays so",
+    "C7": C7_RULE,
     "overall": "a claim holds if every condition holds, fails if none does, and depends otherwise (the "
                "conditions are listed)",
 }
