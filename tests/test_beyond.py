@@ -11,7 +11,7 @@ def _rows(gap, mse, seed):
     out = []
     for method in ("mtl", "anil", "maml", "baseline"):
         for t in range(3):
-            out.append(dict(method=method, test_task=t, task_seed=seed, status="ok", inner_time=1.0,
+            out.append(dict(method=method, test_task=t, task_seed=seed, status="ok", inner_time=1.0, tasks="subspace",
                             gap_to_mtl_rel=0.0 if method == "mtl" else gap * (1 + 0.01 * t + 0.02 * seed),
                             test_mse=1.0 if method == "baseline" else mse, test_accuracy=np.nan))
     return pd.DataFrame(out)
