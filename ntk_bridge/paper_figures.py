@@ -196,7 +196,7 @@ def _fig_feature_learning_vs_width(g: Grids, run_root: str, out: str) -> list[st
     families = list(dict.fromkeys(n.split(":")[1] for n in frames if n.startswith("closeness:")))
     pairs = {f: (frames[f"closeness:{f}:mup"], frames[f"closeness:{f}:ntk"]) for f in families}
     table = feature_learning_table(accuracy, closeness_table(pairs, _FEATURE_LIMITS[1:]))
-    return plot_feature_learning_vs_width(table, os.path.join(out, "feature_learning_vs_width"), "kanji 5-way 1-shot")
+    return plot_feature_learning_vs_width(table, os.path.join(out, "feature_learning_vs_width"), "kanji 5-way")
 
 
 FIGURES: dict[str, Callable] = {

@@ -92,7 +92,7 @@ def plot_feature_learning_vs_width(table: pd.DataFrame, path_prefix: str, title:
     clo = table[table["panel"] == "closeness"]
     methods = list(dict.fromkeys(acc["method"]))
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(methods) + 2, figsize=(2.3 * (len(methods) + 2), 2.4))
+        fig, axes = plt.subplots(1, len(methods) + 2, figsize=(2.6 * (len(methods) + 2), 2.6))
         for ax, method in zip(axes, methods):
             a = acc[acc["method"] == method]
             fin = a[a["source"] == "finite_mup"]
@@ -106,7 +106,7 @@ def plot_feature_learning_vs_width(table: pd.DataFrame, path_prefix: str, title:
                 if len(v) and np.isfinite(v.iloc[0]):
                     ax.axhline(v.iloc[0], color="k" if source == "mup_limit" else "0.45", linestyle=style,
                                linewidth=1.0, label=label)
-            ax.set_title(f"{LABELS.get(method, method)}: {title}")
+            ax.set_title(f"{LABELS.get(method, method)}, {title}")
             ax.set_xlabel("log2 width")
             ax.set_ylabel("test accuracy")
         axes[0].legend(loc="lower right")
@@ -128,7 +128,7 @@ def plot_feature_learning_vs_width(table: pd.DataFrame, path_prefix: str, title:
             ax.set_xticks(np.arange(len(families)))
             ax.set_xticklabels(families, rotation=30)
             ax.set_ylabel(label)
-            ax.set_title(f"{label}: muP limit (plain) vs NTK limit (hatched)")
+            ax.set_title("muP limit (plain), NTK limit (hatched)")
         axes[-1].legend(loc="best", ncol=2)
         fig.tight_layout()
     return save(fig, path_prefix, table)
