@@ -30,6 +30,7 @@ import numpy as np
 from ntk_bridge import convnets, structured
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
+from ntk_bridge.config import finite_width
 
 __all__ = ["MAX_CELLS", "LONG_SECONDS", "available_memory", "npz_shapes", "PlannedTasks", "planned_tasks",
            "estimate", "check_feasible", "check_long", "check_memory", "size_text", "n_cells", "MAX_CONV_SIDE"]
@@ -199,7 +200,7 @@ def estimate(config, tasks) -> dict:
               + int(getattr(tasks, "source_bytes", 0)))
     cells = n_cells(grid)
     seconds = pass_seconds + 2e-9 * P * P * d + cells * (len(grid.methods) + 1) * solve_seconds
-    finite = [w for w in grid.widths if math.isfinite(w)]
+    finite = [w for w in grid.widths if finite_width(w)]
     if finite:
         per_layer = 9 if config.model.arch != "fc" else 1
         params = [per_layer * w * w * max(grid.depths) + w * d for w in finite]

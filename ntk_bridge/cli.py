@@ -143,6 +143,8 @@ def sweep(
     data_dir: Optional[str] = cli_option("tasks", "data_dir"),
     arch: Literal["fc", "conv", "resnet"] = cli_option("model", "arch"),
     readout: Literal["flatten", "gap"] = cli_option("model", "readout"),
+    param: Literal["ntk", "mup"] = cli_option("model", "param"),
+    activation: Literal["relu", "linear"] = cli_option("model", "activation"),
     seeds: int = cli_option("finite", "seeds"),
     finite_mode: Literal["centred", "raw"] = cli_option("finite", "finite_mode"),
     outer_steps: int = cli_option("finite", "outer_steps"),

@@ -21,7 +21,8 @@ from ntk_bridge import ranges, runtime
 from ntk_bridge.errors import UserError, require
 
 __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
-           "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS"]
+           "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS", "ACTIVATIONS", "MUP_WIDTH",
+           "finite_width"]
 
 #: Generated task families (:data:`ntk_bridge.families.GENERATORS`); anything else must be a ``.npz`` file.
 TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji", "omniglot")
@@ -29,6 +30,17 @@ TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji", "omniglot"
 IMAGE_FAMILIES = ("kanji", "omniglot")
 #: Architectures and readouts (:mod:`ntk_bridge.convnets`), outer solvers (:mod:`ntk_bridge.structured`).
 ARCHS, READOUTS, SOLVERS = ("fc", "conv", "resnet"), ("flatten", "gap"), ("auto", "dense", "cholesky", "cg")
+#: Parameterisations and activations of the fully connected network (:data:`ntk_bridge.kernels.PARAMS`).
+PARAMS, ACTIVATIONS = ("ntk", "mup"), ("relu", "linear")
+#: The ``--width`` token of the muP limit of the one-hidden-layer linear network.
+MUP_WIDTH = "mup"
+
+
+def finite_width(w) -> bool:
+    """Whether a grid width is a finite network's (not ``inf``, the NTK limit, nor ``mup``, the muP limit)."""
+    return not isinstance(w, str) and math.isfinite(w)
+
+
 #: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
 MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
 
@@ -66,7 +78,8 @@ class GridConfig:
         "--depth", "Depths (hidden layers): '2..32', '1..128:x2' (geometric), '1..10:3' (step), or '1,2,4,8'.",
         tuple(range(2, 33)), "2..32", _tuple(ranges.parse_int_range, "--depth", 1, MAX_DEPTH))
     widths: tuple[float, ...] = option(
-        "--width", "Widths: 'inf' (closed-form infinite-width predictors) and/or finite widths trained by gradient "
+        "--width", "Widths: 'inf' (closed-form infinite-width predictors, the NTK limit), 'mup' (the muP limit of "
+        "the one-hidden-layer linear network: --depth 1 --activation linear) and/or finite widths trained by gradient "
         "descent, e.g. '64..1024:x2'.", (math.inf,), "inf", lambda t: tuple(ranges.parse_widths(t, "--width", MAX_WIDTH)))
     inner_times: tuple[float, ...] = option(
         "--inner-time", "Inner-loop time lambda*tau of ANIL/MAML meta-training (comma list).", (0.01, 0.1, 1.0),
@@ -94,8 +107,10 @@ class GridConfig:
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
         require(max(self.depths) <= MAX_DEPTH, f"--depth: {max(self.depths)} is above the maximum of {MAX_DEPTH}")
-        require(len(self.widths) > 0 and all(w >= 1 for w in self.widths), "--width: widths must be >= 1")
-        require(all(w <= MAX_WIDTH or math.isinf(w) for w in self.widths),
+        numeric = [w for w in self.widths if w != MUP_WIDTH]
+        require(len(self.widths) > 0 and all(not isinstance(w, str) and w >= 1 for w in numeric),
+                "--width: widths must be >= 1 (or inf, mup)")
+        require(all(w <= MAX_WIDTH or math.isinf(w) for w in numeric),
                 f"--width: widths above the maximum of {MAX_WIDTH}")
         for name, values in (("--inner-time", self.inner_times), ("--finetune-time", self.finetune_times)):
             require(not any(math.isnan(v) for v in values), f"{name}: a time is not a number")
@@ -104,7 +119,7 @@ class GridConfig:
         bad = [m for m in self.methods if m not in registry.SWEEPABLE]
         require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(registry.SWEEPABLE)}")
         steps_only = [m for m in self.methods if registry.get(m).closed_form_needs_steps]
-        require(not steps_only or any(math.isfinite(w) for w in self.widths),
+        require(not steps_only or any(w == MUP_WIDTH or finite_width(w) for w in self.widths),
                 f"--methods: {', '.join(steps_only)} has a closed form in discrete time only, so it needs a finite "
                 "--width (whose cells follow discrete steps)")
         bad = [d for d in self.mtl_data if d not in ("all", "query")]
@@ -187,10 +202,23 @@ class ModelConfig:
     readout: str = option("--readout", "Readout of conv and resnet: flatten (Flatten -> Dense; kernels O(P^2 HW) "
                           "per layer) or gap (global average pooling -> Dense; O(P^2 (HW)^2) per layer).", "flatten",
                           choices=READOUTS)
+    param: str = option("--param", "Parameterisation of the finite fully connected networks: ntk (the NTK "
+                        "parameterisation, whose limit is --width inf) or mup (maximal update, Yang & Hu: features "
+                        "move at every width; its limit is --width mup). The closed forms are the NTK limit.",
+                        "ntk", choices=PARAMS)
+    activation: str = option("--activation", "Activation of the fully connected hidden layers: relu or linear "
+                             "(the identity; hidden W_std 1 so that K(x, x) = 1 as for relu).", "relu",
+                             choices=ACTIVATIONS)
 
     def __post_init__(self):
         require(self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         require(self.readout in READOUTS, f"--readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        require(self.param in PARAMS, f"--param must be one of {', '.join(PARAMS)}, got {self.param!r}")
+        require(self.activation in ACTIVATIONS,
+                f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require(self.arch == "fc" or (self.param, self.activation) == ("ntk", "relu"),
+                f"--param mup and --activation linear are for the fully connected network (--arch fc), not "
+                f"--arch {self.arch}")
 
     def architecture(self, tasks=None):
         """The :class:`~ntk_bridge.kernels.Architecture` for ``tasks`` (conv and resnet take their
@@ -199,7 +227,10 @@ class ModelConfig:
         from ntk_bridge.kernels import Architecture
 
         if self.arch == "fc":
-            return Architecture()
+            if (self.param, self.activation) == ("ntk", "relu"):
+                return Architecture()
+            std = dict(hidden_w_std=1.0) if self.activation == "linear" else {}
+            return Architecture(param=self.param, activation=self.activation, **std)
         shape = None if tasks is None else tasks.image_shape
         require(shape is not None, f"--arch {self.arch} needs image tasks: --tasks kanji, omniglot, or a task file "
                 "with the key image_shape" + ("" if tasks is None else f" ({tasks.name} tasks have flat inputs)"))
@@ -282,6 +313,11 @@ class SweepConfig:
     numerics: NumericsConfig = NumericsConfig()
 
     def __post_init__(self):
+        if MUP_WIDTH in self.grid.widths:
+            require(self.grid.depths == (1,) and self.model.activation == "linear" and self.model.arch == "fc",
+                    "--width mup: the muP limit is computed for the one-hidden-layer linear network only: use "
+                    "--depth 1 --activation linear (got --depth "
+                    f"{','.join(map(str, self.grid.depths))} --activation {self.model.activation} --arch {self.model.arch})")
         family = self.tasks.family
         require(self.model.arch == "fc" or family in IMAGE_FAMILIES or family not in TASK_FAMILIES,
                 f"--arch {self.model.arch} needs image tasks: --tasks kanji, omniglot, or a task file with the key "

@@ -92,7 +92,7 @@ def split_units(units: Iterable[Unit], min_units: int = 1) -> list[Unit]:
             out.append(Unit(whole.config, tuple(c for c, _ in sel), tuple(k for _, k in sel), whole.solvers))
     # Longest first (finite networks: width^2 x depth; kernels: deepest depth), so that no worker is
     # left alone with a long unit at the end.
-    finite.sort(key=lambda u: -(u.cells[0].width ** 2 * u.cells[0].depth))
+    finite.sort(key=lambda u: -(0 if u.cells[0].mup_limit else u.cells[0].width ** 2 * u.cells[0].depth))
     out.sort(key=lambda u: -max(c.depth for c in u.cells))
     return finite + out
 
@@ -106,9 +106,10 @@ def unit_label(unit: Unit) -> str:
         span = f"depth {depths[0]}" if len(depths) == 1 else f"depths {depths[0]}..{depths[-1]}"
         combos = {_combo(x) for x in unit.cells}
         return f"width inf, {span}, " + (times if len(combos) == 1 else f"{len(combos)} time combinations")
+    width = c.width if c.mup_limit else int(c.width)
     if len(unit.cells) == 1:
-        return f"width {int(c.width)}, depth {c.depth}, {times}"
-    return f"width {int(c.width)}, depth {c.depth}, {len(unit.cells)} cells"
+        return f"width {width}, depth {c.depth}, {times}"
+    return f"width {width}, depth {c.depth}, {len(unit.cells)} cells"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ntk_bridge import convnets
 from ntk_bridge.errors import require
 
 __all__ = [
-    "ARCHS",
+    "ARCHS", "ACTIVATIONS", "PARAMS",
     "KERNEL_MEMORY_BYTES",
     "Architecture",
     "DepthKernels",
@@ -55,6 +55,8 @@ __all__ = [
 
 #: Architectures (:mod:`ntk_bridge.convnets`).
 ARCHS = convnets.ARCHS
+#: Activations of the fully connected hidden layers, and parameterisations of its finite networks.
+ACTIVATIONS, PARAMS = ("relu", "linear"), ("ntk", "mup")
 #: Bound on the neural-tangents intermediates of one kernel pass (2 GiB, :mod:`ntk_bridge.convnets`).
 KERNEL_MEMORY_BYTES = convnets.KERNEL_MEMORY_BYTES
 
@@ -100,6 +102,9 @@ class Architecture:
         convolutional body.
       filter_size: ``f`` of the ``f x f`` convolutions.
       residual_w_std: ``W_std`` of the last convolution of a residual branch.
+      activation: ``'relu'`` or ``'linear'`` (the identity) of the fully connected hidden layers.
+      param: *finite* fully connected networks in the NTK parameterisation (``'ntk'``, the ``stax``
+        network) or muP (``'mup'``, :mod:`ntk_bridge.finite.mup`); the kernels are the NTK limit.
     """
 
     width: int = 512
@@ -114,6 +119,8 @@ class Architecture:
     spatial_readout: str = "flatten"
     filter_size: int = 3
     residual_w_std: float = 1.0
+    activation: str = "relu"
+    param: str = "ntk"
     hidden_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
     readout_layer: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -128,6 +135,11 @@ class Architecture:
         require(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         require(self.spatial_readout in convnets.READOUTS,
                 f"spatial_readout must be one of {', '.join(convnets.READOUTS)}, got {self.spatial_readout!r}")
+        require(self.activation in ACTIVATIONS,
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require(self.param in PARAMS, f"param must be one of {', '.join(PARAMS)}, got {self.param!r}")
+        require((self.activation, self.param) == ("relu", "ntk") or (self.arch == "fc" and self.hidden_layer is None),
+                "activation 'linear' and param 'mup' are for the fully connected network without custom layers")
         require(int(self.filter_size) >= 1, f"filter_size must be >= 1, got {self.filter_size!r}")
         if self.convolutional:
             shape = self.image_shape
@@ -176,7 +188,7 @@ class Architecture:
         return stax.serial(
             stax.Dense(int(self.width), W_std=self.hidden_w_std, b_std=self.hidden_b_std,
                        parameterization=self.parameterization),
-            stax.Relu(),
+            stax.Relu() if self.activation == "relu" else stax.Identity(),
         )
 
     def readout(self) -> tuple:
@@ -231,6 +243,9 @@ class Architecture:
         skip = ("hidden_layer", "readout_layer") + (() if self.convolutional else conv_only)
         if self.arch == "conv":
             skip += ("residual_w_std",)
+        # fields added later enter the description only when set, so earlier cache keys stay valid
+        skip += tuple(name for name, default in (("activation", "relu"), ("param", "ntk"))
+                      if getattr(self, name) == default)
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         if "image_shape" in d:
             d["image_shape"] = list(d["image_shape"])

@@ -37,7 +37,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("method", "str", "`mtl`, `anil`, `maml`, `fomaml`, `baseline` (head fine-tuned on an untrained body)"),
     Column("depth", "int", "hidden layers `L`"),
-    Column("width", "float", "hidden width (`inf` = the closed form)"),
+    Column("width", "float", "hidden width (`inf` = the closed form, the NTK limit; `mup` = the muP limit)"),
     Column("inner_time", "float", "`lambda*tau` of the inner loop during meta-training"),
     Column("finetune_time", "float", "`s_hat`, the test-time adaptation"),
     Column("outer_time", "float", "`eta*t` of (meta-)training (`inf` = to convergence)"),
@@ -81,6 +81,11 @@ COLUMNS: tuple[Column, ...] = (
                                                "discrete schedule"),
     Column("train_loss_rel", "float", "finite widths: final / initial training loss"),
     Column("dtype", "str", "finite widths: `float64` or `float32`"),
+    Column("param", "str", "finite networks and the muP limit: parameterisation `ntk` or `mup` (`--param`; rows of "
+                           "width `mup` are the muP limit); empty for the NTK closed forms (width `inf`)"),
+    Column("kernel_movement", "float", "finite networks and the muP limit: `||Theta_T - Theta_0||_F / "
+                                       "||Theta_0||_F` of the trained network's empirical NTK on the test tasks' "
+                                       "points (empty for closed forms and ensembles)"),
 )
 #: Column names in ``results.csv`` order.
 NAMES = [c.name for c in COLUMNS]

@@ -9,6 +9,7 @@ cores, the few-shot comparison, five methods to their plateaus over three seeds,
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Callable
 
@@ -18,7 +19,7 @@ from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 
-__all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings"]
+__all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings", "feature_configs"]
 
 @dataclasses.dataclass(frozen=True)
 class Grids:
@@ -151,6 +152,53 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
 
 
+#: Methods of the feature-learning figure: the finite networks (TP4's FO-MAML beside ANIL and MTL), the limits.
+_FEATURE_NETWORKS = (registry.MTL.name, registry.ANIL.name, registry.FOMAML.name)
+_FEATURE_LIMITS = (registry.MTL.name, registry.ANIL.name, registry.MAML.name)
+
+
+def feature_configs(quick: bool) -> dict[str, SweepConfig]:
+    """The sweeps behind ``feature_learning_vs_width`` (docs/theory.md §8): kanji 5-way 1-shot episodes
+    (15 queries, 7 x 7 pixels) for finite muP linear networks (3 seeds) and the muP limit (``mup``), the
+    NTK closed forms of the linear and ReLU networks (``ntk_*``); and per family the muP and NTK limits of
+    the linear network for the closeness panel (``closeness:<family>:<limit>``). Quick: widths 8..128,
+    10 training and 5 test episodes, subspace and kanji; full: widths 8..2048, 25 and 15 episodes, every
+    regression family. Outer time 1 on kanji, 5 on the regression families."""
+    # a finite outer time, the same for every limit and width (steps of 1/lambda_max: 181 on kanji, 160 on
+    # subspace): the linear network's NTK has rank d, and its infinite-time solves would need a ridge
+    kanji = dict(family="kanji", dim=49, support=5, query=15, train_tasks=10 if quick else 25,
+                 test_tasks=5 if quick else 15, outer_times=(1.0,))
+    common = dict(depths=(1,), inner_times=(0.5,), mtl_data=("all",), linearized=False)
+    widths = (8.0, 32.0, 128.0) if quick else (8.0, 32.0, 128.0, 512.0, 2048.0)
+    out = {"mup": SweepConfig.of(**kanji, **common, widths=widths + ("mup",), param="mup", activation="linear",
+                                 methods=_FEATURE_NETWORKS, seeds=3),
+           "ntk_linear": SweepConfig.of(**kanji, **common, widths=(math.inf,), activation="linear",
+                                        methods=_FEATURE_LIMITS),
+           "ntk_relu": SweepConfig.of(**kanji, **common, widths=(math.inf,), methods=_FEATURE_LIMITS)}
+    families = ("subspace", "kanji") if quick else ("subspace", "linear", "sinusoid", "common", "kanji")
+    for family in families:
+        sizes = kanji if family == "kanji" else dict(family=family, test_tasks=10 if quick else 20, outer_times=(5.0,))
+        for limit, width in (("mup", "mup"), ("ntk", math.inf)):
+            out[f"closeness:{family}:{limit}"] = SweepConfig.of(**sizes, **common, widths=(width,), activation="linear",
+                                                                methods=_FEATURE_LIMITS)
+    return out
+
+
+def _fig_feature_learning_vs_width(g: Grids, run_root: str, out: str) -> list[str]:
+    from ntk_bridge.figures.feature import (accuracy_vs_width_table, closeness_table, feature_learning_table,
+                                            plot_feature_learning_vs_width)
+
+    cfgs = feature_configs(g.fewshot["quick"])
+    frames = {name: run_sweep(cfg, os.path.join(run_root, "feature_learning_vs_width", name.replace(":", "_")),
+                              figures=False) for name, cfg in cfgs.items()}
+    accuracy = accuracy_vs_width_table(frames["mup"], frames["ntk_linear"], frames["ntk_relu"],
+                                       tuple(reversed(_FEATURE_NETWORKS)))
+    families = list(dict.fromkeys(n.split(":")[1] for n in frames if n.startswith("closeness:")))
+    pairs = {f: (frames[f"closeness:{f}:mup"], frames[f"closeness:{f}:ntk"]) for f in families}
+    table = feature_learning_table(accuracy, closeness_table(pairs, _FEATURE_LIMITS[1:]))
+    return plot_feature_learning_vs_width(table, os.path.join(out, "feature_learning_vs_width"), "kanji 5-way")
+
+
 FIGURES: dict[str, Callable] = {
     "gap_vs_depth": _fig_gap_vs_depth,
     "gap_vs_inner_time": _fig_gap_vs_inner_time,
@@ -159,6 +207,7 @@ FIGURES: dict[str, Callable] = {
     "finite_gap_vs_depth": _fig_finite_gap_vs_depth,
     "fewshot": _fig_fewshot,
     "conv_gap_vs_depth": _fig_conv_gap_vs_depth,
+    "feature_learning_vs_width": _fig_feature_learning_vs_width,
 }
 
 

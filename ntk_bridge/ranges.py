@@ -62,18 +62,22 @@ def parse_int_range(text: str, option: str = "--depth", minimum: int = 1, maximu
     return sorted(set(values))
 
 
-def parse_widths(text: str, option: str = "--width", maximum: int | None = None) -> list[float]:
-    """Widths: ``inf`` (infinite width, the closed forms) and/or positive integers as in
-    :func:`parse_int_range`. Returned sorted with ``inf`` last."""
+def parse_widths(text: str, option: str = "--width", maximum: int | None = None) -> list:
+    """Widths: ``inf`` (infinite width, the closed forms), ``mup`` (the muP limit) and/or positive
+    integers as in :func:`parse_int_range`. Returned sorted with ``inf`` then ``'mup'`` last."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
         raise UserError(f"{option}: empty value")
-    finite = [p for p in parts if p.lower() not in ("inf", "infinite", "infinity")]
-    out: list[float] = []
+    infinite = [p for p in parts if p.lower() in ("inf", "infinite", "infinity")]
+    mup = [p for p in parts if p.lower() == "mup"]
+    finite = [p for p in parts if p not in infinite and p not in mup]
+    out: list = []
     if finite:
         out.extend(float(w) for w in parse_int_range(",".join(finite), option, minimum=1, maximum=maximum))
-    if len(finite) < len(parts):
+    if infinite:
         out.append(math.inf)
+    if mup:
+        out.append("mup")
     return out
 
 

@@ -102,10 +102,21 @@ def _only_what_it_depends_on(frame: pd.DataFrame, dims, keys=("method",)) -> pd.
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
+def numeric_widths(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of numeric width (finite networks and the NTK limit ``inf``), width as float: the muP
+    limit's rows (width ``'mup'``) are left to the tables and figures that know them."""
+    keep = df["width"].astype(str) != "mup"
+    if keep.all():
+        return df
+    return df[keep].assign(width=df.loc[keep, "width"].astype(float))
+
+
 def sweep_tables(df: pd.DataFrame) -> list[ReportTable]:
     """The report's tables: gap-to-MTL slopes vs depth, test error against the no-transfer baseline,
-    and (finite widths) the fitted width exponents."""
+    and (finite widths) the fitted width exponents (rows of numeric width: :func:`numeric_widths`)."""
     from ntk_bridge.results import baseline_table, depth_slopes, finite_width_fits
+
+    df = numeric_widths(df)
 
     dims = [d for d in DIMENSIONS if d in df]
     tables = []
@@ -245,7 +256,7 @@ def write_run(folder, df: pd.DataFrame, config, command: str | None = None, star
     from ntk_bridge import figures as figs
     from ntk_bridge.results import ok_rows
 
-    ok = ok_rows(df)
+    ok = ok_rows(numeric_widths(df))
     infinite = ok[ok["width"] == math.inf]
     if infinite["depth"].nunique() > 1:
         table = figs.gap_vs_depth_table(infinite)

@@ -157,13 +157,17 @@ def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
-    """A sweep's rows in ``results.csv`` order: by width, times, MTL data, test head, depth, method
-    (registry order), network and test task."""
+    """A sweep's rows in ``results.csv`` order: by width (the muP limit, width ``mup``, after every
+    numeric width), times, MTL data, test head, depth, method (registry order), network and test task."""
+    from ntk_bridge.config import MUP_WIDTH
+
     order = {m: i for i, m in enumerate(registry.METHODS)}
-    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str))
-    df = df.sort_values(["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
+    limit = df["width"].astype(str) == MUP_WIDTH
+    df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str), _l=limit,
+                   _w=df["width"].where(~limit, math.inf).astype(float))
+    df = df.sort_values(["_w", "_l", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
                          "_m", "_n", "test_task"], kind="stable")
-    return df.drop(columns=["_m", "_n"]).reset_index(drop=True)
+    return df.drop(columns=["_m", "_n", "_w", "_l"]).reset_index(drop=True)
 
 
 def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from ntk_bridge import metrics, runtime, structured
 from ntk_bridge.budget import MAX_CELLS, available_memory, check_feasible, estimate  # noqa: F401  (re-exported)
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
-from ntk_bridge.config import SweepConfig, json_number
+from ntk_bridge.config import MUP_WIDTH, SweepConfig, finite_width, json_number
 from ntk_bridge.results import results_table, sort_results
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import TaskSet
@@ -44,8 +44,6 @@ __all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "ite
 
 #: Methods a sweep can be asked for (the no-transfer baseline is always computed as well).
 METHODS = registry.SWEEPABLE
-
-
 #: The settings of a cell that methods can depend on (:data:`ntk_bridge.methods.SETTINGS` but width).
 CELL_SETTINGS = ("inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
 
@@ -55,7 +53,7 @@ class Cell:
     """One grid point of a sweep."""
 
     task_seed: int
-    width: float
+    width: float  # or the string 'mup' (the muP limit)
     depth: int
     inner_time: float
     finetune_time: float
@@ -63,9 +61,8 @@ class Cell:
     mtl_data: str
     test_head: str = "learned"
 
-    @property
-    def infinite(self) -> bool:
-        return math.isinf(self.width)
+    infinite = property(lambda self: self.width != MUP_WIDTH and math.isinf(self.width), doc="width inf: NTK limit")
+    mup_limit = property(lambda self: self.width == MUP_WIDTH, doc="width 'mup': the muP limit")
 
     def predictor_config(self, rcond: float, steps: dict | None = None):
         """The cell's :class:`~ntk_bridge.predictors.PredictorConfig`."""
@@ -97,8 +94,8 @@ class Unit:
     @property
     def label(self) -> str:
         c = self.cells[0]
-        if c.infinite:
-            return f"width inf, {len(self.cells)} cells"
+        if c.infinite or c.mup_limit:
+            return f"width {'inf' if c.infinite else MUP_WIDTH}, {len(self.cells)} cells"
         return f"width {int(c.width)}, depth {c.depth}, {len(self.cells)} cells"
 
 
@@ -117,7 +114,10 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False, solv
     if solvers != ["dense"]:  # the dense eigh is what every earlier key means
         ctx.update(outer_solver=solvers, cg_tol=structured.CG_TOL)
     if finite:
-        ctx.update(seeds=config.finite.seeds, finite_mode=config.finite.finite_mode, training=config.training().to_dict())
+        # finite_rows 2: the rows carry kernel_movement and the sweep's architecture trains them (cells
+        # cached before lack the one and may have trained another network: their keys differ)
+        ctx.update(seeds=config.finite.seeds, finite_mode=config.finite.finite_mode, training=config.training().to_dict(),
+                   finite_rows=2)
     return ctx
 
 
@@ -126,7 +126,7 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None, solvers: tuple | Non
     """The task set, every cell of the grid and their cache keys (``solvers``: the resolved outer solvers)."""
     tasks = config.load_tasks() if tasks is None else tasks
     g = config.grid
-    cells = [Cell(config.tasks.task_seed, float(w), int(d), float(s), float(f), float(o), m, h)
+    cells = [Cell(config.tasks.task_seed, w if w == MUP_WIDTH else float(w), int(d), float(s), float(f), float(o), m, h)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
              for o in g.outer_times for m in g.mtl_data for h in g.test_heads for d in g.depths]
     ctx = {finite: cell_context(config, tasks, finite=finite, solvers=solvers)
@@ -135,15 +135,14 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None, solvers: tuple | Non
 
 
 def make_units(config: SweepConfig, cells: Sequence[Cell], keys: Sequence[str], solvers: tuple = ()) -> list[Unit]:
-    """Group pending cells into units: all infinite-width cells together; the finite-width cells of
-    each (task set, width, depth) together, so that they share kernels and training runs."""
-    inf = [(c, k) for c, k in zip(cells, keys) if c.infinite]
+    """Group pending cells into units: all infinite-width cells together (all muP-limit ones too); the
+    finite-width cells of each (task set, width, depth) together: they share kernels and training runs."""
     units = []
-    if inf:
-        units.append(Unit(config, tuple(c for c, _ in inf), tuple(k for _, k in inf), tuple(solvers)))
+    for group in ([(c, k) for c, k in zip(cells, keys) if getattr(c, limit)] for limit in ("infinite", "mup_limit")):
+        units += [Unit(config, tuple(c for c, _ in group), tuple(k for _, k in group), tuple(solvers))] if group else []
     groups: dict[tuple, list] = {}
     for c, k in zip(cells, keys):
-        if not c.infinite:
+        if not c.infinite and not c.mup_limit:
             groups.setdefault((c.task_seed, c.width, c.depth), []).append((c, k))
     units.extend(Unit(config, tuple(c for c, _ in g), tuple(k for _, k in g)) for g in groups.values())
     return units
@@ -212,7 +211,7 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame
     for cell, key in zip(unit.cells, unit.keys):
         df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.numerics.rcond),
                                 methods=methods, seed=0, n_networks=cfg.finite.seeds, mode=cfg.finite.finite_mode,
-                                training=cfg.training(), kernels=kernels, cache=shared)
+                                architecture=arch, training=cfg.training(), kernels=kernels, cache=shared)
         yield key, df.assign(tasks=tasks.name, task_seed=cell.task_seed, cell=key)
 
 
@@ -220,9 +219,11 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
     """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
     at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`)."""
     tasks = tasks if tasks is not None else unit.config.load_tasks()
+    from ntk_bridge.finite.mup_limit import limit_rows  # the muP limit's cells (width 'mup')
     rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
     with runtime.blas_threads(unit.config.numerics.blas_threads):
-        yield from rows(unit, tasks)
+        yield from (limit_rows(unit.config, unit.cells, unit.keys, tasks) if unit.cells[0].mup_limit
+                    else rows(unit, tasks))
 
 
 class Progress:

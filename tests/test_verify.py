@@ -223,13 +223,15 @@ def tiny_run(tmp_path_factory):
 def test_panel_end_to_end(tiny_run):
     result, out = tiny_run
     claims = pd.read_csv(out / "claims.csv")
-    assert set(claims["claim"]) == {"C1", "C2", "C3", "C4", "C5", "C6"}
+    assert set(claims["claim"]) == {"C1", "C2", "C3", "C4", "C5", "C6", "C7"}
+    assert set(claims.query("claim == 'C7'")["tasks"]) == {"subspace", "common"}  # per family, ANIL and MAML
+    assert len(claims.query("claim == 'C7'")) == 2 * 2
     assert set(claims.query("claim == 'C1'")["tasks"]) == {"subspace", "common"}
     assert set(claims["verdict"]) <= set(VERDICTS)
     # every condition of the panel: families x MTL data x protocols x inner times
     assert len(claims.query("claim == 'C1'")) == 2 * 2 * 2 * 2
     verdicts = pd.read_csv(out / "verdicts.csv")
-    assert list(verdicts["claim"]) == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert list(verdicts["claim"]) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
     assert set(verdicts["verdict"]) <= set(OVERALL)
     for name in ("report.md", "report.html", "gaps.csv", "benefit.csv", "panel.json", "c1_gap_vs_depth.png"):
         assert (out / name).exists(), name
@@ -249,7 +251,7 @@ def test_report_page_is_self_contained(tiny_run):
     assert len(images) >= 4
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
-    for claim in ("C1", "C2", "C3", "C4", "C5", "C6"):
+    for claim in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
         assert f">{claim} " in page
 
 
@@ -288,7 +290,7 @@ def test_verify_on_a_tasks_file(tmp_path, capsys):
     printed = capsys.readouterr()
     assert code == 0, printed.err
     claims = pd.read_csv(out / "claims.csv")
-    assert set(claims["claim"]) == {"C1", "C2", "C3", "C5", "C6"}  # no finite panel: no C4
+    assert set(claims["claim"]) == {"C1", "C2", "C3", "C5", "C6", "C7"}  # no finite panel: no C4
     assert set(claims["tasks"]) == {"mine"}
     assert (claims.query("claim == 'C1'")["n"] == 3).all()  # statistics over the file's 3 test tasks
     assert "C1 depth" in printed.out and "report.html" in printed.out

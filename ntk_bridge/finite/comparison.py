@@ -25,7 +25,7 @@ from ntk_bridge.kernels import Architecture, DepthKernels, kernels_by_depth
 from ntk_bridge.predictors import SETTING_FIELDS, PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import TaskSet
 
-__all__ = ["infinite_predictions", "finite_cell"]
+__all__ = ["infinite_predictions", "mup_reference", "finite_cell"]
 
 
 def infinite_predictions(kernels: DepthKernels, tasks: TaskSet, config: PredictorConfig,
@@ -52,6 +52,22 @@ def infinite_predictions(kernels: DepthKernels, tasks: TaskSet, config: Predicto
     out = {m: np.broadcast_to(np.stack(v), (S, *v[0].shape)) if len(v) == 1 else np.stack(v)
            for m, v in values.items()}
     return out, status
+
+
+def mup_reference(tasks: TaskSet, depth: int, arch: Architecture, cfg: PredictorConfig, methods: Sequence[str],
+                  training: TrainingConfig, S: int):
+    """What finite muP networks are measured against: the muP limit
+    (:func:`ntk_bridge.finite.mup_limit.mup_limit_run`) where it is computable, else NaN (no limit here).
+    Returns ``({method: [S, M, m_q, k]}, {method: status})`` like :func:`infinite_predictions`."""
+    from ntk_bridge.finite.mup_limit import has_limit, mup_limit_run
+
+    lay = tasks.layout
+    shape = (S, lay.n_test, lay.m_query, tasks.n_outputs)
+    if not has_limit(depth, arch):
+        return {m: np.full(shape, np.nan) for m in methods}, {m: metrics.OK for m in methods}
+    run = mup_limit_run(tasks, cfg, methods, arch, training)
+    # a diverged limit is reported on its own rows (width 'mup'); here its NaN leaves the distances empty
+    return {m: np.broadcast_to(run.finite[m], shape) for m in methods}, {m: metrics.OK for m in methods}
 
 
 def _with_ensemble(x: np.ndarray, bad: np.ndarray) -> np.ndarray:
@@ -89,7 +105,7 @@ def _train_shared(cache: dict | None, tasks: TaskSet, depth: int, width: int, cf
             cache[key(m)] = dict(f0=run.f0, params0=run.params0, finite=run.finite[m],
                                  linearized=run.linearized.get(m), diverged=run.diverged[m],
                                  linearized_diverged=run.linearized_diverged.get(m), history=run.history[m],
-                                 train_loss_rel=run.train_loss_rel[m])
+                                 train_loss_rel=run.train_loss_rel[m], kernel_movement=run.kernel_movement[m])
     parts = {m: cache[key(m)] for m in methods}
 
     def pick(field):
@@ -97,7 +113,7 @@ def _train_shared(cache: dict | None, tasks: TaskSet, depth: int, width: int, cf
 
     first = parts[methods[0]]
     return FiniteRun(cfg, mode, pick("finite"), pick("linearized"), pick("diverged"), pick("linearized_diverged"),
-                     pick("history"), pick("train_loss_rel"), first["f0"], first["params0"])
+                     pick("history"), pick("train_loss_rel"), first["f0"], first["params0"], pick("kernel_movement"))
 
 
 def finite_cell(
@@ -148,8 +164,11 @@ def finite_cell(
     mtl, base = registry.MTL.name, registry.BASELINE.name
     needed = tuple(dict.fromkeys((mtl, base) + methods))
     run = _train_shared(cache, tasks, depth, width, cfg, needed, int(seed), int(n_networks), mode, arch, training)
-    infinite, inf_status = infinite_predictions(kernels, tasks, cfg, needed, mode, run.f0)
     S, M = int(n_networks), tasks.layout.n_test
+    if arch.param == "mup":
+        infinite, inf_status = mup_reference(tasks, depth, arch, cfg, needed, training, S)
+    else:
+        infinite, inf_status = infinite_predictions(kernels, tasks, cfg, needed, mode, run.f0)
     values, status, extra = {}, {}, {}
     for method in needed:
         bad = np.append(run.diverged[method], np.any(run.diverged[method]))
@@ -168,11 +187,12 @@ def finite_cell(
         extra[method] = dict(dist_to_infinite_rel=metrics.relative(F, F_inf), dist_to_linearized_rel=dist_lin,
                              linearized_to_infinite_rel=lin_inf,
                              infinite_gap_to_mtl_rel=metrics.relative(F_inf, F_inf_mtl),
-                             train_loss_rel=np.repeat(np.append(run.train_loss_rel[method], np.nan), M).reshape(S + 1, M))
+                             train_loss_rel=np.repeat(np.append(run.train_loss_rel[method], np.nan), M).reshape(S + 1, M),
+                             kernel_movement=np.repeat(np.append(run.kernel_movement[method], np.nan), M).reshape(S + 1, M))
     constants = dict(depth=int(depth), width=int(width), inner_time=config.inner_time,
                      finetune_time=config.finetune_time, outer_time=config.outer_time,
                      outer_time_used=cfg.outer_time, test_head=config.test_head, inner_steps=cfg.inner_steps,
                      finetune_steps=cfg.finetune_steps, outer_steps=cfg.outer_steps, mtl_data=cfg.mtl_data,
-                     mode=mode, dtype=training.dtype, seed=int(seed))
+                     mode=mode, dtype=training.dtype, seed=int(seed), param=arch.param)
     return metrics.prediction_rows(values, status, tasks.test_query_y, list(range(S)) + ["ensemble"], constants,
                                    extra=extra, report=methods)

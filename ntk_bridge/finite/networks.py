@@ -50,7 +50,13 @@ def _network_cached(architecture: Architecture, depth: int, layer_ids: tuple) ->
 
 
 def network_for(architecture: Architecture, depth: int) -> Network:
-    """The (cached) :class:`Network` of ``depth`` hidden layers."""
+    """The (cached) :class:`Network` of ``depth`` hidden layers (a muP one,
+    :class:`ntk_bridge.finite.mup.MupNetwork`, for ``param='mup'``)."""
+    if architecture.param == "mup":
+        from ntk_bridge.finite.mup import mup_network
+
+        return mup_network(int(architecture.width), int(architecture.n_outputs), int(depth), architecture.activation,
+                           float(architecture.hidden_w_std), float(architecture.readout_w_std))
     return _network_cached(architecture, int(depth), (id(architecture.hidden_layer), id(architecture.readout_layer)))
 
 
@@ -138,12 +144,13 @@ def _init_batch(keys, x, net: Network, dim: int):
 
 
 def init_networks(tasks: TaskSet, depth: int, width: int, seed: int = 0, n_networks: int = 1,
-                  architecture: Architecture | None = None):
+                  architecture: Architecture | None = None, network=None):
     """Initial parameters of ``n_networks`` networks (leading axis) and their outputs ``f0 [S, P, k]``
     on ``tasks.all_points()``. Network ``j`` uses the key ``fold_in(PRNGKey(seed), j)``: the same
-    network whatever ``n_networks``."""
+    network whatever ``n_networks``. ``network`` (an object with :class:`Network`'s attributes)
+    replaces the architecture's."""
     arch = architecture_for(architecture, width, tasks.n_outputs)
-    net = network_for(arch, depth)
+    net = network_for(arch, depth) if network is None else network
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(int(seed)), j) for j in range(int(n_networks))])
     params0, f0 = _init_batch(keys, jnp.asarray(tasks.all_points()), net=net, dim=tasks.dim)
     return params0, np.asarray(f0, dtype=np.float64)

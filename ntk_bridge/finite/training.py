@@ -21,6 +21,7 @@ import numpy as np
 
 from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
+from ntk_bridge.finite.movement import kernel_movement
 from ntk_bridge.finite.networks import Network, architecture_for, init_networks, network_for, step
 from ntk_bridge.finite.objectives import DATA_AXES, Data, Rates, Steps, Trainer, network_data
 from ntk_bridge.finite.schedule import MODES, TrainingConfig, check_discrete
@@ -64,6 +65,7 @@ class _Out(NamedTuple):
     loss_initial: jax.Array
     loss_final: jax.Array
     diverged: jax.Array  # bool
+    final: tuple  # (body, head) of the trained network that test-time adaptation starts from
 
 
 
@@ -83,9 +85,10 @@ def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trai
         loss0, loss1 = history[0], history[-1]
     test = trainer.test_reset if test_head == "reset" else trainer.test
     preds, before, after = test(net, linear, state, head0, data, rates, steps, anchor)
+    final = (state[0], head0 if test is trainer.test_reset else state[1])
     test_bad = (~jnp.all(jnp.isfinite(preds)) | ~jnp.all(jnp.isfinite(after))
                 | jnp.any(after > factor * jnp.maximum(before, jnp.finfo(before.dtype).tiny)))
-    return _Out(preds, history, loss0, loss1, stopped | test_bad)
+    return _Out(preds, history, loss0, loss1, stopped | test_bad, final)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "linear", "trainer", "steps", "batching", "test_head"))
@@ -119,6 +122,9 @@ class FiniteRun(NamedTuple):
       train_loss_rel: ``{method: [S]}`` final / initial training loss (nonlinear; NaN for baseline).
       f0: ``[S, P, k]`` each network's outputs at initialisation on ``tasks.all_points()``.
       params0: the networks' initial parameters (stax pytree, leading axis ``S``).
+      kernel_movement: ``{method: [S]}`` ``||Theta_T - Theta_0||_F / ||Theta_0||_F`` of each trained
+        network's empirical NTK on the test tasks' points (:mod:`ntk_bridge.finite.movement`; the
+        network test-time adaptation starts from; NaN where diverged).
     """
 
     config: PredictorConfig
@@ -131,6 +137,7 @@ class FiniteRun(NamedTuple):
     train_loss_rel: dict
     f0: np.ndarray
     params0: object
+    kernel_movement: dict | None = None
 
 
 
@@ -157,6 +164,7 @@ def train_networks(
     mode: str = "centred",
     architecture: Architecture | None = None,
     training: TrainingConfig = TrainingConfig(),
+    network=None,
 ) -> FiniteRun:
     """Train ``n_networks`` networks (and their linearisations) for each method.
 
@@ -170,6 +178,8 @@ def train_networks(
       mode: ``'centred'`` or ``'raw'`` (see the module docstring).
       architecture: defaults to :class:`Architecture` ``()``; width and outputs are set here.
       training: :class:`TrainingConfig` (dtype, divergence, whether to train linearised twins).
+      network: an object with :class:`~ntk_bridge.finite.networks.Network`'s attributes that replaces
+        the architecture's (the muP limit's width-``(d + k)`` network, :mod:`ntk_bridge.finite.mup`).
 
     Each method is one jit-compiled call over all the networks (``training.batching``), compiled once
     per shapes, depth, width, method and steps.
@@ -180,8 +190,8 @@ def train_networks(
     require(int(n_networks) >= 1, f"n_networks must be >= 1, got {n_networks!r}")
     require(int(width) >= 1 and int(depth) >= 1, f"depth and width must be >= 1, got {depth!r}, {width!r}")
     arch = architecture_for(architecture, width, tasks.n_outputs)
-    net = network_for(arch, depth)
-    params0, f0 = init_networks(tasks, depth, width, seed, n_networks, arch)
+    net = network_for(arch, depth) if network is None else network
+    params0, f0 = init_networks(tasks, depth, width, seed, n_networks, arch, net)
     dtype = jnp.dtype(training.dtype)
     batching = training.resolved_batching()
     shift = f0 if mode == "centred" else np.zeros_like(f0)
@@ -209,9 +219,13 @@ def train_networks(
         preds[diverged] = np.nan
         return out, preds, diverged
 
-    finite, linearized, diverged, lin_diverged, history, loss_rel = {}, {}, {}, {}, {}, {}
+    finite, linearized, diverged, lin_diverged, history, loss_rel, movement = {}, {}, {}, {}, {}, {}, {}
+    test_points = np.concatenate([tasks.test_support_x.reshape(-1, tasks.dim), tasks.test_query_x.reshape(-1, tasks.dim)])
     for method in methods:
         out, finite[method], diverged[method] = run(False, method)
+        body_t, head_t = out.final
+        movement[method] = kernel_movement(net, params_run, list(body_t) + [head_t],
+                                           jnp.asarray(test_points, dtype), diverged[method])
         history[method] = np.asarray(out.history, np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.asarray(out.loss_final, np.float64) / np.asarray(out.loss_initial, np.float64)
@@ -223,4 +237,5 @@ def train_networks(
                 linearized[method], lin_diverged[method] = finite[method].copy(), diverged[method].copy()
             else:
                 _, linearized[method], lin_diverged[method] = run(True, method)
-    return FiniteRun(config, mode, finite, linearized, diverged, lin_diverged, history, loss_rel, f0, params0)
+    return FiniteRun(config, mode, finite, linearized, diverged, lin_diverged, history, loss_rel, f0, params0,
+                     movement)

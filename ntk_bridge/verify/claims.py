@@ -32,6 +32,7 @@ from scipy import special
 
 from ntk_bridge import methods as registry
 from ntk_bridge.results import fit_power_law, ok_rows, width_exponents
+from ntk_bridge.verify.beyond import C7_RULE
 
 __all__ = ["RULES", "VERDICTS", "OVERALL", "C4_RIVALS", "claims_table", "overall", "replicate_column", "gap_medians",
            "benefit_table"]
@@ -65,6 +66,7 @@ RULES = {
     "C6": "per condition: holds if the benefit's 95% CI lies above 0 at the shallowest depth (the method "
           "transfers something), fails if it lies at or below 0, inconclusive otherwise; the detail gives the "
           "deepest depth up to which it stays above 0",
+    "C7": C7_RULE,
     "every": "a condition whose 95% CI cannot be formed is inconclusive, and no data when it has fewer than two "
              "replicates (task seeds, or the test tasks of a single task file; a file with fewer than two test "
              "tasks is refused)",

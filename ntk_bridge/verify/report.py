@@ -24,6 +24,7 @@ _TITLES = {
     "C4": "C4 width: finite networks approach the closed form like h^-1/2",
     "C5": "C5 MAML: the MAML-MTL gap falls with depth",
     "C6": "C6 non-triviality: the methods beat the no-transfer baseline",
+    "C7": "C7 beyond the kernel regime: the GBML-MTL gap in the muP limit against the NTK limit",
 }
 _SHOWN = ["tasks", "method", "mtl_data", "test_head", "inner_time", "depths", "estimate", "ci95_low", "ci95_high",
           "n", "quality", "verdict", "detail", "useful_up_to_depth"]
