@@ -30,7 +30,6 @@ extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.viewcode",
     "ntk_docs",
 ]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
@@ -53,6 +52,7 @@ napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_preserve_defaults = True
 
 html_theme = "furo"
@@ -66,7 +66,9 @@ def _mathjax_static() -> str:
     return os.path.join(os.path.dirname(str(init.locate())), "static")
 
 
-html_static_path = [_mathjax_static()]
+html_static_path = ["_static", _mathjax_static()]
+html_css_files = ["ntk.css"]
 mathjax_path = "mathjax/tex-chtml.js"
 html_show_sourcelink = False
 nitpicky = False
+smartquotes = False  # option names keep their two hyphens, quotes stay as typed

@@ -124,7 +124,15 @@ def check_no_tensorflow(app, exception) -> None:
                                "see ntk_bridge/runtime.py")
 
 
+def plain_data_docstrings(app, what, name, obj, options, lines) -> None:
+    """Napoleon reads a constant's first docstring line as ``type: description`` when it holds a
+    colon; the package's ``#:`` comments are prose, so they start with an empty line (read first)."""
+    if what in ("data", "attribute") and lines and re.search(r"(?<!:):(?!:)", lines[0]):
+        lines.insert(0, "")
+
+
 def setup(app):
+    app.connect("autodoc-process-docstring", plain_data_docstrings, priority=400)
     app.connect("builder-inited", generate)
     app.connect("build-finished", check_no_tensorflow)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
