@@ -43,6 +43,8 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     assert config["methods"]["r2d2"] == "ntk_bridge.fewshot.methods:R2D2"
     assert config["provenance"]["versions"]["neural-tangents"] == "0.6.5"
     assert "ProtoNet" in stdout and "R2D2" in stdout
+    device = [line for line in stderr.splitlines() if line.startswith("device:")]
+    assert len(device) == 1 and "cpu" in device[0] and "BLAS threads:" in device[0], stderr
 
 
 @pytest.mark.parametrize("args,match", [
