@@ -180,5 +180,5 @@ Image(str(paths[0]))
 # channels:
 #
 # ```bash
-# ntk-bridge fewshot --dataset kanji --ways 5 --shots 1 --methods mtl,anil,maml,r2d2,protonet --seeds 3
+# ntk-bridge fewshot --dataset kanji --ways 5 --shots 1 --methods mtl,anil,maml,r2d2,protonet --train-seeds 3
 # ```

@@ -17,12 +17,17 @@ import typer
 
 import ntk_bridge
 from ntk_bridge import methods as registry
+from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag
 from ntk_bridge.config import SweepConfig, cli_option
 from ntk_bridge.errors import UserError
+from ntk_bridge.fewshot.options import RENAMED as FEWSHOT_RENAMED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Check, by computation, that MTL and gradient-based meta-learning (ANIL, MAML) "
                        "predict alike for wide, deep ReLU networks.")
+
+#: Flags renamed in a command so that a flag means one thing in every command: command -> {old: new}.
+RENAMED = {"fewshot": FEWSHOT_RENAMED}
 
 #: Methods ``sweep --methods`` accepts.
 SWEEP_METHODS = registry.SWEEPABLE
@@ -89,7 +94,7 @@ def print_tables(console, tables) -> None:
 class _SweepProgress:
     """A rich progress bar on stderr: computed / cached cells and an ETA."""
 
-    def __init__(self, console, label: str = "sweep"):
+    def __init__(self, console, label: str = "sweep", before_start=None):
         from rich.markup import escape
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
@@ -98,8 +103,11 @@ class _SweepProgress:
                             TextColumn("{task.fields[note]}"), TextColumn("ETA"), TimeRemainingColumn(),
                             TimeElapsedColumn(), console=console, transient=False)
         self.task = None
+        self.before_start = before_start
 
     def start(self, total: int, cached: int, damaged: int) -> None:
+        if self.before_start is not None:  # every option checked and the grid planned: say where it runs
+            self.before_start()
         note = f"({cached} cached" + (f", {damaged} damaged files recomputed" if damaged else "") + ")"
         self.task = self.bar.add_task("sweep", total=total, completed=cached, note=note)
         self.bar.start()
@@ -121,7 +129,7 @@ def _command_line(ctx: typer.Context) -> str:
     return "ntk-bridge " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
-@app.command()
+@app.command(epilog=epilog("sweep"))
 @user_errors
 def sweep(
     ctx: typer.Context,
@@ -153,14 +161,16 @@ def sweep(
     blas_threads: int = cli_option("numerics", "blas_threads"),
     solver: Literal["auto", "dense", "cholesky", "cg"] = cli_option("numerics", "solver"),
     out: str = typer.Option("runs/sweep", help="Run folder (results.csv, config.json, summary.md, figures, "
-                                               "cells/ cache). Rerunning resumes."),
+                                               "cells/ cache). Rerunning resumes.", rich_help_panel="Output"),
     scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to "
-                                                       "run grid cells on."),
-    workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
+                                                       "run grid cells on.", rich_help_panel="Execution"),
+    workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process).",
+                                rich_help_panel="Execution"),
     figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (finite widths: distance_vs_width and "
-                                            "finite_gap_vs_depth)."),
+                                            "finite_gap_vs_depth).", rich_help_panel="Output"),
     yes: bool = typer.Option(False, "--yes", help="Start even when the sweep is estimated to take more than an "
-                                                  "hour (without it such a sweep is refused, with the estimate)."),
+                                                  "hour (without it such a sweep is refused, with the estimate).",
+                             rich_help_panel="Execution"),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     options = dict(locals())
@@ -181,7 +191,7 @@ def sweep(
         from ntk_bridge.distributed import DaskExecutor
         executor = DaskExecutor(address=scheduler, n_workers=workers)
     out_console, err_console = _consoles()
-    progress = _SweepProgress(err_console)
+    progress = _SweepProgress(err_console, before_start=_device_once(config.numerics.blas_threads))
     command = _command_line(ctx)
     try:
         try:
@@ -202,18 +212,21 @@ def sweep(
     out_console.print(f"results: {os.path.join(out, 'results.csv')}  summary: {os.path.join(out, 'summary.md')}")
 
 
-@app.command("figures")
+@app.command("figures", epilog=epilog("figures"))
 @user_errors
 def figures_command(
     quick: bool = typer.Option(False, "--quick", help="Small grids (a few minutes on 2 cores) instead of the "
                                                       "full ones (about 20 minutes for the sweep figures, "
-                                                      "75 for the few-shot comparison)."),
-    out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them."),
+                                                      "75 for the few-shot comparison).", rich_help_panel="Grid"),
+    out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them.",
+                            rich_help_panel="Output"),
     only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
                                                   "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
-                                                  "finite_gap_vs_depth, fewshot, conv_gap_vs_depth."),
+                                                  "finite_gap_vs_depth, fewshot, conv_gap_vs_depth.",
+                                  rich_help_panel="Grid"),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps "
-                                                  "(default runs/figures/quick or runs/figures/full)."),
+                                                  "(default runs/figures/quick or runs/figures/full).",
+                                  rich_help_panel="Output"),
 ):
     """Regenerate every figure in figures/ (PNG, PDF and the CSV each is drawn from)."""
     import time
@@ -224,6 +237,7 @@ def figures_command(
 
     names = parse_choices(only, "--only", tuple(FIGURES)) if only else None
     RunFolder(out).check_writable()
+    _device_once(None)()
     out_console, err_console = _consoles()
     started = time.time()
     with RunFolder(out).writing("the figures"):  # the sweeps behind them are cached: the rerun resumes
@@ -234,30 +248,34 @@ def figures_command(
     out_console.print(f"done in {time.time() - started:.0f} s")
 
 
-@app.command()
+@app.command(epilog=epilog("verify"))
 @user_errors
 def verify(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="The reduced panel (3 families, 3 task seeds, 6 depths, 2 "
                                                       "inner times; under a minute) instead of the full one (5 "
-                                                      "families, 5 seeds, 12 depths, 3 inner times)."),
+                                                      "families, 5 seeds, 12 depths, 3 inner times).",
+                               rich_help_panel="Grid"),
     tasks: Optional[str] = typer.Option(None, help="A .npz task file (the whole report on your tasks; statistics "
                                                    "over its test tasks), or a comma list of task families (subspace, "
-                                                   "linear, sinusoid, common, kanji; default: the panel's)."),
-    finite: bool = typer.Option(True, help="Include the finite-width panel (claim C4)."),
+                                                   "linear, sinusoid, common, kanji; default: the panel's).",
+                                   rich_help_panel="Tasks"),
+    finite: bool = typer.Option(True, help="Include the finite-width panel (claim C4).", rich_help_panel="Grid"),
     arch: str = typer.Option("fc", help="Comma list of architectures: fc (the theorem's network), conv, resnet; conv "
                                         "and resnet run on the panel's image families (kanji), each reported as a "
-                                        "family of its own (kanji/conv)."),
+                                        "family of its own (kanji/conv).", rich_help_panel="Model"),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to run "
+                                                       "grid cells on.", rich_help_panel="Execution"),
+    workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process).",
+                                rich_help_panel="Execution"),
     out: str = typer.Option("runs/verify", help="Output folder (claims.csv, verdicts.csv, report.md, report.html, "
                                                 "figures; runs/ holds one cached sweep per family and seed). "
-                                                "Rerunning resumes."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of a Dask scheduler (tcp://HOST:PORT) to run "
-                                                       "grid cells on."),
-    workers: int = typer.Option(0, help="Start a local Dask cluster with this many workers (0: in-process)."),
+                                                "Rerunning resumes.", rich_help_panel="Output"),
     yes: bool = typer.Option(False, "--yes", help="Start even when the panel is estimated to take more than an "
-                                                  "hour (without it such a panel is refused, with the estimate)."),
+                                                  "hour (without it such a panel is refused, with the estimate).",
+                             rich_help_panel="Execution"),
 ):
-    """Check the theorem's claims (C1-C6) over a panel of task families, seeds and protocols; write
+    """Check the theorem's claims (C1-C7) over a panel of task families, seeds and protocols; write
     claims.csv and a one-page report.html."""
     import dataclasses
 
@@ -284,6 +302,7 @@ def verify(
     what = f"this panel ({est['sweeps']} sweeps, {est['cells']:,} cells, kernels over up to {est['points']:,} points)"
     budget.check_memory(est["memory_bytes"], what)
     budget.check_long(est["seconds"], what, yes)
+    say_device = _device_once(None)
     executor = None
     if scheduler or workers:
         from ntk_bridge.distributed import DaskExecutor
@@ -291,7 +310,7 @@ def verify(
     out_console, err_console = _consoles()
     try:
         result = run_verify(panel, out, executor=executor, command=_command_line(ctx),
-                            progress_factory=lambda label: _SweepProgress(err_console, label))
+                            progress_factory=lambda label: _SweepProgress(err_console, label, say_device))
     finally:
         if executor is not None:
             executor.close()
@@ -308,11 +327,26 @@ def verify(
                       f"({result.seconds:.0f} s)")
 
 
+def _device_once(blas: int | None):
+    """A function that prints, the first time it is called, one line on stderr: the device JAX
+    computes on and the BLAS threads of the dense solves (called once every option is checked)."""
+    said = []
+
+    def say() -> None:
+        if not said:
+            from ntk_bridge.runtime import device_line
+
+            print(device_line(blas), file=sys.stderr, flush=True)
+            said.append(True)
+
+    return say
+
+
 def _register_fewshot() -> None:
     """The few-shot command; its module imports the few-shot stack only when the command runs."""
     from ntk_bridge.fewshot.command import fewshot_command
 
-    app.command("fewshot")(user_errors(fewshot_command))
+    app.command("fewshot", epilog=epilog("fewshot"))(user_errors(fewshot_command))
 
 
 _register_fewshot()
@@ -334,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ``UserError`` does inside the commands.
     """
     exceptions = _click_exceptions()
+    hint = renamed_flag(sys.argv[1:] if argv is None else list(argv), RENAMED)
+    if hint:
+        _print_error(hint)
+        return 2
     command = typer.main.get_command(app)
+    plain_flags(command)
     try:
         code = command.main(args=argv, prog_name="ntk-bridge", standalone_mode=False,
                             obj={"argv": sys.argv[1:] if argv is None else list(argv)})

@@ -21,8 +21,8 @@ from ntk_bridge import ranges, runtime
 from ntk_bridge.errors import UserError, require
 
 __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
-           "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS", "ACTIVATIONS", "MUP_WIDTH",
-           "finite_width"]
+           "typer_option", "PANELS", "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS",
+           "ACTIVATIONS", "MUP_WIDTH", "finite_width"]
 
 #: Generated task families (:data:`ntk_bridge.families.GENERATORS`); anything else must be a ``.npz`` file.
 TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji", "omniglot")
@@ -41,15 +41,21 @@ def finite_width(w) -> bool:
     return not isinstance(w, str) and math.isfinite(w)
 
 
+#: The help panels of every command, in the order ``--help`` lists them (``rich_help_panel``).
+PANELS = ("Grid", "Tasks", "Model", "Solver", "Execution", "Output")
 #: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
 MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
 
 
 def option(flag: str, help: str, default, text: str | None = None, parse: Callable[[str], Any] | None = None,
-           choices: tuple[str, ...] | None = None, **field_kwargs):
+           choices: tuple[str, ...] | None = None, panel: str | None = None, metavar: str | None = None,
+           **field_kwargs):
     """A dataclass field set by the command-line option ``flag`` (metadata: the flag, its help, the
-    default as typed, the parser of the typed text, the fixed choices if any)."""
-    meta = dict(flag=flag, help=help, text=text, parse=parse, choices=choices)
+    default as typed, the parser of the typed text, the fixed choices if any, and the help panel
+    it is listed under, one of :data:`PANELS`; ``None``: its part's panel; the metavar ``--help``
+    shows, if not the type's)."""
+    require(panel is None or panel in PANELS, f"unknown help panel {panel!r}")
+    meta = dict(flag=flag, help=help, text=text, parse=parse, choices=choices, panel=panel, metavar=metavar)
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed")
     return dataclasses.field(default=default, metadata=meta, **field_kwargs)
@@ -247,12 +253,13 @@ class FiniteConfig:
                        "the full-f0 closed form).", "centred", choices=("centred", "raw"))
     outer_steps: int = option("--outer-steps", "Finite networks with an infinite outer time: outer gradient steps of "
                               "size 1/lambda_max(Theta) (the closed forms they are compared with take the same "
-                              "steps).", 300)
+                              "steps).", 300, panel="Solver")
     finite_dtype: str = option("--finite-dtype", "Finite networks: 'float64' (exact comparisons) or 'float32' (faster "
-                        "matrix products; the closed forms stay float64).", "float64", choices=("float64", "float32"))
+                        "matrix products; the closed forms stay float64).", "float64", choices=("float64", "float32"),
+                        panel="Solver")
     linearized: bool = option("--linearized/--no-linearized", "Finite networks: also train each network's linearised "
                               "twin (dist_to_linearized_rel, linearized_to_infinite_rel; about doubles the cost).",
-                              True)
+                              True, panel="Solver")
 
     def __post_init__(self):
         require(int(self.seeds) >= 1, "--seeds must be >= 1")
@@ -273,7 +280,8 @@ class NumericsConfig:
     """Settings of the dense linear algebra (part of every cell's key)."""
 
     blas_threads: int = option("--blas-threads", "Threads of the BLAS/LAPACK behind the dense solves (part of every "
-                               "cell's cache key: results are exact for one count).", runtime.DEFAULT_BLAS_THREADS)
+                               "cell's cache key: results are exact for one count).", runtime.DEFAULT_BLAS_THREADS,
+                               panel="Execution")
     rcond: float = 1e-10  # relative ridge floor of infinite-time solves (reported whenever used)
     solver: str = option("--solver", "Outer solves of MTL and GBML: dense (eigh, every outer time), cholesky "
                          "(the meta-kernel and MTL kernel formed from their per-task blocks, one Cholesky "
@@ -287,6 +295,9 @@ class NumericsConfig:
         require(self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(0 < self.rcond < 1, f"rcond must be in (0, 1), got {self.rcond!r}")
 
+
+#: The help panel of each part's options (a field's own ``panel`` takes precedence).
+PART_PANELS = {"grid": "Grid", "tasks": "Tasks", "model": "Model", "finite": "Model", "numerics": "Solver"}
 
 _PARTS = {"grid": GridConfig, "tasks": TaskConfig, "model": ModelConfig, "finite": FiniteConfig,
           "numerics": NumericsConfig}
@@ -388,10 +399,17 @@ def parameter(f: dataclasses.Field) -> str:
 
 
 def cli_option(part: str, name: str):
-    """``typer.Option`` of a field: its flag, its default as typed, its help (and choices via the
-    parameter's ``Literal`` type)."""
+    """``typer.Option`` of field ``name`` of the sweep's part ``part`` (:func:`typer_option`)."""
+    return typer_option(_PARTS[part], name, PART_PANELS[part])
+
+
+def typer_option(cls, name: str, panel: str | None = None):
+    """``typer.Option`` of field ``name`` of dataclass ``cls``: its flag, its default as typed, its
+    help, its help panel (the field's own, else ``panel``), and choices via the parameter's
+    ``Literal`` type. A ``--x/--no-x`` flag takes no argument."""
     import typer
 
-    f = next(f for f in dataclasses.fields(_PARTS[part]) if f.name == name)
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = f.metadata["text"] if f.metadata["text"] is not None else f.default
-    return typer.Option(default, *f.metadata["flag"].split(" "), help=f.metadata["help"])
+    return typer.Option(default, *f.metadata["flag"].split(" "), help=f.metadata["help"],
+                        rich_help_panel=f.metadata.get("panel") or panel, metavar=f.metadata.get("metavar"))

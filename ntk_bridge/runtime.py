@@ -33,7 +33,7 @@ import sys
 import types
 
 __all__ = ["prepare", "defer_neural_tangents_experimental", "cache_dir", "enable_compilation_cache",
-           "blas_threads", "current_blas_threads", "check_blas_threads", "DEFAULT_BLAS_THREADS"]
+           "blas_threads", "current_blas_threads", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
 #: thread is the fastest here: a sweep's matrices are 100-300 points square, where a second OpenBLAS
@@ -186,3 +186,17 @@ def blas_threads(n: int):
         if got and got != {int(n)}:
             raise RuntimeError(f"the BLAS libraries run {sorted(got)} threads, not the {n} requested")
         yield
+
+
+def device_line(blas: int | None = None) -> str:
+    """What a command says on stderr before it computes: JAX's platform and devices, and the BLAS
+    threads of the dense solves (``blas``: the count a sweep fixes for its cells; ``None``: the
+    sweeps' default beside what the loaded BLAS would use). Imports JAX."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    threads = f"{blas}" if blas is not None else (f"{DEFAULT_BLAS_THREADS} in the sweeps' solves "
+                                                   f"({current_blas_threads()} elsewhere)")
+    return (f"device: {devices[0].platform} x{len(devices)} ({', '.join(kinds)}; jax {jax.__version__}), "
+            f"BLAS threads: {threads}")

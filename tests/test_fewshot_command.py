@@ -11,7 +11,7 @@ from ntk_bridge.fewshot.command import apply_overrides, parse_int_list
 from ntk_bridge.fewshot.methods import default_method_config
 from ntk_bridge.fewshot.tables import RESULT_COLUMNS, SUMMARY_COLUMNS
 
-TINY = ["--dataset", "digits", "--ways", "3", "--arch", "mlp", "--width", "16", "--depth", "1", "--max-steps", "4",
+TINY = ["--dataset", "digits", "--ways", "3", "--body", "mlp", "--channels", "16", "--blocks", "1", "--max-steps", "4",
         "--test-episodes", "8", "--val-episodes", "2", "--checkpoints", "2", "--meta-batch", "2", "--train-queries", "2"]
 
 
@@ -24,7 +24,7 @@ def run(capsys, argv):
 
 def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, stderr = run(capsys, [*TINY, "--shots", "2", "--seeds", "2", "--out", str(out),
+    code, stdout, stderr = run(capsys, [*TINY, "--shots", "2", "--train-seeds", "2", "--out", str(out),
                                         "--methods", ",".join(METHOD_NAMES), "--set", "maml.inner_lr=0.2"])
     assert code == 0, stdout + stderr
     for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png",
@@ -43,6 +43,8 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     assert config["methods"]["r2d2"] == "ntk_bridge.fewshot.methods:R2D2"
     assert config["provenance"]["versions"]["neural-tangents"] == "0.6.5"
     assert "ProtoNet" in stdout and "R2D2" in stdout
+    device = [line for line in stderr.splitlines() if line.startswith("device:")]
+    assert len(device) == 1 and "cpu" in device[0] and "BLAS threads:" in device[0], stderr
 
 
 @pytest.mark.parametrize("args,match", [
@@ -60,7 +62,7 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     (["--budget-minutes", "nan"], "--budget-minutes"),
     (["--budget-minutes", "-1"], "--budget-minutes"),
     (["--max-steps", "0"], "--max-steps"),
-    (["--seeds", "0"], "--seeds"),
+    (["--train-seeds", "0"], "--train-seeds"),
     (["--test-episodes", "1"], "--test-episodes"),
     (["--max-classes", "30"], "kanji dataset only"),
 ])
@@ -122,7 +124,7 @@ def test_the_figure_settings_are_the_documented_command(tmp_path, capsys, monkey
 
     seen = {}
     monkeypatch.setattr(command, "_run", lambda config, spec, out: seen.update(config=config, spec=spec))
-    argv = ["--dataset", "kanji", "--ways", "5", "--shots", "1", "--methods", ",".join(METHOD_NAMES), "--seeds", "3",
+    argv = ["--dataset", "kanji", "--ways", "5", "--shots", "1", "--methods", ",".join(METHOD_NAMES), "--train-seeds", "3",
             "--out", str(tmp_path / "o")]
     code, _, stderr = run(capsys, argv)
     assert code == 0, stderr

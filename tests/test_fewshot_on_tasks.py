@@ -189,7 +189,7 @@ def conv_run(tmp_path_factory, tasks):
 def test_tasks_of_a_sweep_writes_the_paired_comparison(conv_run, tmp_path, capsys):
     out = tmp_path / "nets"
     code, stdout, stderr = _run(capsys, ["fewshot", "--tasks-of", str(conv_run), "--methods", "mtl,protonet",
-                                         "--arch", "mlp", "--width", "16", "--depth", "1", "--max-steps", "4",
+                                         "--body", "mlp", "--channels", "16", "--blocks", "1", "--max-steps", "4",
                                          "--checkpoints", "2", "--meta-batch", "2", "--val-tasks", "2",
                                          "--out", str(out)])
     assert code == 0, stdout + stderr

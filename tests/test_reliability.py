@@ -3,6 +3,7 @@ degenerate data, and where provenance comes from (README, "Guarantees")."""
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_two_sweeps_started_together_compute_each_cell_once(tmp_path):
     procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    cached = sorted(int(e.split("(")[1].split(" cached")[0]) for e in errs if " cached" in e)
+    cached = sorted(int(m.group(1)) for e in errs for m in [re.search(r"\((\d+) cached", e)] if m)
     assert cached == [0, 6], errs  # one computed all six cells, the other found them
 
 

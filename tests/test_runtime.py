@@ -37,8 +37,8 @@ def test_no_tensorflow_after_a_sweep_a_finite_cell_and_a_fewshot_step(tmp_path):
         assert main({TINY_SWEEP!r} + ["--width", "16", "--depth", "1", "--outer-steps", "2", "--out", "fin",
                                       "--no-figures"]) == 0
         seen["sweep"] = sorted(m for m in ("ntk_bridge.fewshot.train", "sklearn", "optax") if m in sys.modules)
-        assert main(["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--arch", "mlp",
-                     "--width", "16", "--depth", "1", "--max-steps", "2", "--methods", "mtl,anil",
+        assert main(["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--body", "mlp",
+                     "--channels", "16", "--blocks", "1", "--max-steps", "2", "--methods", "mtl,anil",
                      "--test-episodes", "4", "--val-episodes", "2", "--checkpoints", "1", "--out", "fs"]) == 0
         seen["fewshot_ran"] = "ntk_bridge.fewshot.train" in sys.modules
         seen["tensorflow"] = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf2jax"))

@@ -17,10 +17,8 @@ import typer
 
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot import DATASETS, METHOD_NAMES, STATUSES
+from ntk_bridge.fewshot.options import QUICK, fewshot_option
 
-#: What ``--quick`` sets (a smoke run of a few minutes on 2 cores).
-QUICK = {"shots": "1", "max_steps": 60, "budget_minutes": 0.0, "seeds": 1, "test_episodes": 100, "val_episodes": 20,
-         "checkpoints": 4, "max_classes": 300}
 
 
 def parse_int_list(text: str, name: str) -> tuple[int, ...]:
@@ -92,57 +90,36 @@ def _positive(value, name: str, minimum: float = 1) -> None:
 
 
 def fewshot_command(
-    dataset: Literal[DATASETS] = typer.Option("kanji", help="Dataset (nothing is downloaded; omniglot and "
-                                             "mini-imagenet need --data-dir)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Folder of an omniglot or mini-imagenet copy you already have."),
-    ways: int = typer.Option(5, help="Classes per task (at least 2)."),
-    shots: str = typer.Option("1,5", help="Comma-separated support images per class; one run per value."),
-    methods: str = typer.Option(",".join(METHOD_NAMES), help=f"Comma-separated methods from {', '.join(METHOD_NAMES)}, "
-                                "run in this order."),
-    seeds: int = typer.Option(1, help="Training seeds per method and shot setting (seed, seed+1, ...); each has its "
-                              "own validation and test episodes, shared by all methods."),
-    seed: int = typer.Option(0, help="First training seed."),
-    max_steps: Optional[int] = typer.Option(3000, help="Outer-step cap per run (the plateau rule usually stops a run "
-                                            "before). With --budget-minutes 0 a run is reproducible."),
-    budget_minutes: float = typer.Option(0.0, help="Time cap per run on --clock, in minutes (0: none). Validation, "
-                                         "testing and compilation are extra."),
-    clock: Literal["cpu", "wall"] = typer.Option("cpu", help="Clock of --budget-minutes: cpu (process CPU seconds; "
-                                                 "fairer on a shared machine) or wall."),
-    data_seed: int = typer.Option(0, help="Seed of the kanji rendering and of the class splits."),
-    test_episodes: int = typer.Option(1000, help="Meta-test episodes per shot setting and seed (the same for every method)."),
-    test_queries: int = typer.Option(15, help="Query images per class in test episodes."),
-    val_episodes: int = typer.Option(50, help="Validation episodes per checkpoint."),
-    checkpoints: int = typer.Option(60, help="Validation checkpoints over the caps (every max-steps/checkpoints steps)."),
-    patience: int = typer.Option(2, help="Plateau rule: checkpoints without a new best validation accuracy before the "
-                                 "learning rate is halved; the second such plateau ends the run."),
-    arch: Literal["conv4", "mlp"] = typer.Option("conv4", help="Body: conv4 or mlp."),
-    width: int = typer.Option(32, help="Channels per conv block (or MLP hidden units)."),
-    depth: int = typer.Option(4, help="Conv blocks (or MLP hidden layers)."),
-    layer_norm: bool = typer.Option(True, help="LayerNorm over each example's feature map before each ReLU."),
-    parameterization: Literal["standard", "ntk"] = typer.Option(
-        "standard", help="standard or ntk (neural-tangents' meaning)."),
-    meta_batch: Optional[int] = typer.Option(None, help="Episodes per outer step for every method "
-                                             "(default: MTL 8, the others 4)."),
-    train_queries: Optional[int] = typer.Option(None, help="Query images per class in training episodes for every "
-                                                "method (default: MTL 3, merged with the support; the others 7)."),
-    set_: List[str] = typer.Option(
-        [], "--set", help="Override a method setting, e.g. --set mtl.optimizer=adam --set mtl.warmup_steps=100 "
-        "--set maml.inner_lr=0.1 (fields: optimizer radam|adam, lr, warmup_steps, schedule plateau|cosine, "
-        "meta_batch, train_queries, inner_lr, inner_steps, test_inner_steps, logistic_c; METHOD may be 'all')."),
-    image_size: Optional[int] = typer.Option(None, help="Resize images to this side (default: the dataset's own)."),
-    max_classes: Optional[int] = typer.Option(None, help="kanji only: render a seeded subset of this many characters."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default ntk_bridge_runs/fewshot-DATASET-TIMESTAMP)."),
-    quick: bool = typer.Option(False, help=f"Smoke run: sets {', '.join(f'{k}={v}' for k, v in QUICK.items())} "
-                               "(max_classes for kanji only)."),
-    tasks_of: Optional[Path] = typer.Option(
-        None, "--tasks-of", metavar="RUN", help="A sweep's run folder over image tasks (ntk-bridge sweep --tasks kanji "
-        "...): train on its task set's training episodes, test on its test episodes, and write closed_forms.csv "
-        "(every closed form's accuracy beside every network's, paired over the same test episodes). The task set "
-        "gives the ways, shots, test episodes and queries; --dataset, --ways, --shots, --test-episodes, "
-        "--test-queries and the data options are not used."),
-    val_tasks: Optional[int] = typer.Option(
-        None, help="--tasks-of a task file: training tasks held out for validation (default a fifth). kanji and "
-        "omniglot sweeps validate on --val-episodes episodes of the dataset's validation classes instead."),
+    methods: str = fewshot_option("methods"),
+    shots: str = fewshot_option("shots"),
+    train_seeds: int = fewshot_option("train_seeds"),
+    seed: int = fewshot_option("seed"),
+    dataset: Literal[DATASETS] = fewshot_option("dataset"),
+    data_dir: Optional[Path] = fewshot_option("data_dir"),
+    ways: int = fewshot_option("ways"),
+    data_seed: int = fewshot_option("data_seed"),
+    test_episodes: int = fewshot_option("test_episodes"),
+    test_queries: int = fewshot_option("test_queries"),
+    val_episodes: int = fewshot_option("val_episodes"),
+    train_queries: Optional[int] = fewshot_option("train_queries"),
+    image_size: Optional[int] = fewshot_option("image_size"),
+    max_classes: Optional[int] = fewshot_option("max_classes"),
+    tasks_of: Optional[Path] = fewshot_option("tasks_of"),
+    val_tasks: Optional[int] = fewshot_option("val_tasks"),
+    body: Literal["conv4", "mlp"] = fewshot_option("body"),
+    channels: int = fewshot_option("channels"),
+    blocks: int = fewshot_option("blocks"),
+    layer_norm: bool = fewshot_option("layer_norm"),
+    parameterization: Literal["standard", "ntk"] = fewshot_option("parameterization"),
+    max_steps: Optional[int] = fewshot_option("max_steps"),
+    budget_minutes: float = fewshot_option("budget_minutes"),
+    clock: Literal["cpu", "wall"] = fewshot_option("clock"),
+    checkpoints: int = fewshot_option("checkpoints"),
+    patience: int = fewshot_option("patience"),
+    meta_batch: Optional[int] = fewshot_option("meta_batch"),
+    set_: List[str] = fewshot_option("set_"),
+    quick: bool = fewshot_option("quick"),
+    out: Optional[Path] = fewshot_option("out"),
 ) -> None:
     """Train MTL, ANIL, MAML, R2D2 and ProtoNet to their plateaus; accuracy against training cost.
 
@@ -156,17 +133,18 @@ def fewshot_command(
     if val_tasks is not None and tasks_of is None:
         raise UserError("--val-tasks applies to --tasks-of only")
     if quick:
-        shots, max_steps, budget_minutes, seeds = QUICK["shots"], QUICK["max_steps"], QUICK["budget_minutes"], QUICK["seeds"]
+        shots, max_steps, budget_minutes = QUICK["shots"], QUICK["max_steps"], QUICK["budget_minutes"]
+        train_seeds = QUICK["train_seeds"]
         test_episodes, val_episodes, checkpoints = QUICK["test_episodes"], QUICK["val_episodes"], QUICK["checkpoints"]
         max_classes = QUICK["max_classes"] if dataset == "kanji" else max_classes
     # every check that needs no data, before anything is loaded or rendered
     _positive(ways, "ways", 2)
-    _positive(seeds, "seeds")
+    _positive(train_seeds, "train-seeds")
     _positive(seed, "seed", 0)
     _positive(max_steps, "max-steps")
     _positive(budget_minutes, "budget-minutes", 0)
     for value, name in ((test_episodes, "test-episodes"), (test_queries, "test-queries"), (val_episodes, "val-episodes"),
-                        (checkpoints, "checkpoints"), (patience, "patience"), (width, "width"), (depth, "depth"),
+                        (checkpoints, "checkpoints"), (patience, "patience"), (channels, "channels"), (blocks, "blocks"),
                         (meta_batch, "meta-batch")):
         _positive(value, name)
     _positive(train_queries, "train-queries", 0)
@@ -195,15 +173,15 @@ def fewshot_command(
         check_out(out)
         episodes, sweep, record = load_run_tasks(tasks_of, val_episodes, val_tasks or 0)
         config = config_for(
-            episodes, methods=tuple(method_configs), model=ModelConfig(arch, width, depth, layer_norm, parameterization),
-            seeds=tuple(range(seed, seed + seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes,
+            episodes, methods=tuple(method_configs), model=ModelConfig(body, channels, blocks, layer_norm, parameterization),
+            seeds=tuple(range(seed, seed + train_seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes,
             clock=clock, checkpoints=checkpoints, plateau_patience=patience)
         _run(config, episodes, out, tasks_of=(tasks_of, sweep, record))
         return
     config = FewShotConfig(
         ways=ways, shots=shot_values, methods=tuple(method_configs),
-        model=ModelConfig(arch, width, depth, layer_norm, parameterization),
-        seeds=tuple(range(seed, seed + seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes, clock=clock,
+        model=ModelConfig(body, channels, blocks, layer_norm, parameterization),
+        seeds=tuple(range(seed, seed + train_seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes, clock=clock,
         test_episodes=test_episodes, test_queries=test_queries, val_episodes=val_episodes, checkpoints=checkpoints,
         plateau_patience=patience)
     spec = DataSpec(dataset, str(data_dir) if data_dir else None, data_seed, image_size, max_classes)
@@ -226,6 +204,7 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
 
     from ntk_bridge.fewshot import experiment
     from ntk_bridge.fewshot.report import summary_table
+    from ntk_bridge.runtime import current_blas_threads, device_line
 
     console, err = Console(), Console(stderr=True)
     if not console.is_terminal:  # logs and pipes: no reason to squeeze the tables into 80 columns
@@ -246,6 +225,8 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
             bar.update(self.render_task, completed=done)
 
         def loaded(self, data):
+            # the data are read and match the options: every user error is behind us, training begins
+            print(device_line(current_blas_threads()), file=sys.stderr, flush=True)
             if tasks_of is not None:
                 err.print(f"[bold]{data.name}[/] tasks of {tasks_of[0]}: " + ", ".join(
                     f"{s} {e} episodes x {n} images" for s, (e, n) in data.summary().items())
