@@ -17,7 +17,7 @@ import typer
 
 import ntk_bridge
 from ntk_bridge import methods as registry
-from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag
+from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
 from ntk_bridge.config import SweepConfig, cli_option
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.options import RENAMED as FEWSHOT_RENAMED
@@ -168,9 +168,7 @@ def sweep(
                                 rich_help_panel="Execution"),
     figures: bool = typer.Option(True, help="Draw gap_vs_depth.png/.pdf (finite widths: distance_vs_width and "
                                             "finite_gap_vs_depth).", rich_help_panel="Output"),
-    yes: bool = typer.Option(False, "--yes", help="Start even when the sweep is estimated to take more than an "
-                                                  "hour (without it such a sweep is refused, with the estimate).",
-                             rich_help_panel="Execution"),
+    yes: bool = yes_option("sweep"),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
     options = dict(locals())
@@ -271,9 +269,7 @@ def verify(
     out: str = typer.Option("runs/verify", help="Output folder (claims.csv, verdicts.csv, report.md, report.html, "
                                                 "figures; runs/ holds one cached sweep per family and seed). "
                                                 "Rerunning resumes.", rich_help_panel="Output"),
-    yes: bool = typer.Option(False, "--yes", help="Start even when the panel is estimated to take more than an "
-                                                  "hour (without it such a panel is refused, with the estimate).",
-                             rich_help_panel="Execution"),
+    yes: bool = yes_option("panel"),
 ):
     """Check the theorem's claims (C1-C7) over a panel of task families, seeds and protocols; write
     claims.csv and a one-page report.html."""

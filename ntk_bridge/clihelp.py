@@ -12,7 +12,7 @@ Only the standard library is imported here (``ntk-bridge --help`` imports this m
 """
 from __future__ import annotations
 
-__all__ = ["EXAMPLES", "epilog", "plain_flags", "renamed_flag"]
+__all__ = ["EXAMPLES", "epilog", "plain_flags", "renamed_flag", "yes_option"]
 
 #: Example invocations ending each command's ``--help`` (``command``: ``(line, what it does)``).
 EXAMPLES = {
@@ -74,3 +74,11 @@ def renamed_flag(argv: list[str], renamed: dict[str, dict[str, str]]) -> str | N
             return (f"{name} is not an option of ntk-bridge {argv[0]}: use {table[name]} ({name} means another "
                     "thing in ntk-bridge sweep)")
     return None
+
+
+def yes_option(what: str):
+    """The ``--yes`` option of a command whose work is estimated first (:mod:`ntk_bridge.budget`)."""
+    import typer
+
+    return typer.Option(False, "--yes", help=f"Start even when the {what} is estimated to take more than an hour "
+                        f"(without it such a {what} is refused, with the estimate).", rich_help_panel="Execution")

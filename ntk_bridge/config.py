@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 from ntk_bridge import methods as registry
 from ntk_bridge import ranges, runtime
 from ntk_bridge.errors import UserError, require
+from ntk_bridge.fields import PANELS, flag, option, parameter, typer_option  # noqa: F401  (re-exported)
 
 __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
            "typer_option", "PANELS", "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS",
@@ -41,29 +42,8 @@ def finite_width(w) -> bool:
     return not isinstance(w, str) and math.isfinite(w)
 
 
-#: The help panels of every command, in the order ``--help`` lists them (``rich_help_panel``).
-PANELS = ("Grid", "Tasks", "Model", "Solver", "Execution", "Output")
 #: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
 MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
-
-
-def option(flag: str, help: str, default, text: str | None = None, parse: Callable[[str], Any] | None = None,
-           choices: tuple[str, ...] | None = None, panel: str | None = None, metavar: str | None = None,
-           **field_kwargs):
-    """A dataclass field set by the command-line option ``flag`` (metadata: the flag, its help, the
-    default as typed, the parser of the typed text, the fixed choices if any, and the help panel
-    it is listed under, one of :data:`PANELS`; ``None``: its part's panel; the metavar ``--help``
-    shows, if not the type's)."""
-    require(panel is None or panel in PANELS, f"unknown help panel {panel!r}")
-    meta = dict(flag=flag, help=help, text=text, parse=parse, choices=choices, panel=panel, metavar=metavar)
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("mutable defaults are not allowed")
-    return dataclasses.field(default=default, metadata=meta, **field_kwargs)
-
-
-def flag(cls, name: str) -> str:
-    """The command-line flag of field ``name`` of dataclass ``cls``."""
-    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["flag"]
 
 
 def _outer_times(text: str) -> tuple[float, ...]:
@@ -393,23 +373,6 @@ class SweepConfig:
         return out
 
 
-def parameter(f: dataclasses.Field) -> str:
-    """The command function's parameter name for a field: its flag without dashes."""
-    return f.metadata["flag"].split("/")[0].lstrip("-").replace("-", "_")
-
-
 def cli_option(part: str, name: str):
     """``typer.Option`` of field ``name`` of the sweep's part ``part`` (:func:`typer_option`)."""
     return typer_option(_PARTS[part], name, PART_PANELS[part])
-
-
-def typer_option(cls, name: str, panel: str | None = None):
-    """``typer.Option`` of field ``name`` of dataclass ``cls``: its flag, its default as typed, its
-    help, its help panel (the field's own, else ``panel``), and choices via the parameter's
-    ``Literal`` type. A ``--x/--no-x`` flag takes no argument."""
-    import typer
-
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    default = f.metadata["text"] if f.metadata["text"] is not None else f.default
-    return typer.Option(default, *f.metadata["flag"].split(" "), help=f.metadata["help"],
-                        rich_help_panel=f.metadata.get("panel") or panel, metavar=f.metadata.get("metavar"))

@@ -349,7 +349,7 @@ def test_an_edited_run_folder_is_one_line_naming_the_key_before_anything_trains(
     run.mkdir()
     (run / "config.json").write_text(json.dumps(_edit(_sweep_record(tmp_path), change)))
     out = tmp_path / "nets"
-    res = runner.invoke(["fewshot", "--tasks-of", str(run), "--arch", "mlp", "--width", "8", "--depth", "1",
+    res = runner.invoke(["fewshot", "--tasks-of", str(run), "--body", "mlp", "--channels", "8", "--blocks", "1",
                          "--max-steps", "2", "--out", str(out)])
     _one_line(res, word)
     assert not out.exists()  # refused before anything was written, built or trained

@@ -132,6 +132,7 @@ def test_closed_forms_equal_gradient_descent_on_the_linearised_conv_network(setu
     assert rel(closed_form(s, "baseline"), np.asarray(test_preds(params0, True))) < TOL, s["arch"]
 
 
+@pytest.mark.slow  # a statistical check (Monte Carlo over networks): pytest -m slow, in .ci/run
 @pytest.mark.parametrize("arch, get, width, n_samples", [("conv", "nngp", 128, 400), ("conv", "ntk", 64, 16),
                                                      ("resnet", "nngp", 128, 200)])
 def test_analytic_vs_monte_carlo_conv_kernels(arch, get, width, n_samples, rng):

@@ -76,6 +76,7 @@ def test_body_kernel_is_the_gradient_gram_of_the_hidden_layers(key):
     np.testing.assert_allclose(k.body, J @ J.T, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # a statistical check (minutes of samples): pytest -m slow, in .ci/run
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("get, width, n_samples", [("nngp", 1024, 400), ("ntk", 512, 32)])
 def test_analytic_vs_monte_carlo(depth, get, width, n_samples, rng):

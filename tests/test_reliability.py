@@ -346,8 +346,8 @@ def test_a_run_folder_whose_lock_is_a_folder_is_one_line(tmp_path, capsys, comma
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
 
 
-FEWSHOT = ["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--methods", "mtl", "--arch", "mlp",
-           "--width", "8", "--depth", "1", "--max-steps", "3", "--test-episodes", "4", "--val-episodes", "2",
+FEWSHOT = ["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--methods", "mtl", "--body", "mlp",
+           "--channels", "8", "--blocks", "1", "--max-steps", "3", "--test-episodes", "4", "--val-episodes", "2",
            "--checkpoints", "2", "--meta-batch", "2", "--train-queries", "2"]
 
 
@@ -385,5 +385,6 @@ def test_figures_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(paper_figures, "make_figures", full)
     capsys.readouterr()
     assert main(["figures", "--quick", "--out", str(tmp_path / "figs")]) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # the device line comes first, once the inputs are checked (every command prints it), then one error
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("device:")]
     assert len(lines) == 1 and "No space left on device" in lines[0] and "gap_vs_depth.png" in lines[0], lines
