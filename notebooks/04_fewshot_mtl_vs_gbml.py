@@ -57,7 +57,7 @@ import pandas as pd
 from IPython.display import Image
 
 import ntk_bridge  # enables float64 in JAX; the few-shot networks run in float32 regardless
-from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
+from ntk_bridge.datasets.loaders import KanjiConfig, load_kanji
 from ntk_bridge.fewshot.experiment import FewShotConfig, run_experiment, write_tables
 from ntk_bridge.fewshot.methods import METHODS, default_method_config, ridge_head
 from ntk_bridge.fewshot.models import ModelConfig

@@ -234,7 +234,7 @@ def _image_split(data, split: str, n: int, rng, side: int, ways: int, n_support:
 
 def image_tasks(data, seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
                 dim: int = 49, ways: int = 5, name: str = "images") -> TaskSet:
-    """N-way K-shot episodes of a :class:`ntk_bridge.fewshot.data.FewShotDataset` (one channel used):
+    """N-way K-shot episodes of a :class:`ntk_bridge.datasets.loaders.FewShotDataset` (one channel used):
     training tasks from its meta-training classes, test tasks from its meta-test classes,
     ``n_support / ways`` shots and ``n_query / ways`` queries per class.
 
@@ -264,22 +264,22 @@ def image_validation_episodes(data, seed: int = 0, n_val: int = 20, n_support: i
 
 
 def image_family_data(family: str, data_dir: str | None = None, max_classes: int = KANJI_CLASSES):
-    """The :class:`~ntk_bridge.fewshot.data.FewShotDataset` behind an image family: the rendered kanji
+    """The :class:`~ntk_bridge.datasets.loaders.FewShotDataset` behind an image family: the rendered kanji
     (seed 0, ``max_classes`` characters) or the user's Omniglot copy at 28 x 28."""
     require(family in IMAGE_FAMILIES, f"{family!r} is not an image family ({', '.join(IMAGE_FAMILIES)})")
     if family == "kanji":
-        from ntk_bridge.fewshot.data import KanjiConfig, load_kanji
+        from ntk_bridge.datasets.loaders import KanjiConfig, load_kanji
 
         return load_kanji(KanjiConfig(max_classes=max_classes))
     require(data_dir is not None, "omniglot tasks are read from your copy of Omniglot: pass --data-dir DIR")
-    from ntk_bridge.fewshot.data import load_dataset
+    from ntk_bridge.datasets.loaders import load_dataset
 
     return load_dataset("omniglot", data_dir, 0, 28)
 
 
 def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
                 dim: int = 49, ways: int = 5, max_classes: int = KANJI_CLASSES) -> TaskSet:
-    """N-way K-shot episodes of rendered kanji (:func:`ntk_bridge.fewshot.data.load_kanji`; the
+    """N-way K-shot episodes of rendered kanji (:func:`ntk_bridge.datasets.loaders.load_kanji`; the
     few-shot path's data), as :func:`image_tasks`: 28 x 28 renders averaged down to
     ``sqrt(dim) x sqrt(dim)``, pixels on the sphere, centred one-hot labels, ``image_shape`` kept.
     ``seed`` picks the episodes; the rendering is fixed (seed 0, ``max_classes`` characters).
@@ -292,7 +292,7 @@ def kanji_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: i
 def omniglot_tasks(seed: int = 0, n_train: int = 10, n_test: int = 20, n_support: int = 5, n_query: int = 10,
                    dim: int = 49, ways: int = 5, data_dir: str | None = None) -> TaskSet:
     """N-way K-shot episodes of the user's Omniglot copy (``data_dir`` in the official layout, read by
-    :func:`ntk_bridge.fewshot.data.load_dataset`), as :func:`image_tasks`: background alphabets for
+    :func:`ntk_bridge.datasets.loaders.load_dataset`), as :func:`image_tasks`: background alphabets for
     the training tasks, the test split of the evaluation alphabets for the test tasks."""
     require(data_dir is not None, "omniglot tasks are read from your copy of Omniglot: pass --data-dir DIR")
     _check_image_sizes("omniglot", n_train, n_test, n_support, n_query, dim, ways)

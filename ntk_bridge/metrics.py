@@ -101,7 +101,8 @@ STATUSES = {
     "not_converged": "an iterative outer solve stopped above its tolerance (`solve_residual`)",
     "degenerate": "a relative metric is undefined (0/0: MTL's or the baseline's prediction is zero on the task, "
                   "e.g. all-zero labels); the metric is empty, the row is kept out of fits and figures",
-    "diverged": "a finite network's training or test-time adaptation diverged (its metrics are empty)",
+    "diverged": "a finite network's training or test-time adaptation diverged (its metrics are empty; a few-shot "
+                "run stops, its best checkpoint is tested)",
     "linearized_diverged": "the network trained, its linearised twin diverged (twin metrics are empty)",
     "mtl_<status>": "the method's numbers are fine but MTL's, against which its gaps are measured, have <status>",
 }

@@ -137,7 +137,7 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     import pandas as pd
 
     from ntk_bridge.fewshot.experiment import config_for, run_on_tasks
-    from ntk_bridge.fewshot.on_tasks import load_run_tasks
+    from ntk_bridge.bridge import load_run_tasks
     from ntk_bridge.figures.conv import conv_gap_vs_depth_table, plot_conv_gap_vs_depth
 
     runs = {arch: os.path.join(run_root, f"conv_gap_vs_depth_{arch}") for arch in g.conv}
@@ -147,9 +147,20 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     if not _trained_on(networks, episodes.fingerprint):  # trained once (a step cap: reruns agree)
         run_on_tasks(config_for(episodes, **g.conv_networks), episodes, sweep, record, networks, figure=False,
                      run=runs["conv"])
-    table = conv_gap_vs_depth_table(frames, chance=1.0 / 5,
-                                    networks=pd.read_csv(os.path.join(networks, "episodes.csv")))
-    return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"))
+    trained = pd.read_csv(os.path.join(networks, "episodes.csv"))
+    styles = _network_styles(trained["method"].unique())
+    table = conv_gap_vs_depth_table(frames, chance=1.0 / 5, networks=trained, order=list(styles))
+    return plot_conv_gap_vs_depth(table, os.path.join(out, "conv_gap_vs_depth"), network_styles=styles)
+
+
+def _network_styles(names) -> dict[str, tuple[str, str]]:
+    """``{method: (label, colour)}`` of trained few-shot networks in registry order, then the raw-pixel
+    baseline: the closed forms' colours where the method is the same, the few-shot registry's for the rest."""
+    from ntk_bridge.fewshot.methods import METHODS as NETWORKS
+    from ntk_bridge.fewshot.on_tasks import networks_first
+
+    return {m: (NETWORKS[m].label if m in NETWORKS else "1-NN pixels",
+                figs.COLORS.get(m, NETWORKS[m].color if m in NETWORKS else "0.5")) for m in networks_first(names)}
 
 
 #: Methods of the feature-learning figure: the finite networks (TP4's FO-MAML beside ANIL and MTL), the limits.

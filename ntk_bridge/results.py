@@ -17,7 +17,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
 
 __all__ = ["fit_power_law", "width_exponents", "finite_width_fits", "depth_slopes", "baseline_table", "flagged",
-           "ok_rows", "sort_results", "results_table"]
+           "ok_rows", "sort_results", "results_table", "mean_ci95"]
 
 
 def fit_power_law(x, y) -> tuple[float, float, float, int]:
@@ -176,3 +176,10 @@ def results_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return metrics.empty_table()
     return sort_results(pd.concat(frames, ignore_index=True))
+
+
+def mean_ci95(accuracies: np.ndarray) -> tuple[float, float]:
+    """``(mean, 1.96 * sample std / sqrt(E))`` of per-episode accuracies ``[E]``."""
+    acc = np.asarray(accuracies, np.float64)
+    half = 1.96 * acc.std(ddof=1) / np.sqrt(acc.size) if acc.size > 1 else float("nan")
+    return float(acc.mean()), float(half)

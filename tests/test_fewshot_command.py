@@ -75,7 +75,8 @@ def test_user_errors_are_one_line_exit_2(args, match, tmp_path, capsys):
 
 def test_errors_come_before_any_rendering_or_training(tmp_path, capsys, monkeypatch):
     """Bad options and an unwritable --out are reported before kanji is rendered or a step is taken."""
-    from ntk_bridge.fewshot import data, train
+    from ntk_bridge.datasets import loaders as data
+    from ntk_bridge.fewshot import train
 
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded or a run started before the options were checked")

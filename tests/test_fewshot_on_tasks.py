@@ -14,7 +14,7 @@ import pytest
 from ntk_bridge.cli import main
 from ntk_bridge.errors import UserError
 from ntk_bridge.families import _downsample, image_tasks, image_validation_episodes
-from ntk_bridge.fewshot.data import load_digits_dataset
+from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.fewshot.experiment import config_for, run_experiment
 from ntk_bridge.fewshot.methods import default_method_config
 from ntk_bridge.fewshot.models import ModelConfig
@@ -262,7 +262,7 @@ def test_tasks_of_without_a_fingerprint_or_with_another_task_seed_is_refused_bef
 
 
 def test_tasks_of_reads_the_closed_forms_from_the_verified_cells(conv_run, tmp_path, capsys):
-    from ntk_bridge.fewshot.on_tasks import load_run_tasks
+    from ntk_bridge.bridge import load_run_tasks
 
     cut = _copy_run(conv_run, tmp_path / "cut")
     full = pd.read_csv(conv_run / "results.csv")

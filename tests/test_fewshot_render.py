@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ntk_bridge.fewshot import render
-from ntk_bridge.fewshot.episodes import sample_episodes
+from ntk_bridge.datasets import render
+from ntk_bridge.datasets.episodes import sample_episodes
 from ntk_bridge.fewshot.evaluate import nearest_neighbour_accuracies
 
 

@@ -220,7 +220,7 @@ def test_config_json_says_how_many_damaged_cells_were_recomputed(tmp_path):
 
 def _cheap_renderer(monkeypatch):
     """Rendering as the code does it, on 6 characters (no near-duplicate pass over all of KanjiVG)."""
-    from ntk_bridge.fewshot import render
+    from ntk_bridge.datasets import render
 
     monkeypatch.setattr(render, "list_characters", lambda *a, **k: [0x4e00, 0x4e8c, 0x4e09, 0x5341, 0x571f, 0x5c71])
     monkeypatch.setattr(render, "drop_near_duplicates", lambda codepoints, *a, **k: list(codepoints))
@@ -228,7 +228,7 @@ def _cheap_renderer(monkeypatch):
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "altered", "foreign arrays"])
 def test_a_damaged_kanji_render_cache_is_rebuilt_never_trusted(tmp_path, monkeypatch, how):
-    from ntk_bridge.fewshot import data
+    from ntk_bridge.datasets import loaders as data
 
     _cheap_renderer(monkeypatch)
     monkeypatch.delenv("NTK_BRIDGE_CACHE", raising=False)

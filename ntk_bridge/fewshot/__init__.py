@@ -2,10 +2,9 @@
 
 Data flows one way, one module per step:
 
-* :mod:`~ntk_bridge.fewshot.render` -- Omniglot-style handwriting drawn from KanjiVG strokes;
-* :mod:`~ntk_bridge.fewshot.data` -- datasets as ``uint8 [classes, samples, H, W, ch]`` per split
-  (kanji, Omniglot and mini-ImageNet from disk, scikit-learn digits);
-* :mod:`~ntk_bridge.fewshot.episodes` -- seeded N-way K-shot episodes;
+* :mod:`ntk_bridge.datasets` (below this wing, shared with the sweep's image families) -- the kanji
+  renderer, the loaders (``uint8 [classes, samples, H, W, ch]`` per split) and seeded N-way K-shot
+  episodes;
 * :mod:`~ntk_bridge.fewshot.models` -- Conv-4 / MLP bodies as neural-tangents ``stax`` triples;
 * :mod:`~ntk_bridge.fewshot.methods` -- one object per method (objective, adaptation, needs) in the
   registry ``METHODS``;
@@ -19,19 +18,16 @@ Data flows one way, one module per step:
 * :mod:`~ntk_bridge.fewshot.report` -- files, the accuracy-vs-cost figure, the printed tables;
 * :mod:`~ntk_bridge.fewshot.command` -- the ``ntk-bridge fewshot`` command.
 
+Result rows carry the house's statuses (:data:`ntk_bridge.metrics.STATUSES`): ``ok``, ``diverged``
+(training loss non-finite or above 10 times the larger of its first value and ``log(ways)``; the run
+stopped and its best checkpoint tested), ``nonfinite`` (NaN/inf network outputs at test).
+
 Networks run in float32 (parameters and data are cast explicitly) although ``import ntk_bridge``
 enables float64.
 """
 
-__all__ = ["DATASETS", "NATIVE_SIZE", "METHOD_NAMES", "STATUSES"]
+__all__ = ["METHOD_NAMES"]
 
-#: Datasets ``ntk-bridge fewshot --dataset`` knows (:func:`ntk_bridge.fewshot.data.load_dataset`).
-DATASETS = ("kanji", "omniglot", "mini-imagenet", "digits")
-#: Their native image side in pixels.
-NATIVE_SIZE = {"kanji": 28, "omniglot": 28, "mini-imagenet": 84, "digits": 8}
 #: Names of the methods in :data:`ntk_bridge.fewshot.methods.METHODS` (kept equal by an assertion
 #: there; listed here so the command's ``--help`` needs no JAX).
 METHOD_NAMES = ("mtl", "anil", "maml", "r2d2", "protonet")
-#: ``status`` of a result row: ``ok``; ``diverged`` (training loss non-finite or above 10 times the
-#: larger of its first value and ``log(ways)``; the run stopped and its best checkpoint tested); ``nonfinite`` (NaN/inf network outputs at test).
-STATUSES = ("ok", "diverged", "nonfinite")

@@ -16,7 +16,8 @@ from typing import List, Literal, Optional
 import typer
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot import DATASETS, METHOD_NAMES, STATUSES
+from ntk_bridge.datasets import DATASETS
+from ntk_bridge.fewshot import METHOD_NAMES
 from ntk_bridge.fewshot.options import QUICK, fewshot_option
 
 
@@ -154,7 +155,7 @@ def fewshot_command(
     shot_values = parse_int_list(shots, "shots")
     names = parse_methods(methods)
 
-    from ntk_bridge.fewshot.data import DataSpec
+    from ntk_bridge.datasets.loaders import DataSpec
     from ntk_bridge.fewshot.experiment import FewShotConfig, check_out
     from ntk_bridge.fewshot.methods import default_method_config
     from ntk_bridge.fewshot.models import ModelConfig
@@ -164,7 +165,7 @@ def fewshot_command(
     if tasks_of is not None:
         _positive(val_tasks, "val-tasks")
         from ntk_bridge.fewshot.experiment import config_for
-        from ntk_bridge.fewshot.on_tasks import load_run_tasks
+        from ntk_bridge.bridge import load_run_tasks
 
         from ntk_bridge.record import read_sweep_record
 
@@ -187,7 +188,7 @@ def fewshot_command(
     spec = DataSpec(dataset, str(data_dir) if data_dir else None, data_seed, image_size, max_classes)
     spec.check()
     from ntk_bridge import budget
-    from ntk_bridge.fewshot import NATIVE_SIZE
+    from ntk_bridge.datasets import NATIVE_SIZE
 
     size = image_size or NATIVE_SIZE[dataset]
     budget.check_memory(dataset_bytes(dataset, size, max_classes), f"--dataset {dataset} at {size} x {size} pixels")
@@ -285,8 +286,10 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
     elif tasks_of is not None:
         console.print(f"[yellow]{tasks_of[0]} holds no infinite-width closed-form accuracies (no results.csv, or no "
                       "ok rows at width inf): nothing to compare[/]")
+    from ntk_bridge.metrics import STATUSES
+
     bad = tables.results[~tables.results["status"].isin(["ok"])]
     if len(bad):
-        console.print(f"[yellow]{len(bad)} run(s) not ok ({', '.join(sorted(set(bad['status'])))}; statuses: "
-                      f"{', '.join(STATUSES)})[/]")
+        meanings = "; ".join(f"{s}: {STATUSES.get(s, '?')}" for s in sorted(set(bad["status"])))
+        console.print(f"[yellow]{len(bad)} run(s) not ok ({meanings})[/]")
     console.print(f"results: {out / 'results.csv'}; summary: {out / 'summary.csv'}; figure: {out / 'accuracy_vs_time.png'}")

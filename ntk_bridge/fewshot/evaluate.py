@@ -27,18 +27,12 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from ntk_bridge.fewshot.episodes import Episodes
+from ntk_bridge.datasets.episodes import Episodes
 from ntk_bridge.fewshot.methods import MethodConfig, accuracy
 from ntk_bridge.fewshot.models import FewShotNet, Params
+from ntk_bridge.results import mean_ci95
 
 BASELINE = "nn-pixels"
-
-
-def mean_ci95(accuracies: np.ndarray) -> tuple[float, float]:
-    """``(mean, 1.96 * sample std / sqrt(E))`` of per-episode accuracies ``[E]``."""
-    acc = np.asarray(accuracies, np.float64)
-    half = 1.96 * acc.std(ddof=1) / np.sqrt(acc.size) if acc.size > 1 else float("nan")
-    return float(acc.mean()), float(half)
 
 
 def unit_rows(a: np.ndarray) -> np.ndarray:

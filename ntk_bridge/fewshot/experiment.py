@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot.data import DataSpec, FewShotDataset
-from ntk_bridge.fewshot.episodes import check_episode_shape, fixed_episodes
+from ntk_bridge.datasets.loaders import DataSpec, FewShotDataset
+from ntk_bridge.datasets.episodes import check_episode_shape, fixed_episodes
 from ntk_bridge.fewshot.evaluate import BASELINE, accuracies, episode_scorer, mean_ci95, nearest_neighbour_accuracies
 from ntk_bridge.fewshot.methods import METHODS, MethodConfig
 from ntk_bridge.fewshot.models import ModelConfig
@@ -249,7 +249,7 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
                 progress: Progress | None = None, record: dict | None = None, figure: bool = True) -> ExperimentTables:
     """Run the comparison and write its folder ``out`` (see the module docstring); returns the tables.
 
-    ``data`` is a :class:`~ntk_bridge.fewshot.data.DataSpec` (checked, then rendered or read), a
+    ``data`` is a :class:`~ntk_bridge.datasets.loaders.DataSpec` (checked, then rendered or read), a
     loaded dataset, or a task set's episodes (:class:`~ntk_bridge.fewshot.on_tasks.TaskEpisodes`).
     ``record`` adds entries to ``config.json`` (e.g. the command line). Options, the data source and
     ``out`` are checked before any data is rendered or any step is taken.
@@ -305,7 +305,7 @@ def config_for(episodes: TaskEpisodes, **settings) -> FewShotConfig:
 def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, sweep_record: dict, out: Path | str,
                  progress=None, record: dict | None = None, figure: bool = True, run: str | None = None):
     """Train and test ``config``'s methods on a task set's ``episodes``
-    (:func:`~ntk_bridge.fewshot.on_tasks.load_run_tasks`) into the run folder ``out``
+    (:func:`~ntk_bridge.bridge.load_run_tasks`) into the run folder ``out``
     (:func:`run_fewshot`'s files) and write ``closed_forms.csv`` beside them; returns ``(tables,
     comparison or None)``."""
     info = {"tasks_of": {"run": run, "sweep_command": sweep_record.get("command"),

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ntk_bridge.fewshot.data import DataSpec
+from ntk_bridge.datasets.loaders import DataSpec
 from ntk_bridge.fewshot.experiment import FewShotConfig, Progress, run_fewshot
 from ntk_bridge.fewshot.methods import METHODS, default_method_config
 from ntk_bridge.fewshot.report import FIGURE

@@ -43,7 +43,7 @@ import optax
 
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot import METHOD_NAMES
-from ntk_bridge.fewshot.episodes import sample_episodes
+from ntk_bridge.datasets.episodes import sample_episodes
 from ntk_bridge.fewshot.models import FewShotNet, Params, l2_normalize
 
 OPTIMIZERS = ("radam", "adam")

@@ -20,7 +20,8 @@ What is the same and what is not:
   trained with cross-entropy (what ``ntk-bridge fewshot`` trains), and accuracy is the argmax for both;
 * validation: the networks stop by the plateau rule on validation episodes that the closed forms
   never see: for ``kanji`` and ``omniglot`` task sets, episodes of the dataset's meta-validation
-  classes prepared exactly as the task set's (:func:`ntk_bridge.families.image_validation_episodes`);
+  classes prepared exactly as the task set's (:func:`ntk_bridge.families.image_validation_episodes`,
+  built by :func:`ntk_bridge.bridge.load_run_tasks`, which reads the sweep's run folder);
   for a task file, the last ``val_tasks`` training episodes, which are then not trained on (the
   closed forms used all ``N``: said in ``config.json``).
 """
@@ -33,16 +34,16 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot.episodes import Episodes
+from ntk_bridge.datasets.episodes import Episodes
 from ntk_bridge.fewshot.evaluate import BASELINE, mean_ci95
 
-__all__ = ["TaskEpisodes", "as_episodes", "task_episodes", "load_run_tasks", "closed_form_comparison",
-           "write_closed_forms", "closed_form_table", "COMPARISON_COLUMNS"]
+__all__ = ["TaskEpisodes", "as_episodes", "task_episodes", "closed_form_comparison",
+           "write_closed_forms", "closed_form_table", "COMPARISON_COLUMNS", "CLOSED_FORM_KEYS"]
 
 
 @dataclass(frozen=True)
 class TaskEpisodes:
-    """A task set's episodes as few-shot :class:`~ntk_bridge.fewshot.episodes.Episodes`.
+    """A task set's episodes as few-shot :class:`~ntk_bridge.datasets.episodes.Episodes`.
 
     Attributes:
       name: the task set's name (the ``dataset`` column).
@@ -137,80 +138,6 @@ def task_episodes(tasks, validation: tuple[np.ndarray, ...] | None = None, val_t
                         tr, va, te, where, tasks.fingerprint())
 
 
-def load_run_tasks(run: Path | str, val_episodes: int = 20, val_tasks: int = 0):
-    """``(TaskEpisodes, sweep results or None, the run's config.json)`` of a sweep's run folder: the
-    task set rebuilt from its ``config.json`` (and checked against the fingerprint recorded there),
-    with validation episodes as the module docstring says."""
-    from ntk_bridge.families import IMAGE_FAMILIES, image_family_data, image_validation_episodes
-    from ntk_bridge.record import read_sweep_record
-
-    run = Path(run)
-    path = run / "config.json"
-    record, config = read_sweep_record(run)  # one validating schema, before anything is built
-    spec = config.tasks
-    tasks = spec.load()
-    recorded = record["tasks_fingerprint"]  # present: read_sweep_record refuses a record without it
-    if recorded != tasks.fingerprint():
-        raise UserError(f"--tasks-of: the task set rebuilt from {path} differs from the one the sweep ran on "
-                        f"(fingerprint {tasks.fingerprint()} != {recorded}); was the data or the renderer changed?")
-    validation = None
-    if spec.family in IMAGE_FAMILIES:
-        data = image_family_data(spec.family, spec.data_dir)
-        classes, samples = data.splits["val"].shape[:2]
-        ways, need = tasks.n_outputs, (spec.support + spec.query) // tasks.n_outputs
-        n = min(int(val_episodes), classes * (samples // need) // ways)  # what distinct images allow at most
-        while validation is None:  # the greedy draw may run out of classes a little before that bound
-            try:
-                validation = image_validation_episodes(data, spec.task_seed, n, spec.support, spec.query, spec.dim,
-                                                       ways, name=spec.family)
-            except UserError:
-                if n <= 1:
-                    raise
-                n -= 1
-    episodes = task_episodes(tasks, validation, val_tasks or max(1, tasks.train_support_x.shape[0] // 5))
-    return episodes, verified_rows(run, tasks, spec.task_seed), record
-
-
-def verified_rows(run: Path, tasks, task_seed: int) -> pd.DataFrame | None:
-    """The rows of the cells a sweep's ``results.csv`` lists, read from its verified ``cells/``
-    (:meth:`ntk_bridge.runs.RunFolder.read_cell`), or None without ``results.csv``. ``UserError``
-    (one line) when ``results.csv`` says another task set or task seed than ``config.json``, when a
-    cell it lists is missing or damaged, or when a closed form does not cover every test task."""
-    from ntk_bridge.runs import RunFolder
-
-    if not (run / "results.csv").is_file():
-        return None
-    try:
-        listed = pd.read_csv(run / "results.csv", keep_default_na=True, usecols=["tasks", "task_seed", "cell"])
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"--tasks-of: {run / 'results.csv'} is not a sweep's results table ({e})") from None
-    if not len(listed):
-        return None
-    seeds = sorted(set(listed["task_seed"].dropna().astype(int)))
-    names = sorted(set(listed["tasks"].dropna().astype(str)))
-    if names != [tasks.name] or seeds != [int(task_seed)]:
-        raise UserError(f"--tasks-of: {run / 'results.csv'} holds tasks {', '.join(names)} at task seed(s) "
-                        f"{', '.join(map(str, seeds))}, but config.json says {tasks.name} at task seed {task_seed}")
-    folder, frames = RunFolder(run), []
-    for key in dict.fromkeys(listed["cell"].dropna().astype(str)):
-        rows = folder.read_cell(key)
-        if rows is None:
-            raise UserError(f"--tasks-of: cell {key} that {run / 'results.csv'} lists is missing or damaged in "
-                            f"{folder.cells}; rerun the sweep into {run} to recompute it")
-        frames.append(rows)
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=listed.columns)
-    if set(rows["tasks"].astype(str)) - {tasks.name} or set(rows["task_seed"].astype(int)) - {int(task_seed)}:
-        raise UserError(f"--tasks-of: the cells of {run} hold rows of another task set or task seed than "
-                        "config.json's")
-    test = set(range(tasks.test_support_x.shape[0]))
-    keys = [k for k in _CF_KEYS + ["width", "outer_time"] if k in rows]
-    for key, group in rows.groupby(keys, dropna=False, sort=False):
-        if set(group["test_task"].astype(int)) != test:
-            raise UserError(f"--tasks-of: closed form {dict(zip(keys, key))} in {run} covers "
-                            f"{group['test_task'].nunique()} of the task set's {len(test)} test tasks")
-    return rows
-
-
 #: Columns of ``closed_forms.csv``.
 COMPARISON_COLUMNS = {
     "closed_form": "the closed form (sweep method: mtl, anil, maml, ..., baseline)",
@@ -225,7 +152,8 @@ COMPARISON_COLUMNS = {
     "episodes": "test episodes", "seeds": "training seeds of the network",
 }
 
-_CF_KEYS = ["method", "depth", "inner_time", "finetune_time", "mtl_data", "test_head"]
+#: The columns that name one closed form of a sweep (one accuracy per test task each).
+CLOSED_FORM_KEYS = ["method", "depth", "inner_time", "finetune_time", "mtl_data", "test_head"]
 
 
 def closed_form_comparison(sweep: pd.DataFrame, episodes: pd.DataFrame, arch: str) -> pd.DataFrame:
@@ -236,11 +164,11 @@ def closed_form_comparison(sweep: pd.DataFrame, episodes: pd.DataFrame, arch: st
     cf = sweep[(sweep["width"].astype(float) == np.inf) & sweep["test_accuracy"].notna()].copy()
     if "outer_time" in cf:
         cf = cf[cf["outer_time"].astype(float) == np.inf]
-    cf[_CF_KEYS] = cf[_CF_KEYS].astype(object).where(cf[_CF_KEYS].notna(), "-")
+    cf[CLOSED_FORM_KEYS] = cf[CLOSED_FORM_KEYS].astype(object).where(cf[CLOSED_FORM_KEYS].notna(), "-")
     nets = episodes.groupby(["method", "episode"])["accuracy"].mean().unstack("episode")
     seeds = episodes.groupby("method")["seed"].nunique()
     rows = []
-    for key, group in cf.groupby(_CF_KEYS, sort=False):
+    for key, group in cf.groupby(CLOSED_FORM_KEYS, sort=False):
         if not (group["status"] == "ok").all():
             continue
         closed = group.sort_values("test_task")["test_accuracy"].to_numpy(float)
@@ -250,7 +178,7 @@ def closed_form_comparison(sweep: pd.DataFrame, episodes: pd.DataFrame, arch: st
             if np.isnan(acc).any():
                 raise ValueError(f"{network}: no accuracy for some of the sweep's test tasks; not the same episodes")
             diff, ci = mean_ci95(acc - closed)
-            rows.append({"closed_form": key[0], "arch": arch, **dict(zip(_CF_KEYS[1:], key[1:])),
+            rows.append({"closed_form": key[0], "arch": arch, **dict(zip(CLOSED_FORM_KEYS[1:], key[1:])),
                          "closed_accuracy": float(closed.mean()), "network": network,
                          "network_accuracy": float(acc.mean()), "difference": diff, "difference_ci95": ci,
                          "episodes": len(tasks), "seeds": int(seeds[network])})

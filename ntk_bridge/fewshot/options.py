@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 from ntk_bridge.config import option, typer_option
-from ntk_bridge.fewshot import DATASETS, METHOD_NAMES
+from ntk_bridge.datasets import DATASETS
+from ntk_bridge.fewshot import METHOD_NAMES
 
 __all__ = ["FewShotOptions", "QUICK", "RENAMED", "fewshot_option", "FIELD_NAMES"]
 

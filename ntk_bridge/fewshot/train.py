@@ -37,14 +37,14 @@ import numpy as np
 import optax
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot.data import FewShotDataset
-from ntk_bridge.fewshot.episodes import Episodes, check_episode_shape, fixed_episodes
+from ntk_bridge.datasets.loaders import FewShotDataset
+from ntk_bridge.datasets.episodes import Episodes, check_episode_shape, fixed_episodes
 from ntk_bridge.fewshot.evaluate import accuracies, episode_scorer, mean_ci95
 from ntk_bridge.fewshot.methods import MethodConfig, default_method_config  # noqa: F401  (re-exported)
 from ntk_bridge.fewshot.models import FewShotNet, ModelConfig, Params
 from ntk_bridge.fewshot.optim import make_optimizer, set_learning_rate
 
-#: Episode streams (see :func:`~ntk_bridge.fewshot.episodes.fixed_episodes`).
+#: Episode streams (see :func:`~ntk_bridge.datasets.episodes.fixed_episodes`).
 VAL_STREAM, TEST_STREAM = 1, 2
 CLOCKS = ("wall", "cpu")
 
@@ -95,7 +95,7 @@ class TrainResult:
         seconds except ``train_cpu_seconds``; ``compile_seconds`` is near 0 when an earlier run of the
         same setting compiled the step, see :func:`compiled_step`).
       stopped: ``"converged"``, ``"max_steps"``, ``"budget"`` or ``"diverged"``.
-      status: ``"ok"`` or ``"diverged"`` (:data:`ntk_bridge.fewshot.STATUSES`).
+      status: ``"ok"`` or ``"diverged"`` (:data:`ntk_bridge.metrics.STATUSES`).
     """
 
     params: Params

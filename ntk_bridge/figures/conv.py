@@ -3,12 +3,13 @@ real few-shot episodes, with each closed form's classification accuracy (docs/th
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from ntk_bridge.figures.style import BASELINE, COLORS, GBML_FLOW, LABELS, LINESTYLES, MTL, STYLE, depth_axis, log_y, \
     one_protocol, pyplot, save, summarise
-from ntk_bridge.results import ok_rows
+from ntk_bridge.results import mean_ci95, ok_rows
 
 __all__ = ["ARCH_LABELS", "conv_gap_vs_depth_table", "plot_conv_gap_vs_depth"]
 
@@ -17,17 +18,15 @@ ARCH_LABELS = {"fc": "fully connected", "conv": "convolutional", "resnet": "resi
 
 
 def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = math.nan,
-                            networks: pd.DataFrame | None = None) -> pd.DataFrame:
+                            networks: pd.DataFrame | None = None, order: Sequence[str] = ()) -> pd.DataFrame:
     """``{arch: results rows}`` (closed forms) -> quartiles over test tasks of the gap to MTL and of
     the test accuracy per architecture, method, inner time and depth (column ``arch``, ``source``
     ``closed form``); ``chance``: the accuracy of guessing (``1 / ways``), kept as a column for the
     figure. ``networks``: the ``episodes.csv`` of the few-shot networks trained and tested on the same
     episodes (``ntk-bridge fewshot --tasks-of``), one row per method (``source`` ``trained network``):
     mean accuracy over the test episodes (each episode's averaged over seeds first), its 95%
-    half-width over episodes, and the number of seeds."""
-    from ntk_bridge.fewshot.evaluate import mean_ci95
-    from ntk_bridge.fewshot.on_tasks import networks_first
-
+    half-width over episodes, and the number of seeds; the methods in ``order``, then the others in
+    the order they appear (the caller knows the few-shot registry: this module imports no wing)."""
     parts = []
     for arch, df in frames.items():
         d = ok_rows(df)
@@ -38,7 +37,8 @@ def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = mat
                               chance=chance))
     if networks is not None and len(networks):
         rows = []
-        for method in networks_first(networks["method"].unique()):
+        present = list(dict.fromkeys(networks["method"]))
+        for method in [m for m in order if m in present] + [m for m in present if m not in order]:
             g = networks[networks["method"] == method]
             mean, ci = mean_ci95(g.groupby("episode")["accuracy"].mean().to_numpy())
             rows.append({"method": method, "network_accuracy": mean, "network_ci95": ci, "seeds": g["seed"].nunique(),
@@ -48,12 +48,15 @@ def conv_gap_vs_depth_table(frames: dict[str, pd.DataFrame], chance: float = mat
     return table[["arch", "source"] + [c for c in table.columns if c not in ("arch", "source")]]
 
 
-def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
+def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str,
+                           network_styles: Mapping[str, tuple[str, str]] | None = None) -> list[str]:
     """Left: median gap to MTL vs depth of ANIL and MAML (colour) for each architecture (line style),
     smallest inner time; then one panel per architecture: median test accuracy of MTL, ANIL, MAML
     and the no-transfer baseline (band: interquartile range over test episodes; dotted: chance);
     last, when the table has them, the trained networks' mean accuracy on the same test episodes
-    (bars: 95% intervals over episodes)."""
+    (bars: 95% intervals over episodes), labelled and coloured by ``network_styles``
+    (``{method: (label, colour)}``, from the caller; else the closed forms' labels and colours, grey)."""
+    styles = dict(network_styles or {})
     full = table  # the CSV keeps every row; the panels draw one protocol
     nets = table[table["source"] == "trained network"] if "source" in table else table.iloc[:0]
     table = one_protocol(table[table["source"] != "trained network"] if "source" in table else table)
@@ -97,14 +100,11 @@ def plot_conv_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
         if len(nets):
             ax = axes[0][-1]
             x = range(len(nets))
-            from ntk_bridge.fewshot.methods import METHODS as NETWORKS
-
-            # the closed forms' colours where the method is the same, the few-shot registry's for the rest
-            colours = [COLORS.get(m, NETWORKS[m].color if m in NETWORKS else "0.5") for m in nets["method"]]
+            colours = [styles[m][1] if m in styles else COLORS.get(m, "0.5") for m in nets["method"]]
             ax.bar(x, nets["network_accuracy"], yerr=nets["network_ci95"], color=colours, alpha=0.8, capsize=2,
                    error_kw={"linewidth": 0.7})
-            ax.set_xticks(list(x), [NETWORKS[m].label if m in NETWORKS else "1-NN pixels"
-                                 for m in nets["method"]], rotation=30, fontsize=6)
+            ax.set_xticks(list(x), [styles[m][0] if m in styles else LABELS.get(m, m) for m in nets["method"]],
+                          rotation=30, fontsize=6)
             chance = float(nets["chance"].iloc[0])
             if math.isfinite(chance):
                 ax.axhline(chance, color="k", linewidth=0.7, linestyle=":", label="chance")

@@ -1,4 +1,4 @@
-"""N-way K-shot episodes drawn from one split of a :class:`~ntk_bridge.fewshot.data.FewShotDataset`.
+"""N-way K-shot episodes drawn from one split of a :class:`~ntk_bridge.datasets.loaders.FewShotDataset`.
 
 An episode (a task) picks ``ways`` distinct classes of the split in random order; class ``j`` of the
 episode gets label ``j``. Each class contributes ``shots`` support and ``queries`` query images,

@@ -4,7 +4,7 @@ Every loader returns a :class:`FewShotDataset` whose split ``name`` holds a uint
 ``[C, S, H, W, ch]``: ``C`` classes, ``S`` samples per class (the same for every class; loaders cut
 each class to the smallest count), ink / intensity in 0..255. Classes never appear in two splits.
 
-* ``kanji``: handwriting rendered from KanjiVG strokes (:mod:`ntk_bridge.fewshot.render`), cached as
+* ``kanji``: handwriting rendered from KanjiVG strokes (:mod:`ntk_bridge.datasets.render`), cached as
   ``.npz`` under :func:`cache_dir`; a seeded split of the characters (70/10/20%).
 * ``omniglot``: the official folder layout ``images_background/<alphabet>/<character>/*.png`` and
   ``images_evaluation/...``; background characters for meta-training, the evaluation alphabets split
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot import DATASETS, NATIVE_SIZE, render
+from ntk_bridge.datasets import DATASETS, NATIVE_SIZE, render
 
 SPLITS = ("train", "val", "test")
 
