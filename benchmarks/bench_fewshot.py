@@ -29,9 +29,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ntk_bridge  # noqa: E402,F401  (float64 on; the few-shot networks run in float32)
-from ntk_bridge.fewshot import METHOD_NAMES  # noqa: E402
-from ntk_bridge.datasets.loaders import load_dataset  # noqa: E402
 from ntk_bridge.datasets.episodes import fixed_episodes  # noqa: E402
+from ntk_bridge.datasets.loaders import load_dataset  # noqa: E402
+from ntk_bridge.fewshot import METHOD_NAMES  # noqa: E402
 from ntk_bridge.fewshot.evaluate import accuracies, episode_scorer  # noqa: E402
 from ntk_bridge.fewshot.methods import default_method_config  # noqa: E402
 from ntk_bridge.fewshot.models import ModelConfig  # noqa: E402

@@ -155,12 +155,12 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
 
 def _network_styles(names) -> dict[str, tuple[str, str]]:
     """``{method: (label, colour)}`` of trained few-shot networks in registry order, then the raw-pixel
-    baseline: the closed forms' colours where the method is the same, the few-shot registry's for the rest."""
+    baseline, coloured as the few-shot registry colours them (the closed forms' colours where they share a method)."""
     from ntk_bridge.fewshot.methods import METHODS as NETWORKS
     from ntk_bridge.fewshot.on_tasks import networks_first
 
     return {m: (NETWORKS[m].label if m in NETWORKS else "1-NN pixels",
-                figs.COLORS.get(m, NETWORKS[m].color if m in NETWORKS else "0.5")) for m in networks_first(names)}
+                NETWORKS[m].color if m in NETWORKS else "0.5") for m in networks_first(names)}
 
 
 #: Methods of the feature-learning figure: the finite networks (TP4's FO-MAML beside ANIL and MTL), the limits.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ntk_bridge.errors import UserError
 from ntk_bridge.datasets import loaders as data
+from ntk_bridge.errors import UserError
 
 
 def _write_omniglot(root, alphabets_bg=2, alphabets_ev=4, characters=3, drawers=4):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from ntk_bridge.errors import UserError
-from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.datasets.episodes import fixed_episodes, sample_episodes
+from ntk_bridge.datasets.loaders import load_digits_dataset
+from ntk_bridge.errors import UserError
 
 
 def _tagged_split(n_classes=12, n_samples=10, offset=0):

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from ntk_bridge.cli import main
+from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.errors import UserError
 from ntk_bridge.families import _downsample, image_tasks, image_validation_episodes
-from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.fewshot.experiment import config_for, run_experiment
 from ntk_bridge.fewshot.methods import default_method_config
 from ntk_bridge.fewshot.models import ModelConfig

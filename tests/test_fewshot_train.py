@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ntk_bridge.datasets.episodes import fixed_episodes
+from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot import METHOD_NAMES
-from ntk_bridge.datasets.loaders import load_digits_dataset
 from ntk_bridge.fewshot.evaluate import episode_scorer, mean_ci95
 from ntk_bridge.fewshot.experiment import FewShotConfig, run_experiment
 from ntk_bridge.fewshot.methods import default_method_config
 from ntk_bridge.fewshot.models import ModelConfig
-from ntk_bridge.datasets.episodes import fixed_episodes
 from ntk_bridge.fewshot.train import TrainConfig, evaluate_split, make_net, train
 
 SMALL_MLP = ModelConfig("mlp", 32, 1)

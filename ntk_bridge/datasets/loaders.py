@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ntk_bridge.errors import UserError
 from ntk_bridge.datasets import DATASETS, NATIVE_SIZE, render
+from ntk_bridge.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

@@ -15,8 +15,8 @@ from typing import List, Literal, Optional
 
 import typer
 
-from ntk_bridge.errors import UserError
 from ntk_bridge.datasets import DATASETS
+from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot import METHOD_NAMES
 from ntk_bridge.fewshot.options import QUICK, fewshot_option
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ntk_bridge.errors import UserError
-from ntk_bridge.datasets.loaders import DataSpec, FewShotDataset
 from ntk_bridge.datasets.episodes import check_episode_shape, fixed_episodes
+from ntk_bridge.datasets.loaders import DataSpec, FewShotDataset
+from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.evaluate import BASELINE, accuracies, episode_scorer, mean_ci95, nearest_neighbour_accuracies
 from ntk_bridge.fewshot.methods import METHODS, MethodConfig
 from ntk_bridge.fewshot.models import ModelConfig

@@ -41,9 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ntk_bridge import methods as registry
+from ntk_bridge.datasets.episodes import sample_episodes
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot import METHOD_NAMES
-from ntk_bridge.datasets.episodes import sample_episodes
 from ntk_bridge.fewshot.models import FewShotNet, Params, l2_normalize
 
 OPTIMIZERS = ("radam", "adam")
@@ -192,7 +193,8 @@ class FewShotMethod:
     Attributes:
       name: registry key, CLI choice and ``method`` column (stable).
       label: name in tables and figures.
-      color: matplotlib colour in figures.
+      color: matplotlib colour in figures (the house registry's, :mod:`ntk_bridge.methods`, for the
+        methods it shares with it).
       head: linear head rows: ``"classes"`` (one per meta-training class, MTL), ``"ways"`` (one per
         way of an episode, meta-learned initialisation), or ``"none"``.
       inner_loop: what is adapted by gradient steps on the support set: ``"none"``, ``"head"``, ``"all"``.
@@ -317,14 +319,14 @@ class _Prototypes(FewShotMethod):
 
 
 MTL = _MultiTask(
-    "mtl", "MTL", "tab:red", head="classes", merged=True, test_time="logistic_regression",
+    "mtl", "MTL", registry.MTL.color, head="classes", merged=True, test_time="logistic_regression",
     defaults=dict(optimizer="adam", meta_batch=8, train_queries=3))
-ANIL = _HeadInnerLoop("anil", "ANIL", "tab:blue", inner_loop="head",
+ANIL = _HeadInnerLoop("anil", "ANIL", registry.ANIL.color, inner_loop="head",
                       defaults=dict(optimizer="adam", inner_steps=5, test_inner_steps=10))
-MAML = _FullInnerLoop("maml", "MAML", "tab:green", inner_loop="all", loop_episodes=True,
+MAML = _FullInnerLoop("maml", "MAML", registry.MAML.color, inner_loop="all", loop_episodes=True,
                       defaults=dict(optimizer="adam", inner_steps=1, test_inner_steps=1))
-R2D2 = _Ridge("r2d2", "R2D2", "tab:purple", head="none", closed_form_head=True, defaults=dict(optimizer="adam"))
-PROTONET = _Prototypes("protonet", "ProtoNet", "tab:orange", head="none", defaults=dict(optimizer="adam"))
+R2D2 = _Ridge("r2d2", "R2D2", "tab:brown", head="none", closed_form_head=True, defaults=dict(optimizer="adam"))
+PROTONET = _Prototypes("protonet", "ProtoNet", "tab:cyan", head="none", defaults=dict(optimizer="adam"))
 
 #: Every method, by name (the order of the CLI's choices and of reports).
 METHODS: dict[str, FewShotMethod] = {m.name: m for m in (MTL, ANIL, MAML, R2D2, PROTONET)}

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ntk_bridge.errors import UserError
 from ntk_bridge.datasets.episodes import Episodes
+from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.evaluate import BASELINE, mean_ci95
 
 __all__ = ["TaskEpisodes", "as_episodes", "task_episodes", "closed_form_comparison",

@@ -36,9 +36,9 @@ import jax
 import numpy as np
 import optax
 
-from ntk_bridge.errors import UserError
-from ntk_bridge.datasets.loaders import FewShotDataset
 from ntk_bridge.datasets.episodes import Episodes, check_episode_shape, fixed_episodes
+from ntk_bridge.datasets.loaders import FewShotDataset
+from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.evaluate import accuracies, episode_scorer, mean_ci95
 from ntk_bridge.fewshot.methods import MethodConfig, default_method_config  # noqa: F401  (re-exported)
 from ntk_bridge.fewshot.models import FewShotNet, ModelConfig, Params
