@@ -3,7 +3,7 @@
     /work/venv/bin/python benchmarks/bench_kernels.py            # --quick: L = 8, 32
     /work/venv/bin/python benchmarks/bench_kernels.py --full     # L = 8, 32, 128
 
-Point set: the default sweep's, ``SweepConfig().load_tasks().all_points()`` (450 points, d = 16).
+Point set: the default sweep's, ``build.task_set(SweepConfig()).all_points()`` (450 points, d = 16).
 
 * ``one_pass``: ``list(kernels_by_depth(x, max_depth=L))`` -- L hidden-block and L readout kernel
   evaluations.
@@ -45,9 +45,10 @@ def main(argv=None):
 
     import ntk_bridge  # noqa: F401  (float64)
     from ntk_bridge.kernels import Architecture, kernels_by_depth
+    from ntk_bridge import build
     from ntk_bridge.sweep import SweepConfig
 
-    x = SweepConfig().load_tasks().all_points()
+    x = build.task_set(SweepConfig()).all_points()
     arch = Architecture()
     if args.smoke:
         plan = [(3, 1)]

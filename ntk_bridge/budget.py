@@ -27,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from ntk_bridge import convnets, structured
+from ntk_bridge import build, convnets, structured
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
 from ntk_bridge.config import finite_width
@@ -192,7 +192,7 @@ def estimate(config, tasks) -> dict:
     if lay is None:
         return dict(points=0, memory_bytes=int(getattr(tasks, "source_bytes", 0)), seconds=0.0, cells=n_cells(grid))
     P, d = lay.n_points, int(tasks.dim)
-    arch = config.architecture(tasks)
+    arch = build.architecture(config, tasks)
     solvers = structured.grid_solvers(config.numerics.solver, lay, grid.outer_times, grid.mtl_data)
     solve_memory, solve_seconds = structured.solve_estimate(solvers, lay)
     pass_memory, pass_seconds = convnets.pass_estimate(arch, P, len(grid.depths), max(grid.depths))

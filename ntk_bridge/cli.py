@@ -16,6 +16,7 @@ from typing import Literal, Optional
 import typer
 
 import ntk_bridge
+from ntk_bridge import build
 from ntk_bridge import methods as registry
 from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
 from ntk_bridge.config import SweepConfig, cli_option
@@ -182,7 +183,7 @@ def sweep(
 
     budget.check_feasible(config, yes=yes)  # from the sizes alone, before any task is built or read
     runtime.check_blas_threads(config.numerics.blas_threads)
-    config.load_tasks()  # a malformed task file fails here, before anything is written
+    build.task_set(config)  # a malformed task file fails here, before anything is written
 
     executor = None
     if scheduler or workers:

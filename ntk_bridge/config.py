@@ -163,19 +163,6 @@ class TaskConfig:
     def generated(self) -> bool:
         return self.family in TASK_FAMILIES
 
-    def load(self, seed: int | None = None):
-        """The :class:`~ntk_bridge.tasks.TaskSet` (generated with ``seed``, default :attr:`task_seed`, or read)."""
-        from ntk_bridge.tasks import load_tasks
-        from ntk_bridge.families import GENERATORS
-
-        if not self.generated:
-            return load_tasks(self.family)
-        sizes = dict(n_train=self.train_tasks, n_test=self.test_tasks, n_support=self.support, n_query=self.query,
-                     dim=self.dim)
-        if self.family == "omniglot":
-            sizes["data_dir"] = self.data_dir
-        return GENERATORS[self.family](seed=self.task_seed if seed is None else seed, **sizes)
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -206,22 +193,6 @@ class ModelConfig:
                 f"--param mup and --activation linear are for the fully connected network (--arch fc), not "
                 f"--arch {self.arch}")
 
-    def architecture(self, tasks=None):
-        """The :class:`~ntk_bridge.kernels.Architecture` for ``tasks`` (conv and resnet take their
-        ``image_shape``; ``UserError`` for tasks without one). The ``fc`` one is the default
-        ``Architecture()`` (finite widths and outputs are set per cell)."""
-        from ntk_bridge.kernels import Architecture
-
-        if self.arch == "fc":
-            if (self.param, self.activation) == ("ntk", "relu"):
-                return Architecture()
-            std = dict(hidden_w_std=1.0) if self.activation == "linear" else {}
-            return Architecture(param=self.param, activation=self.activation, **std)
-        shape = None if tasks is None else tasks.image_shape
-        require(shape is not None, f"--arch {self.arch} needs image tasks: --tasks kanji, omniglot, or a task file "
-                "with the key image_shape" + ("" if tasks is None else f" ({tasks.name} tasks have flat inputs)"))
-        return Architecture(arch=self.arch, image_shape=shape, spatial_readout=self.readout)
-
 
 @dataclasses.dataclass(frozen=True)
 class FiniteConfig:
@@ -246,13 +217,6 @@ class FiniteConfig:
         require(self.finite_mode in ("centred", "raw"), "--finite-mode must be 'centred' or 'raw'")
         require(int(self.outer_steps) >= 1, "--outer-steps must be >= 1")
         require(self.finite_dtype in ("float64", "float32"), "--finite-dtype must be 'float64' or 'float32'")
-
-    def training(self):
-        """:class:`ntk_bridge.finite.TrainingConfig` of these settings."""
-        from ntk_bridge.finite import TrainingConfig
-
-        return TrainingConfig(outer_steps=int(self.outer_steps), dtype=self.finite_dtype,
-                              linearized=bool(self.linearized))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,10 +278,6 @@ class SweepConfig:
                 f"--arch {self.model.arch} needs image tasks: --tasks kanji, omniglot, or a task file with the key "
                 f"image_shape (the {family} family has flat inputs)")
 
-    def architecture(self, tasks=None):
-        """The cells' :class:`~ntk_bridge.kernels.Architecture` (:meth:`ModelConfig.architecture`)."""
-        return self.model.architecture(tasks)
-
     @classmethod
     def of(cls, **flat) -> "SweepConfig":
         """A config from flat field names (each name belongs to exactly one part)."""
@@ -358,12 +318,6 @@ class SweepConfig:
             parse = f.metadata.get("parse")
             flat[f.name] = parse(value) if parse is not None else value
         return cls.of(**flat)
-
-    def load_tasks(self, seed: int | None = None):
-        return self.tasks.load(seed)
-
-    def training(self):
-        return self.finite.training()
 
     def to_dict(self) -> dict:
         out = {}

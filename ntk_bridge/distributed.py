@@ -44,6 +44,7 @@ import logging
 import uuid
 from typing import Callable, Iterable, Iterator
 
+from ntk_bridge import build
 from ntk_bridge.errors import UserError
 from ntk_bridge.sweep import Unit, iter_unit
 from ntk_bridge.tasks import TaskSet
@@ -308,7 +309,7 @@ class DaskExecutor:
                     # The task set travels once, as a recomputable task (scattered data would be lost
                     # with the worker holding it).
                     tasks_futures[unit.config] = self.client.submit(
-                        _identity, unit.config.load_tasks(), pure=False,
+                        _identity, build.task_set(unit.config), pure=False,
                         key=f"ntk_bridge-tasks-{token}-{len(tasks_futures)}")
                 fut = self.client.submit(self._worker_fn, unit, tasks_futures[unit.config], settings,
                                          key=f"ntk_bridge-unit-{token}-{i}", retries=self.retries,

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ntk_bridge import build
 from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
@@ -79,7 +80,7 @@ def _fig_finite_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
 def _fig_kernel_degeneracy(g: Grids, run_root: str, out: str) -> list[str]:
     from ntk_bridge.diagnostics import kernel_degeneracy_table
 
-    table = kernel_degeneracy_table(SweepConfig().load_tasks(), g.degeneracy_depths)
+    table = kernel_degeneracy_table(build.task_set(SweepConfig()), g.degeneracy_depths)
     return figs.plot_kernel_degeneracy(table, os.path.join(out, "kernel_degeneracy"))
 
 

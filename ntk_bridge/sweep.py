@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 from ntk_bridge import methods as registry
-from ntk_bridge import metrics, runtime, structured
+from ntk_bridge import build, metrics, runtime, structured
 from ntk_bridge.budget import MAX_CELLS, available_memory, check_feasible, estimate  # noqa: F401  (re-exported)
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.provenance import CACHE_VERSION
@@ -107,7 +107,7 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False, solv
     from ntk_bridge.provenance import numerics_versions
 
     ctx = dict(cache_version=CACHE_VERSION, tasks=tasks.fingerprint(), methods=sorted(config.grid.methods),
-               architecture=config.architecture(tasks).describe(), rcond=config.numerics.rcond,
+               architecture=build.architecture(config, tasks).describe(), rcond=config.numerics.rcond,
                blas_threads=int(config.numerics.blas_threads), versions=dict(numerics_versions()))
     solvers = structured.grid_solvers(config.numerics.solver, tasks.layout, config.grid.outer_times, config.grid.mtl_data,
                                       solvers)
@@ -116,7 +116,7 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False, solv
     if finite:
         # finite_rows 2: the rows carry kernel_movement and the sweep's architecture trains them (cells
         # cached before lack the one and may have trained another network: their keys differ)
-        ctx.update(seeds=config.finite.seeds, finite_mode=config.finite.finite_mode, training=config.training().to_dict(),
+        ctx.update(seeds=config.finite.seeds, finite_mode=config.finite.finite_mode, training=build.training(config).to_dict(),
                    finite_rows=2)
     return ctx
 
@@ -124,7 +124,7 @@ def cell_context(config: SweepConfig, tasks: TaskSet, finite: bool = False, solv
 def plan(config: SweepConfig, tasks: TaskSet | None = None, solvers: tuple | None = None
          ) -> tuple[TaskSet, list[Cell], list[str]]:
     """The task set, every cell of the grid and their cache keys (``solvers``: the resolved outer solvers)."""
-    tasks = config.load_tasks() if tasks is None else tasks
+    tasks = build.task_set(config) if tasks is None else tasks
     g = config.grid
     cells = [Cell(config.tasks.task_seed, w if w == MUP_WIDTH else float(w), int(d), float(s), float(f), float(o), m, h)
              for w in g.widths for s in g.inner_times for f in g.finetune_times
@@ -173,7 +173,7 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
     for c, k in zip(unit.cells, unit.keys):
         by_depth.setdefault(c.depth, []).append((c, k))
     solvers = dict(unit.solvers)  # resolved at planning; an explicit solver where the unit carries none
-    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=cfg.architecture(tasks)):
+    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=build.architecture(cfg, tasks)):
         computed: dict[tuple, object] = {}
         for cell, key in by_depth[kern.depth]:
             res = {}
@@ -205,20 +205,20 @@ def _finite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFrame
     first = unit.cells[0]
     require(all((c.width, c.depth) == (first.width, first.depth) for c in unit.cells),
             "a finite-width unit holds cells of one width and depth")
-    arch = dataclasses.replace(cfg.architecture(tasks), width=int(first.width), n_outputs=tasks.n_outputs)
+    arch = dataclasses.replace(build.architecture(cfg, tasks), width=int(first.width), n_outputs=tasks.n_outputs)
     kernels = next(kernels_by_depth(tasks.all_points(), depths=[first.depth], architecture=arch))
     shared: dict = {}  # training runs shared by the cells of this unit (finite.finite_cell's cache)
     for cell, key in zip(unit.cells, unit.keys):
         df = finite.finite_cell(tasks, cell.depth, int(cell.width), cell.predictor_config(cfg.numerics.rcond),
                                 methods=methods, seed=0, n_networks=cfg.finite.seeds, mode=cfg.finite.finite_mode,
-                                architecture=arch, training=cfg.training(), kernels=kernels, cache=shared)
+                                architecture=arch, training=build.training(cfg), kernels=kernels, cache=shared)
         yield key, df.assign(tasks=tasks.name, task_seed=cell.task_seed, cell=key)
 
 
 def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
     at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`)."""
-    tasks = tasks if tasks is not None else unit.config.load_tasks()
+    tasks = tasks if tasks is not None else build.task_set(unit.config)
     from ntk_bridge.finite.mup_limit import limit_rows  # the muP limit's cells (width 'mup')
     rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
     with runtime.blas_threads(unit.config.numerics.blas_threads):
@@ -267,7 +267,7 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     started = time.time()
     progress = progress or Progress()
     folder = RunFolder(run_dir)
-    tasks = config.load_tasks()
+    tasks = build.task_set(config)
     est = check_feasible(config, tasks)  # before anything is planned, allocated or written
     solvers = structured.solver_plan(config.numerics.solver, tasks.layout, config.grid.outer_times,
                                      config.grid.mtl_data)

@@ -71,3 +71,23 @@ def test_parts_are_frozen():
     cfg = SweepConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.grid.depths = (1,)
+
+
+def test_config_describes_and_builds_nothing():
+    """config.py imports only ground-floor modules, at top level or inside functions: the task set,
+    architecture and training settings are built by ntk_bridge.build, not by the config."""
+    import ast
+    from pathlib import Path
+
+    import ntk_bridge.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ntk_bridge"):
+            names = [node.module] if node.module != "ntk_bridge" else [f"ntk_bridge.{a.name}" for a in node.names]
+            imported.update(names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names if a.name.startswith("ntk_bridge"))
+    ground = {f"ntk_bridge.{m}" for m in ("errors", "fields", "methods", "ranges", "runtime")}
+    assert imported and imported <= ground, sorted(imported - ground)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_bridge import runs, sweep as sw
+from ntk_bridge import build, runs, sweep as sw
 from ntk_bridge.cli import main
 from ntk_bridge.errors import UserError
 from ntk_bridge.metrics import STATUSES
@@ -171,10 +171,10 @@ def test_two_sweeps_started_together_compute_each_cell_once(tmp_path):
 def test_a_sweep_too_large_for_the_memory_is_refused_before_anything_is_written(tmp_path):
     config = sw.SweepConfig.of(**SMALL)
     with pytest.raises(UserError, match="needs about .* of memory"):
-        sw.check_feasible(config, config.load_tasks(), memory=10 * 2 ** 20)
+        sw.check_feasible(config, build.task_set(config), memory=10 * 2 ** 20)
     assert not tmp_path.joinpath("run").exists()
     with pytest.raises(UserError, match="cells, above the maximum"):
-        sw.check_feasible(config.replace(inner_times=tuple(np.linspace(0, 1, 80_000))), config.load_tasks())
+        sw.check_feasible(config.replace(inner_times=tuple(np.linspace(0, 1, 80_000))), build.task_set(config))
 
 
 def test_a_sweep_with_no_ok_row_finishes_reports_and_draws_nothing(tmp_path, capsys):

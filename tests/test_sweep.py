@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_bridge import sweep as sw
+from ntk_bridge import build, sweep as sw
 from ntk_bridge.predictors import PredictorConfig, predict
 from ntk_bridge.results import depth_slopes
 from ntk_bridge.metrics import NAMES
@@ -24,7 +24,7 @@ def test_schema_and_values_match_predictors(tmp_path):
     # 4 depths x 2 inner times x 4 methods (mtl, anil, maml, baseline) x 2 test tasks
     assert len(df) == 4 * 2 * 4 * 2
     assert set(df["status"]) == {"ok"}
-    tasks = cfg.load_tasks()
+    tasks = build.task_set(cfg)
     out = predict(tasks, 3, PredictorConfig(inner_time=1.0))
     row = df[(df.depth == 3) & (df.inner_time == 1.0) & (df.method == "anil") & (df.test_task == 1)].iloc[0]
     f, g = out["anil"].values[1], out["mtl"].values[1]

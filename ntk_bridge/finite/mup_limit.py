@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ntk_bridge import build
 from ntk_bridge.errors import require
 from ntk_bridge.finite.mup import limit_network, limit_width
 from ntk_bridge.finite.schedule import TrainingConfig
@@ -78,9 +79,9 @@ def limit_rows(config, cells, keys, tasks: TaskSet):
     from ntk_bridge.kernels import kernels_by_depth
 
     methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(config.grid.methods))
-    arch = config.architecture(tasks)
+    arch = build.architecture(config, tasks)
     kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
-    training = config.training()
+    training = build.training(config)
     M = tasks.layout.n_test
     for cell, key in zip(cells, keys):
         dcfg = discretise(cell.predictor_config(config.numerics.rcond), kernels.ntk, tasks, training)

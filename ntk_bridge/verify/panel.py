@@ -10,6 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ntk_bridge import build
 from ntk_bridge import methods as registry
 from ntk_bridge.config import SweepConfig
 
@@ -35,7 +36,7 @@ class Family:
 
         if self.name in IMAGE_FAMILIES:
             return True
-        return self.name.endswith(".npz") and SweepConfig.of(family=self.name).load_tasks().image_shape is not None
+        return self.name.endswith(".npz") and build.task_set(SweepConfig.of(family=self.name)).image_shape is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,7 @@ def select(panel: Panel, tasks: str) -> Panel:
 
     config = SweepConfig.of(family=names[0])
     budget.check_memory(budget.planned_tasks(config).source_bytes, f"reading the task file {names[0]}")
-    tasks = config.load_tasks()  # one clear line for a missing or malformed file
+    tasks = build.task_set(config)  # one clear line for a missing or malformed file
     if tasks.layout.n_test < 2:
         raise UserError(f"--tasks {names[0]}: {tasks.layout.n_test} test task; verify takes its statistics over "
                         "the test tasks of a task file and needs at least 2")
