@@ -222,8 +222,8 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
     from ntk_bridge.finite.mup_limit import limit_rows  # the muP limit's cells (width 'mup')
     rows = _infinite_rows if unit.cells[0].infinite else _finite_rows
     with runtime.blas_threads(unit.config.numerics.blas_threads):
-        yield from (limit_rows(unit.config, unit.cells, unit.keys, tasks) if unit.cells[0].mup_limit
-                    else rows(unit, tasks))
+        yield from (limit_rows(unit.config, unit.cells, unit.keys, tasks, build.architecture(unit.config, tasks),
+                               build.training(unit.config)) if unit.cells[0].mup_limit else rows(unit, tasks))
 
 
 class Progress:

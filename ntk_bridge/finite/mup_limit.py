@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ntk_bridge import build
 from ntk_bridge.errors import require
 from ntk_bridge.finite.mup import limit_network, limit_width
 from ntk_bridge.finite.schedule import TrainingConfig
@@ -67,21 +66,21 @@ def mup_limit_run(tasks: TaskSet, config: PredictorConfig, methods: Sequence[str
     return run
 
 
-def limit_rows(config, cells, keys, tasks: TaskSet):
+def limit_rows(config, cells, keys, tasks: TaskSet, arch, training):
     """``(key, rows)`` of a sweep's muP-limit cells (width ``'mup'``; ``config`` a
     :class:`~ntk_bridge.config.SweepConfig`): the limit trained under the discrete schedule the finite
     networks of depth 1 follow (:func:`~ntk_bridge.finite.schedule.discretise` with the NTK of the same
     network), one row per method and test task in the :data:`ntk_bridge.metrics.COLUMNS` schema
-    (``network = 'mean'``, ``mode = 'mean'``: the limit is deterministic and its initial output is 0)."""
+    (``network = 'mean'``, ``mode = 'mean'``: the limit is deterministic and its initial output is 0).
+    ``arch`` and ``training`` are the sweep's built architecture and training settings
+    (:func:`ntk_bridge.build.architecture`, :func:`ntk_bridge.build.training`)."""
     from ntk_bridge import methods as registry
     from ntk_bridge import metrics
     from ntk_bridge.finite.schedule import discretise
     from ntk_bridge.kernels import kernels_by_depth
 
     methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(config.grid.methods))
-    arch = build.architecture(config, tasks)
     kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
-    training = build.training(config)
     M = tasks.layout.n_test
     for cell, key in zip(cells, keys):
         dcfg = discretise(cell.predictor_config(config.numerics.rcond), kernels.ntk, tasks, training)
