@@ -23,7 +23,7 @@ import numpy as np
 from ntk_bridge import methods as registry
 from ntk_bridge import solvers
 from ntk_bridge.errors import require
-from ntk_bridge.closed_forms import Data, Times, split_f0
+from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.tasks import Layout, TaskSet
 
@@ -141,7 +141,7 @@ def _predict_batched(Theta, K, d: Data, times, layout: Layout, cfg: PredictorCon
     ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
     compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
     is not recomputed for it."""
-    fn = functools.partial(registry.get(method).implementation("closed_form"), layout=layout, cfg=cfg)
+    fn = functools.partial(CLOSED_FORMS[method], layout=layout, cfg=cfg)
     return jax.vmap(lambda th, k, t: fn(th, k, d, times=Times(t[0], t[1], t[2])), in_axes=(0, 0, 0))(Theta, K, times)
 
 
@@ -161,7 +161,7 @@ def _check_methods(methods: Sequence[str]) -> tuple:
     methods = tuple(methods)
     require(len(methods) > 0, "methods must name at least one method")
     for name in methods:
-        require(registry.get(name).closed_form is not None, f"method {name!r} has no closed form")
+        require(registry.get(name).closed_form, f"method {name!r} has no closed form")
     return methods
 
 
@@ -231,10 +231,10 @@ def predict_from_kernels(
         raw[m], residuals[m] = _predict_structured(Theta, K, data, times, layout, configs, registry.get(m), outer)
     for m in methods:
         if m not in raw:  # a numpy closed form (FO-MAML), batch entry by batch entry
-            impl = registry.get(m).implementation("closed_form")
-            values = np.stack([impl(Theta[b], K[b], tasks, configs[b], f0) for b in range(Theta.shape[0])])
-            nan = np.full(len(values), np.nan)
-            raw[m] = (values, Solve(nan, np.zeros(len(values)), nan))
+            out = [CLOSED_FORMS[m](Theta[b], K[b], data, layout, configs[b], Times(*times[b]))
+                   for b in range(Theta.shape[0])]
+            raw[m] = (np.stack([v for v, _ in out]),
+                      Solve(*(np.array([float(getattr(i, f)) for _, i in out]) for f in Solve._fields)))
     results = []
     for b in range(Theta.shape[0]):
         entry = {}
