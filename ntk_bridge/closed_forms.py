@@ -4,7 +4,8 @@ pure functions of the kernels, the labels and the initial outputs.
 Each takes kernels ``Theta, K [P, P]`` over the stacked points of a task set, its labels and initial
 outputs (:class:`Data`), the static part of a :class:`~ntk_bridge.predictors.PredictorConfig` and
 the (possibly traced) :class:`Times`, and returns the predictions on the test queries
-``[M, m_q, k]`` with the diagnostics of its solves. ``ntk_bridge.methods`` names them;
+``[M, m_q, k]`` with the diagnostics of its solves (one signature: :class:`ClosedForm`).
+:data:`CLOSED_FORMS` maps each method's name to its closed form;
 :func:`ntk_bridge.predictors.predict_from_kernels` runs them.
 
 * GBML (§3.2), inner kernel ``G = K`` (:func:`anil`) or ``Theta`` (:func:`maml`):
@@ -16,18 +17,20 @@ the (possibly traced) :class:`Times`, and returns the predictions on the test qu
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import math
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ntk_bridge.errors import require
-from ntk_bridge.operators import (adapt_test, adapt_train, block, eigh_apply, inner_operator, merge,
+from ntk_bridge.operators import (Solve, adapt_test, adapt_train, block, eigh_apply, inner_operator, merge,
                                   meta_kernel_blocks, mtl_index, mtl_kernel, own)
-from ntk_bridge.tasks import Layout, TaskSet
+from ntk_bridge.tasks import Layout
 
-__all__ = ["Data", "Times", "split_f0", "mtl", "anil", "maml", "baseline", "fomaml"]
+__all__ = ["Data", "Times", "split_f0", "mtl", "anil", "maml", "baseline", "fomaml", "ClosedForm", "CLOSED_FORMS"]
 
 
 class Data(NamedTuple):
@@ -144,7 +147,7 @@ def baseline(Theta, K, d: Data, layout: Layout, cfg, times):
     return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
 
 
-def fomaml(Theta, K, tasks: TaskSet, config, f0=None) -> np.ndarray:
+def fomaml(Theta, K, d: Data, layout: Layout, cfg, times):
     r"""Discrete-time closed form of first-order MAML for a linearised network (kernel ``Theta``).
 
     With ``A_i = Theta(X_i, X'_i) T_i`` (MAML's inner operator, discrete) and ``A_hat`` the test
@@ -155,20 +158,23 @@ def fomaml(Theta, K, tasks: TaskSet, config, f0=None) -> np.ndarray:
         r_0 = F0(𝒳) - 𝒴,   r_{s+1} = (I - eta Phi_FO) r_s
         F(X) = F0(X) - eta [Theta(X, 𝒳) - A_hat Theta(X', 𝒳)] sum_{s<S} r_s
 
-    With ``config.test_head == 'reset'`` the parameters moved by ``-eta J(𝒳)^T sum_s r_s`` keep only
+    With ``cfg.test_head == 'reset'`` the parameters moved by ``-eta J(𝒳)^T sum_s r_s`` keep only
     their body part: ``g(x) = f0(x) - eta B(x, 𝒳) sum_s r_s`` (``B = Theta - K``), adapted at test
     time from ``g`` with ``Theta``.
 
-    ``F0`` as in docs/theory.md §3.2. Requires a discrete config (:attr:`"PredictorConfig".discrete`). Returns
-    ``[M, m_q, k]``; ``f0 [P, k]`` or ``None`` (mean predictor).
+    ``F0`` as in docs/theory.md §3.2. Requires a discrete config (:attr:`"PredictorConfig".discrete`, its
+    steps in ``cfg``, its times in ``times``); numpy, not traced. Returns ``([M, m_q, k], Solve)`` (no
+    outer solve: NaN diagnostics, no ridge).
     """
+    config = dataclasses.replace(cfg, inner_time=float(times.inner), finetune_time=float(times.finetune),
+                                 outer_time=float(times.outer))
     require(config.discrete, "FO-MAML's closed form needs discrete inner, fine-tuning and outer steps "
             "and a finite outer time (ntk_bridge.finite.discretise gives them)")
-    lay = tasks.layout
+    lay = layout
     sl = lay.slices()
-    k = tasks.n_outputs
+    k = d.ys.shape[-1]
     Theta = np.asarray(Theta, dtype=np.float64)
-    f0 = np.zeros((lay.n_points, k)) if f0 is None else np.asarray(f0, np.float64).reshape(lay.n_points, k)
+    ys, yq, yts = (np.asarray(y, np.float64) for y in (d.ys, d.yq, d.yts))
 
     def blocks(rows, cols, r_tasks, c_tasks):
         return block(Theta, sl[rows], sl[cols], r_tasks, c_tasks)
@@ -179,19 +185,16 @@ def fomaml(Theta, K, tasks: TaskSet, config, f0=None) -> np.ndarray:
     T_hat = inner_operator(own(blocks("test_support", "test_support", M, M)), config.finetune_time,
                            config.finetune_steps)
     A_hat = own(blocks("test_query", "test_support", M, M)) @ T_hat  # [M, m_q, m_s]
-    f0s = f0[sl["train_support"]].reshape(N, lay.n_support, k)
-    f0q = f0[sl["train_query"]].reshape(N, lay.n_query, k)
-    f0ts = f0[sl["test_support"]].reshape(M, lay.m_support, k)
-    f0tq = f0[sl["test_query"]].reshape(M, lay.m_query, k)
-    F0 = (f0q + A @ (tasks.train_support_y - f0s)).reshape(N * lay.n_query, k)
-    F0_test = f0tq + A_hat @ (tasks.test_support_y - f0ts)
+    f0s, f0q, f0ts, f0tq = (np.asarray(f, np.float64) for f in (d.f0s, d.f0q, d.f0ts, d.f0tq))
+    F0 = (f0q + A @ (ys - f0s)).reshape(N * lay.n_query, k)
+    F0_test = f0tq + A_hat @ (yts - f0ts)
     nq = N * lay.n_query
     phi = Theta[sl["train_query"], sl["train_query"]] - np.einsum(
         "iab,ibc->iac", A, Theta[sl["train_support"], sl["train_query"]].reshape(N, lay.n_support, nq)).reshape(nq, nq)
     cross = Theta[sl["test_query"], sl["train_query"]].reshape(M, lay.m_query, nq) - np.einsum(
         "mab,mbc->mac", A_hat, Theta[sl["test_support"], sl["train_query"]].reshape(M, lay.m_support, nq))
     eta = config.outer_time / config.outer_steps
-    r = F0 - tasks.train_query_y.reshape(nq, k)
+    r = F0 - yq.reshape(nq, k)
     total = np.zeros_like(r)
     for _ in range(int(config.outer_steps)):
         total += r
@@ -200,5 +203,22 @@ def fomaml(Theta, K, tasks: TaskSet, config, f0=None) -> np.ndarray:
         B = Theta - np.asarray(K, dtype=np.float64)
         g_ts = f0ts - eta * (B[sl["test_support"], sl["train_query"]] @ total).reshape(M, lay.m_support, k)
         g_tq = f0tq - eta * (B[sl["test_query"], sl["train_query"]] @ total).reshape(M, lay.m_query, k)
-        return g_tq + A_hat @ (tasks.test_support_y - g_ts)
-    return F0_test - eta * (cross @ total)
+        return g_tq + A_hat @ (yts - g_ts), _NO_SOLVE
+    return F0_test - eta * (cross @ total), _NO_SOLVE
+
+
+#: The diagnostics of a closed form without an outer solve run outside JAX (FO-MAML).
+_NO_SOLVE = Solve(math.nan, 0.0, math.nan)
+
+
+class ClosedForm(Protocol):
+    """The one signature of every closed form: kernels ``Theta, K [P, P]``, :class:`Data`, the
+    :class:`Layout`, the (static) config and the (possibly traced) :class:`Times`; returns the
+    predictions on the test queries ``[M, m_q, k]`` and the diagnostics of its solves."""
+
+    def __call__(self, Theta, K, d: Data, layout: Layout, cfg, times: Times) -> tuple[jax.Array, Solve]: ...
+
+
+#: Each method's closed form, by method name (:data:`ntk_bridge.methods.METHODS`): FO-MAML's runs in
+#: numpy (discrete times only), the others are jitted and vmapped by ``predict_from_kernels``.
+CLOSED_FORMS: dict[str, ClosedForm] = {"mtl": mtl, "anil": anil, "maml": maml, "fomaml": fomaml, "baseline": baseline}

@@ -1,11 +1,13 @@
 """The methods, one object each: the only place where a method is defined.
 
 A :class:`Method` says what it is (name, label, colour, role), which grid settings its predictions
-depend on, and where its implementations live: the infinite-width closed form
-(:mod:`ntk_bridge.closed_forms`), the finite-width trainer (:mod:`ntk_bridge.finite.objectives`) and
-the few-shot objective (:mod:`ntk_bridge.fewshot.methods`). Implementations are named by import path
-and resolved on first use (:meth:`Method.implementation`), so reading the registry imports nothing
-heavy: the command line builds its choices from it without loading JAX.
+depend on, and where its implementations live: the infinite-width closed form (one signature,
+:class:`ntk_bridge.closed_forms.ClosedForm`, in the plain table
+:data:`ntk_bridge.closed_forms.CLOSED_FORMS` keyed by the method's name), the finite-width trainer
+(:mod:`ntk_bridge.finite.objectives`) and the few-shot objective (:mod:`ntk_bridge.fewshot.methods`),
+the last two named by import path. All are resolved on first use (:meth:`Method.implementation`),
+so reading the registry imports nothing heavy: the command line builds its choices from it without
+loading JAX.
 
 Everything that lists methods reads :data:`METHODS`: the command line's choices, the sweep's
 planning (a method is computed once for all the values of a setting it does not depend on), the
@@ -48,7 +50,7 @@ class Method:
       depends_on: the :data:`SETTINGS` its own predictions depend on.
       inner_kernel: the tangent kernel of its inner loop (``'K'``: the head, ``'Theta'``: every
         parameter), ``None`` without one.
-      closed_form: ``'module:function'`` of its infinite-width closed form, or ``None``.
+      closed_form: whether it has an infinite-width closed form (``CLOSED_FORMS[name]``).
       closed_form_needs_steps: the closed form exists only for discrete times (every ``*_steps``
         set), so the method has no gradient-flow, infinite-time cell.
       finite: ``'module:object'`` of its finite-width trainer, or ``None``.
@@ -62,7 +64,7 @@ class Method:
     summary: str
     depends_on: tuple[str, ...]
     inner_kernel: str | None = None
-    closed_form: str | None = None
+    closed_form: bool = False
     closed_form_needs_steps: bool = False
     finite: str | None = None
     fewshot: str | None = None
@@ -72,10 +74,15 @@ class Method:
         return setting in self.depends_on
 
     def implementation(self, kind: str):
-        """The object named by ``closed_form``, ``finite`` or ``fewshot`` (imported on first use)."""
+        """Its closed form (:data:`ntk_bridge.closed_forms.CLOSED_FORMS`), or the object named by
+        ``finite`` or ``fewshot`` (imported on first use)."""
         path = getattr(self, kind)
-        if path is None:
+        if path is None or path is False:
             raise UserError(f"method {self.name!r} has no {kind.replace('_', ' ')} implementation")
+        if kind == "closed_form":
+            from ntk_bridge.closed_forms import CLOSED_FORMS
+
+            return CLOSED_FORMS[self.name]
         module, _, attr = path.partition(":")
         return getattr(importlib.import_module(module), attr)
 
@@ -87,29 +94,29 @@ MTL = Method(
     "shared body, one head per training task (all initialised to w0), trained jointly; at test the head "
     "is reset to w0 and fine-tuned on the support",
     ("width", "finetune_time", "outer_time", "mtl_data"),
-    inner_kernel=None, closed_form="ntk_bridge.closed_forms:mtl", finite="ntk_bridge.finite.objectives:MTL_TRAINER",
+    inner_kernel=None, closed_form=True, finite="ntk_bridge.finite.objectives:MTL_TRAINER",
     fewshot="ntk_bridge.fewshot.methods:MTL")
 ANIL = Method(
     "anil", "ANIL", "#d95f02", "gbml",
     "inner loop on the head only (kernel K), outer loss on the queries of the adapted network",
-    _GBML_SETTINGS, inner_kernel="K", closed_form="ntk_bridge.closed_forms:anil",
+    _GBML_SETTINGS, inner_kernel="K", closed_form=True,
     finite="ntk_bridge.finite.objectives:ANIL_TRAINER",
     fewshot="ntk_bridge.fewshot.methods:ANIL")
 MAML = Method(
     "maml", "MAML", "#7570b3", "gbml",
     "inner loop on every parameter (kernel Theta), second order",
-    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.closed_forms:maml",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form=True,
     finite="ntk_bridge.finite.objectives:MAML_TRAINER",
     fewshot="ntk_bridge.fewshot.methods:MAML")
 FOMAML = Method(
     "fomaml", "FO-MAML", "#e7298a", "gbml",
     "MAML with the inner gradients held constant in the outer derivative (first order)",
-    _GBML_SETTINGS, inner_kernel="Theta", closed_form="ntk_bridge.closed_forms:fomaml",
+    _GBML_SETTINGS, inner_kernel="Theta", closed_form=True,
     closed_form_needs_steps=True, finite="ntk_bridge.finite.objectives:FOMAML_TRAINER")
 BASELINE = Method(
     "baseline", "no-transfer baseline", "#444444", "baseline",
     "no training: a head fine-tuned on the test support of the untrained body",
-    ("width", "finetune_time"), closed_form="ntk_bridge.closed_forms:baseline",
+    ("width", "finetune_time"), closed_form=True,
     finite="ntk_bridge.finite.objectives:BASELINE_TRAINER")
 
 #: Every method, in display order.
@@ -135,7 +142,7 @@ def names(role: str | None = None, closed_form: bool | None = None, finite: bool
     for m in METHODS.values():
         if role is not None and m.role != role:
             continue
-        if closed_form is not None and (m.closed_form is not None) != closed_form:
+        if closed_form is not None and m.closed_form != closed_form:
             continue
         if finite is not None and (m.finite is not None) != finite:
             continue

@@ -21,8 +21,9 @@ import jax
 import numpy as np
 
 from ntk_bridge import methods as registry
+from ntk_bridge import solvers
 from ntk_bridge.errors import require
-from ntk_bridge.closed_forms import Data, Times, split_f0
+from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.tasks import Layout, TaskSet
 
@@ -140,7 +141,7 @@ def _predict_batched(Theta, K, d: Data, times, layout: Layout, cfg: PredictorCon
     ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
     compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
     is not recomputed for it."""
-    fn = functools.partial(registry.get(method).implementation("closed_form"), layout=layout, cfg=cfg)
+    fn = functools.partial(CLOSED_FORMS[method], layout=layout, cfg=cfg)
     return jax.vmap(lambda th, k, t: fn(th, k, d, times=Times(t[0], t[1], t[2])), in_axes=(0, 0, 0))(Theta, K, times)
 
 
@@ -160,7 +161,7 @@ def _check_methods(methods: Sequence[str]) -> tuple:
     methods = tuple(methods)
     require(len(methods) > 0, "methods must name at least one method")
     for name in methods:
-        require(registry.get(name).closed_form is not None, f"method {name!r} has no closed form")
+        require(registry.get(name).closed_form, f"method {name!r} has no closed form")
     return methods
 
 
@@ -171,7 +172,7 @@ def predict_from_kernels(
     config: PredictorConfig | Sequence[PredictorConfig] = PredictorConfig(),
     methods: Sequence[str] = CLOSED_FORM_METHODS,
     f0=None,
-    solver: str = "dense",
+    solver: str | solvers.Solver = "dense",
 ) -> dict[str, Prediction] | list[dict[str, Prediction]]:
     """Closed-form predictions on the test queries from given kernels.
 
@@ -186,8 +187,8 @@ def predict_from_kernels(
       f0: ``[P, k]`` initial outputs of one network, or ``None`` for the mean predictor.
       solver: outer solves of MTL and GBML: ``'dense'`` (``eigh``), the structured ``'cholesky'``
         (direct) or ``'cg'`` (conjugate gradients), both from the per-task blocks at an infinite
-        outer time only, or ``'auto'`` (:func:`ntk_bridge.structured.resolve`); the baseline and
-        FO-MAML have no outer solve.
+        outer time only, or ``'auto'`` (:func:`ntk_bridge.solvers.choose`), or a solver object
+        (:mod:`ntk_bridge.solvers`); the baseline and FO-MAML have no outer solve.
 
     Returns ``{method: Prediction(values [M, m_q, k], diagnostics)}``, or a list of those for a batch.
     Inputs are prepared in numpy (the jitted calls take numpy arrays without a copy on CPU).
@@ -220,10 +221,8 @@ def predict_from_kernels(
     data = Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
                  *split_f0(f0.reshape(P, -1), layout))
     times = np.asarray([[c.inner_time, c.finetune_time, c.outer_time] for c in configs], np.float64)
-    from ntk_bridge import structured
-
-    outer = structured.resolve(solver, layout, configs)
-    by_structure = [m for m in methods if outer != "dense" and _has_structured_form(registry.get(m), configs[0])]
+    outer = solvers.choose(solver, layout, configs)
+    by_structure = [m for m in methods if outer.structured and _has_structured_form(registry.get(m), configs[0])]
     jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps and m not in by_structure]
     raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)
                           for m in jitted})
@@ -232,10 +231,10 @@ def predict_from_kernels(
         raw[m], residuals[m] = _predict_structured(Theta, K, data, times, layout, configs, registry.get(m), outer)
     for m in methods:
         if m not in raw:  # a numpy closed form (FO-MAML), batch entry by batch entry
-            impl = registry.get(m).implementation("closed_form")
-            values = np.stack([impl(Theta[b], K[b], tasks, configs[b], f0) for b in range(Theta.shape[0])])
-            nan = np.full(len(values), np.nan)
-            raw[m] = (values, Solve(nan, np.zeros(len(values)), nan))
+            out = [CLOSED_FORMS[m](Theta[b], K[b], data, layout, configs[b], Times(*times[b]))
+                   for b in range(Theta.shape[0])]
+            raw[m] = (np.stack([v for v, _ in out]),
+                      Solve(*(np.array([float(getattr(i, f)) for _, i in out]) for f in Solve._fields)))
     results = []
     for b in range(Theta.shape[0]):
         entry = {}
@@ -243,7 +242,7 @@ def predict_from_kernels(
             values, info = raw[method]
             v = np.asarray(values[b])
             residual = float(residuals[method][b]) if method in residuals else math.nan
-            extra = (residual, structured.CG_TOL) if np.isfinite(residual) else ()
+            extra = (residual, outer.tolerance) if np.isfinite(residual) else ()
             entry[method] = Prediction(v, Diagnostics(float(info.min_eig_rel[b]), float(info.ridge_rel[b]),
                                                       float(info.cond[b]), bool(np.all(np.isfinite(v))), *extra))
         results.append(entry)
@@ -259,9 +258,9 @@ def _has_structured_form(method, cfg: PredictorConfig) -> bool:
                                                                       method.inner_kernel is not None)
 
 
-def _predict_structured(Theta, K, data: Data, times, layout: Layout, configs, method, solver: str):
-    """One batch entry after the other through :mod:`ntk_bridge.structured` (``solver``: ``cholesky``
-    or ``cg``); ``((values, Solve), residuals)`` shaped like the jitted path's output."""
+def _predict_structured(Theta, K, data: Data, times, layout: Layout, configs, method, solver: solvers.Solver):
+    """One batch entry after the other through :mod:`ntk_bridge.structured` (``solver``: a structured
+    :class:`ntk_bridge.solvers.Solver`); ``((values, Solve), residuals)`` shaped like the jitted path's output."""
     from ntk_bridge import structured
 
     values, infos, residuals = [], [], []

@@ -21,7 +21,6 @@ from ntk_bridge.finite import comparison, networks
 from ntk_bridge.finite import objectives
 from ntk_bridge.finite import training as trainers
 from ntk_bridge.metrics import NAMES
-from ntk_bridge.closed_forms import fomaml
 from ntk_bridge.results import width_exponents
 from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
@@ -114,8 +113,7 @@ def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, m
         _, theta, K = empirical_kernels(apply_fn, params, x)
         f0 = run.f0[j] if mode == "raw" else None
         closed = {m: p.values for m, p in
-                  predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline"), f0=f0).items()}
-        closed["fomaml"] = fomaml(theta, K, t, cfg, f0)
+                  predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline", "fomaml"), f0=f0).items()}
         for method in ALL:
             lin, cf = run.linearized[method][j], closed[method]
             assert not run.linearized_diverged[method][j]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ntk_bridge import metrics, structured
+from ntk_bridge import metrics, solvers, structured
 from ntk_bridge.errors import UserError
 from ntk_bridge.kernels import kernels_all_depths
 from ntk_bridge.predictors import Diagnostics, PredictorConfig, predict_from_kernels
@@ -272,7 +272,7 @@ def test_auto_takes_the_structured_path_above_the_threshold(problem, monkeypatch
     for name in ("gbml", "mtl"):
         fn = getattr(structured, name)
         monkeypatch.setattr(structured, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
-    monkeypatch.setattr(structured, "AUTO_MIN_SIZE", 10)
+    monkeypatch.setattr(solvers, "AUTO_MIN_SIZE", 10)  # auto chooses in ntk_bridge.solvers
     big = predict_from_kernels(Th, K, tasks, cfg, methods, solver="auto")
     assert sorted(calls) == ["gbml", "gbml", "mtl"]
     cho = predict_from_kernels(Th, K, tasks, cfg, methods, solver="cholesky")
