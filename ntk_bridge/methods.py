@@ -5,7 +5,7 @@ depend on, and where its implementations live: the infinite-width closed form (o
 :class:`ntk_bridge.closed_forms.ClosedForm`, in the plain table
 :data:`ntk_bridge.closed_forms.CLOSED_FORMS` keyed by the method's name), the finite-width trainer
 (:mod:`ntk_bridge.finite.objectives`) and the few-shot objective (:mod:`ntk_bridge.fewshot.methods`),
-the last two named by import path. All are resolved on first use (:meth:`Method.implementation`),
+the last two named by import path and resolved on first use (:meth:`Method.implementation`),
 so reading the registry imports nothing heavy: the command line builds its choices from it without
 loading JAX.
 
@@ -74,15 +74,15 @@ class Method:
         return setting in self.depends_on
 
     def implementation(self, kind: str):
-        """Its closed form (:data:`ntk_bridge.closed_forms.CLOSED_FORMS`), or the object named by
-        ``finite`` or ``fewshot`` (imported on first use)."""
+        """The object named by ``finite`` or ``fewshot`` (imported on first use). The closed forms are
+        not looked up here: they live one floor up, in the plain table
+        :data:`ntk_bridge.closed_forms.CLOSED_FORMS` keyed by the method's name (``closed_form`` says
+        whether the method has one), which the predictors read directly."""
         path = getattr(self, kind)
+        if kind == "closed_form":
+            raise ValueError("closed forms are read from ntk_bridge.closed_forms.CLOSED_FORMS[name]")
         if path is None or path is False:
             raise UserError(f"method {self.name!r} has no {kind.replace('_', ' ')} implementation")
-        if kind == "closed_form":
-            from ntk_bridge.closed_forms import CLOSED_FORMS
-
-            return CLOSED_FORMS[self.name]
         module, _, attr = path.partition(":")
         return getattr(importlib.import_module(module), attr)
 

@@ -122,7 +122,7 @@ def test_every_reference_to_the_theory_resolves():
 
 def test_registry_implementations_resolve():
     for m in methods.METHODS.values():
-        for kind in ("closed_form", "finite", "fewshot"):
+        for kind in ("finite", "fewshot"):
             if getattr(m, kind):
                 assert m.implementation(kind) is not None, (m.name, kind)
 
