@@ -16,7 +16,6 @@ from typing import Literal, Optional
 import typer
 
 import ntk_bridge
-from ntk_bridge import methods as registry
 from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
 from ntk_bridge.config import SweepConfig, cli_option
 from ntk_bridge.errors import UserError
@@ -28,9 +27,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 #: Flags renamed in a command so that a flag means one thing in every command: command -> {old: new}.
 RENAMED = {"fewshot": FEWSHOT_RENAMED}
-
-#: Methods ``sweep --methods`` accepts.
-SWEEP_METHODS = registry.SWEEPABLE
 
 
 def _consoles():
