@@ -46,7 +46,7 @@ FLOORS = (
     ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "tasks",
                 "datasets", "blocked", "convnets", "provenance", "config")),
     ("tables", ("families", "metrics", "results", "figures")),
-    ("kernels", ("kernels", "operators", "solvers", "structured", "closed_forms", "predictors", "diagnostics")),
+    ("kernels", ("kernels", "layer_keys", "operators", "solvers", "structured", "closed_forms", "predictors", "diagnostics")),
     ("wings", ("finite", "fewshot")),
     ("runs", ("build", "budget", "record", "sweep", "verify", "report", "distributed", "bridge", "paper_figures")),
     ("commands", ("cli", "fewshot.command")),

@@ -17,7 +17,6 @@ import typer
 
 import ntk_bridge
 from ntk_bridge import build
-from ntk_bridge import methods as registry
 from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
 from ntk_bridge.config import SweepConfig, cli_option
 from ntk_bridge.errors import UserError
@@ -29,9 +28,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 #: Flags renamed in a command so that a flag means one thing in every command: command -> {old: new}.
 RENAMED = {"fewshot": FEWSHOT_RENAMED}
-
-#: Methods ``sweep --methods`` accepts.
-SWEEP_METHODS = registry.SWEEPABLE
 
 
 def _consoles():

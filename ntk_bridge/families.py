@@ -25,17 +25,16 @@ family         tasks, and what transfers
 from __future__ import annotations
 
 import math
-import os
 from typing import Iterable
 
 import numpy as np
 
-from ntk_bridge.errors import UserError, require
-from ntk_bridge.tasks import TaskSet, load_tasks, on_sphere
+from ntk_bridge.errors import require
+from ntk_bridge.tasks import TaskSet, on_sphere
 
 __all__ = ["subspace_tasks", "linear_tasks", "sinusoid_tasks", "common_tasks", "kanji_tasks", "omniglot_tasks",
            "image_tasks", "image_validation_episodes",
-           "image_family_data", "sinusoid_embed", "GENERATORS", "IMAGE_FAMILIES", "make_tasks"]
+           "image_family_data", "sinusoid_embed", "GENERATORS", "IMAGE_FAMILIES"]
 
 
 def _sphere(rng: np.random.Generator, shape: Iterable[int], dim: int) -> np.ndarray:
@@ -304,12 +303,3 @@ GENERATORS = {"subspace": subspace_tasks, "linear": linear_tasks, "sinusoid": si
               "common": common_tasks, "kanji": kanji_tasks, "omniglot": omniglot_tasks}
 #: Families whose inputs are images (their task sets carry ``image_shape``).
 IMAGE_FAMILIES = ("kanji", "omniglot")
-
-
-def make_tasks(kind: str, seed: int = 0, **sizes) -> TaskSet:
-    """A generated task set by name (:data:`GENERATORS`) or a ``.npz`` path."""
-    if kind in GENERATORS:
-        return GENERATORS[kind](seed=seed, **sizes)
-    if kind.endswith(".npz") or os.path.sep in kind:
-        return load_tasks(kind)
-    raise UserError(f"unknown tasks {kind!r}: use one of {', '.join(GENERATORS)} or a .npz file")

@@ -40,6 +40,7 @@ import numpy as np
 
 from ntk_bridge import convnets
 from ntk_bridge.errors import require
+from ntk_bridge.layer_keys import custom_layers_key
 
 __all__ = [
     "ARCHS", "ACTIVATIONS", "PARAMS",
@@ -249,7 +250,7 @@ class Architecture:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         if "image_shape" in d:
             d["image_shape"] = list(d["image_shape"])
-        d["custom_layers"] = self.hidden_layer is not None or self.readout_layer is not None
+        d["custom_layers"] = custom_layers_key(self.hidden_layer, self.readout_layer)  # False without
         return d
 
 

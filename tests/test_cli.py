@@ -188,13 +188,6 @@ def test_version_and_choices_in_help(runner):
     assert "mtl, anil, maml, fomaml" in text
 
 
-def test_sweep_methods_are_the_sweeps():
-    from ntk_bridge.cli import SWEEP_METHODS
-    from ntk_bridge.sweep import METHODS
-
-    assert SWEEP_METHODS == METHODS
-
-
 def test_unknown_option_and_command_are_one_line(runner):
     for argv in (["sweep", "--no-such-option"], ["no-such-command"]):
         res = runner.invoke(argv)

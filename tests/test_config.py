@@ -5,6 +5,7 @@ import math
 import typing
 
 import pytest
+from typer.testing import CliRunner
 
 from ntk_bridge import cli
 from ntk_bridge.config import SweepConfig, parameter
@@ -19,11 +20,13 @@ def test_every_option_of_the_command_is_a_config_field_and_back():
     params = command_parameters()
     hints = typing.get_type_hints(cli.sweep.__wrapped__)
     fields = {parameter(f): (part, f) for part, f in SweepConfig.options()}
+    shown = CliRunner().invoke(cli.app, ["sweep", "--help"], env={"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"})
+    help_text = " ".join(shown.stdout.replace("│", " ").split())
     run_only = {"ctx", "out", "scheduler", "workers", "figures", "yes"}  # how to run, not what is computed
     assert set(params) - run_only == set(fields)
     for name, (part, f) in fields.items():
         option = params[name].default
-        assert option.help == f.metadata["help"], name
+        assert " ".join(f.metadata["help"].split()) in help_text, name  # what `sweep --help` shows
         assert f.metadata["flag"].split("/")[0] in option.param_decls[0], name
         # the default as typed parses to the field's default
         text = option.default
@@ -69,8 +72,12 @@ def test_errors_name_the_option(flat, flag):
 
 def test_parts_are_frozen():
     cfg = SweepConfig()
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.grid.depths = (1,)
+    parts = [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+    assert len(parts) >= 5
+    for part in [cfg, *parts]:  # every part, each through its first field
+        name = dataclasses.fields(part)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, name, getattr(part, name))
 
 
 def test_config_describes_and_builds_nothing():

@@ -1,5 +1,6 @@
 """Kernels: the one-pass depths equal separate kernel_fn calls, exact diagonal identities, deep-limit
 facts, and analytic vs Monte Carlo kernels of finite networks (neural-tangents' own criterion)."""
+import json
 import math
 
 import jax
@@ -155,3 +156,29 @@ def test_kernels_assembled_in_memory_mapped_files_equal_the_in_memory_pass(tmp_p
     np.testing.assert_array_equal(np.load(tmp_path / "ntk.npy")[1], on_disk[1].ntk)
     with pytest.raises(ValueError, match="float64"):
         list(kernels_by_depth(x, depths=[1], allocate=lambda name, shape: np.empty(shape, np.float32)))
+
+
+def test_different_custom_layers_get_different_kernels_from_a_cache(x):
+    """A cache keyed by ``describe()`` (as the finite comparison's and the sweep's cell keys are)
+    returns each custom architecture's own kernels, and a rebuilt identical one hits the cache."""
+    def arch(w_std, width=64):
+        return Architecture.custom(stax.serial(stax.Dense(width, W_std=w_std, b_std=0.1), stax.Erf()),
+                                   stax.Dense(1, W_std=1.0, b_std=0.2))
+
+    cache, misses = {}, []
+
+    def cached_ntk(a):
+        key = json.dumps(a.describe(), sort_keys=True, default=str)
+        if key not in cache:
+            misses.append(key)
+            cache[key] = list(kernels_by_depth(x, max_depth=1, architecture=a))[0].ntk
+        return cache[key]
+
+    first, second = cached_ntk(arch(1.5)), cached_ntk(arch(0.7))
+    np.testing.assert_array_equal(second, kernels_of_network(arch(0.7).network(1)[2], x).ntk)
+    assert np.max(np.abs(first - second)) > 1e-3
+    np.testing.assert_array_equal(cached_ntk(arch(1.5)), first)
+    assert len(misses) == 2
+    # a different hidden width gives the same infinite-width kernel but other finite networks
+    assert arch(1.5, width=32).describe() != arch(1.5).describe()
+    assert Architecture().describe()["custom_layers"] is False

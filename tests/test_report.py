@@ -1,4 +1,5 @@
 """ntk_bridge.report: every varying grid dimension is a column, no two rows look alike."""
+import numpy as np
 import pytest
 
 from ntk_bridge import sweep as sw
@@ -40,3 +41,12 @@ def test_summary_has_the_same_tables_as_the_console(df):
     text = summary_markdown(df, "ntk-bridge sweep", sw.SweepConfig().to_dict())
     for t in sweep_tables(df):
         assert markdown(t) in text
+    # each slope row against the ok rows directly: the median gap over test tasks per depth, its
+    # least-squares log-log slope and its first and last values
+    ok = df[df["status"] == "ok"]
+    for (m, tau, data), g in ok[ok["method"].isin(["anil", "maml"])].groupby(["method", "inner_time", "mtl_data"]):
+        med = g.groupby("depth")["gap_to_mtl_rel"].median().sort_index()
+        slope = np.polyfit(np.log(med.index.to_numpy(float)), np.log(med.to_numpy()), 1)[0]
+        row = f"| {m} | {tau:.3g} | {data} | {slope:.3g} |"
+        assert row in text, row
+        assert f"| {med.iloc[0]:.3g} | {med.iloc[-1]:.3g} |" in text.split(row, 1)[1].split("\n", 1)[0], row

@@ -4,7 +4,7 @@ import pytest
 
 from ntk_bridge.errors import UserError
 from ntk_bridge.tasks import TaskSet, load_tasks
-from ntk_bridge.families import linear_tasks, make_tasks, sinusoid_tasks, subspace_tasks
+from ntk_bridge.families import linear_tasks, sinusoid_tasks, subspace_tasks
 
 
 @pytest.mark.parametrize("gen", [subspace_tasks, linear_tasks, sinusoid_tasks])
@@ -61,8 +61,6 @@ def test_bad_files(tmp_path):
     np.savez(tmp_path / "m.npz", **arrays)
     with pytest.raises(UserError, match="train_query_y"):
         load_tasks(tmp_path / "m.npz")
-    with pytest.raises(UserError, match="unknown tasks"):
-        make_tasks("spiral")
 
 
 def _arrays():

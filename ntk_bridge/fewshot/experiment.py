@@ -104,10 +104,6 @@ class FewShotConfig:
         return dataclasses.asdict(self)
 
 
-#: The previous name.
-ExperimentConfig = FewShotConfig
-
-
 @dataclass
 class ExperimentTables:
     """Tidy outputs.
@@ -317,6 +313,6 @@ def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, swe
         return tables, write_closed_forms(out, sweep, tables.episodes, sweep_record)
 
 
-__all__ = ["FewShotConfig", "ExperimentConfig", "ExperimentTables", "Progress", "run_experiment", "run_fewshot",
+__all__ = ["FewShotConfig", "ExperimentTables", "Progress", "run_experiment", "run_fewshot",
            "config_for", "run_on_tasks",
            "check_shapes", "check_out", "write_tables", "RESULT_COLUMNS"]

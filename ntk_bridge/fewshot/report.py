@@ -89,10 +89,6 @@ def plot_accuracy_vs_cost(out: Path | str, name: str = FIGURE) -> list[Path]:
     return paths
 
 
-#: The name the figure function had before it also drew accuracy against outer steps.
-plot_accuracy_vs_time = plot_accuracy_vs_cost
-
-
 def _fmt(value: float, spec: str, ci: float | None = None) -> str:
     if pd.isna(value):
         return ""

@@ -7,14 +7,12 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
-from ntk_bridge.figures.style import (BASELINE, COLORS, GBML, GBML_FLOW, LABELS, LINESTYLES, MTL, STYLE, band,
-                                      depth_axis, log_y, one_protocol, pyplot, save, summarise)
+from ntk_bridge.figures.style import (BASELINE, COLORS, DATA_TITLES, GBML, GBML_FLOW, LABELS, LINESTYLES, MTL,
+                                      STYLE, band, depth_axis, log_y, one_protocol, pyplot, save, summarise)
 from ntk_bridge.results import fit_power_law, ok_rows
 
 __all__ = ["gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth", "gap_vs_inner_time_table",
            "plot_gap_vs_inner_time", "plot_kernel_degeneracy"]
-
-DATA_TITLES = {"query": "gap to MTL trained on the queries", "all": "gap to MTL trained on all points"}
 
 
 def _closed_form_rows(df: pd.DataFrame, width=math.inf) -> pd.DataFrame:
