@@ -14,8 +14,9 @@ cheap: JAX is imported by the modules that compute.
 
 The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/architecture.md``):
 
-1. ground -- errors, runtime, run folders, ranges, fields, the method registry, task sets, the image
-   data (``ntk_bridge.datasets``), provenance, the settings' descriptions (``config``);
+1. ground -- errors, runtime, run folders, ranges, fields, the method registry, the settings' allowed
+   values (``settings``), task sets, the image data (``ntk_bridge.datasets``), provenance, the
+   settings' descriptions (``config``);
 2. tables -- task families, the results schema and statuses (``metrics``), statistics
    (``results``), figures drawn from tables (``figures``);
 3. kernels -- kernels, outer operators, outer solvers, closed forms, predictors, diagnostics;
@@ -43,10 +44,11 @@ __all__ = ["UserError", "__version__", "FLOORS", "floor_of"]
 #: matches decides (``fewshot.command`` is a command, the rest of ``fewshot`` a wing). A module
 #: imports only from its floor or below.
 FLOORS = (
-    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "tasks",
-                "datasets", "blocked", "convnets", "provenance", "config")),
+    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "settings",
+                "tasks", "datasets", "blocked", "convnets", "provenance", "config")),
     ("tables", ("families", "metrics", "results", "figures")),
-    ("kernels", ("kernels", "layer_keys", "operators", "solvers", "structured", "closed_forms", "predictors", "diagnostics")),
+    ("kernels", ("kernels", "layer_keys", "operators", "solvers", "structured", "closed_forms", "predictors",
+                 "diagnostics")),
     ("wings", ("finite", "fewshot")),
     ("runs", ("build", "budget", "record", "sweep", "verify", "report", "distributed", "bridge", "paper_figures")),
     ("commands", ("cli", "fewshot.command")),

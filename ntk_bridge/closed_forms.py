@@ -29,6 +29,7 @@ from ntk_bridge.errors import require
 from ntk_bridge.operators import (Solve, adapt_test, adapt_train, block, eigh_apply, inner_operator, merge,
                                   meta_kernel_blocks, mtl_index, mtl_kernel, own)
 from ntk_bridge.tasks import Layout
+from ntk_bridge.settings import RESET
 
 __all__ = ["Data", "Times", "split_f0", "mtl", "anil", "maml", "baseline", "fomaml", "ClosedForm", "CLOSED_FORMS"]
 
@@ -75,7 +76,7 @@ def _gbml(Theta, K, G, d: Data, layout: Layout, cfg, times):
     F0_train = d.f0q + A @ (d.ys - d.f0s)
     solve, i3 = eigh_apply(phi, cfg.outer, times.outer, cfg.rcond)
     coef = solve @ (d.yq - F0_train).reshape(nq, -1)
-    if cfg.test_head == "reset":
+    if cfg.test_head == RESET:
         return _reset_head(Theta - K, A, Ahat, coef, d, layout), merge(i1, i2, i3)
     F0_test = d.f0tq + Ahat @ (d.yts - d.f0ts)
     cross = (block(Theta, sl["test_query"], sl["train_query"], M, N)
@@ -199,7 +200,7 @@ def fomaml(Theta, K, d: Data, layout: Layout, cfg, times):
     for _ in range(int(config.outer_steps)):
         total += r
         r = r - eta * (phi @ r)
-    if config.test_head == "reset":
+    if config.test_head == RESET:
         B = Theta - np.asarray(K, dtype=np.float64)
         g_ts = f0ts - eta * (B[sl["test_support"], sl["train_query"]] @ total).reshape(M, lay.m_support, k)
         g_tq = f0tq - eta * (B[sl["test_query"], sl["train_query"]] @ total).reshape(M, lay.m_query, k)

@@ -20,6 +20,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge import ranges, runtime
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.fields import PANELS, flag, option, parameter, typer_option  # noqa: F401  (re-exported)
+from ntk_bridge.settings import LEARNED, TEST_HEADS
 
 __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
            "typer_option", "PANELS", "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS",
@@ -87,8 +88,8 @@ class GridConfig:
     test_heads: tuple[str, ...] = option(
         "--test-head", "How ANIL's and MAML's test-time adaptation starts, comma list of: 'learned' (from the "
         "meta-learned network), 'reset' (the head reset to its initial value, from the trained body, as MTL's "
-        "always is: the paper's protocol as reported).", ("learned",), "learned",
-        _tuple(ranges.parse_choices, "--test-head", ("learned", "reset")))
+        "always is: the paper's protocol as reported).", (LEARNED,), LEARNED,
+        _tuple(ranges.parse_choices, "--test-head", TEST_HEADS))
 
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
@@ -110,7 +111,7 @@ class GridConfig:
                 "--width (whose cells follow discrete steps)")
         bad = [d for d in self.mtl_data if d not in ("all", "query")]
         require(self.mtl_data and not bad, f"--mtl-data: use 'all' and/or 'query', got {', '.join(bad)}")
-        bad = [h for h in self.test_heads if h not in ("learned", "reset")]
+        bad = [h for h in self.test_heads if h not in TEST_HEADS]
         require(self.test_heads and not bad, f"--test-head: use 'learned' and/or 'reset', got {', '.join(bad)}")
 
 

@@ -19,6 +19,7 @@ from ntk_bridge import build
 from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
+from ntk_bridge.settings import LEARNED
 
 __all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings", "feature_configs"]
 
@@ -100,7 +101,7 @@ def conv_configs(quick: bool) -> dict[str, SweepConfig]:
     (docs/theory.md §7). Quick: 10 training and 5 test episodes, depths to 8 (about a minute on 2
     cores); full: 25 and 15, depths to 12."""
     sizes = dict(family="kanji", dim=49, support=5, query=15, mtl_data=("all",), inner_times=(0.1, 1.0),
-                 test_heads=("learned",), methods=(registry.ANIL.name, registry.MAML.name))
+                 test_heads=(LEARNED,), methods=(registry.ANIL.name, registry.MAML.name))
     if quick:
         sizes.update(train_tasks=10, test_tasks=5, depths=(1, 2, 3, 4, 6, 8))
     else:

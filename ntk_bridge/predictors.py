@@ -26,6 +26,7 @@ from ntk_bridge.errors import require
 from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.tasks import Layout, TaskSet
+from ntk_bridge.settings import LEARNED, TEST_HEADS
 
 __all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "predict",
            "predict_from_kernels"]
@@ -77,7 +78,7 @@ class PredictorConfig:
     inner_l2: float | None = None
     mtl_data: str = "all"
     mtl_heads: str = "shared"
-    test_head: str = "learned"
+    test_head: str = LEARNED
     rcond: float = 1e-10
 
     def __post_init__(self):
@@ -85,7 +86,7 @@ class PredictorConfig:
         self.finetune.validate("finetune_time")
         self.outer.validate("outer_time")
         require(self.mtl_data in ("all", "query"), f"mtl_data must be 'all' or 'query', got {self.mtl_data!r}")
-        require(self.test_head in ("learned", "reset"), f"test_head must be 'learned' or 'reset', got {self.test_head!r}")
+        require(self.test_head in TEST_HEADS, f"test_head must be 'learned' or 'reset', got {self.test_head!r}")
         require(self.mtl_heads in ("shared", "independent"),
                 f"mtl_heads must be 'shared' or 'independent', got {self.mtl_heads!r}")
         require(0 < self.rcond < 1, f"rcond must be in (0, 1), got {self.rcond!r}")

@@ -44,6 +44,7 @@ from ntk_bridge.operators import Solve, adapt_test, adapt_train, block, mtl_inde
 from ntk_bridge.solvers import (AUTO_MIN_SIZE, CG, CG_TOL, SOLVERS, CGResult, Solver, System, available_memory,
                                 block_jacobi, choose, outer_size, parse, pcg)
 from ntk_bridge.tasks import Layout
+from ntk_bridge.settings import LEARNED, RESET
 
 __all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "grid_solvers", "solver_plan",
            "solve_estimate", "outer_size", "gbml", "mtl"]
@@ -109,7 +110,7 @@ def gbml(Theta, G, d, layout: Layout, cfg, times, solver: str | Solver = "choles
     with ``cfg.test_head == 'reset'`` (§3.5, needs the readout kernel ``K``) the test-time adaptation
     starts from the trained body with the head at ``w0``. ``d``: :class:`ntk_bridge.closed_forms.Data`
     (numpy). Returns ``(values [M, m_q, k], Solve, residual)``."""
-    require(getattr(cfg, "test_head", "learned") == "learned" or K is not None,
+    require(getattr(cfg, "test_head", LEARNED) == LEARNED or K is not None,
             "the reset test-head protocol needs the readout kernel K")
     sl, N, ns, nq = layout.slices(), layout.n_train, layout.n_support, layout.n_query
     A, i1 = adapt_train(G, layout, cfg.inner, times.inner, cfg.rcond)
@@ -151,7 +152,7 @@ def gbml(Theta, G, d, layout: Layout, cfg, times, solver: str | Solver = "choles
     F0_test = np.asarray(d.f0tq) + Ahat @ (np.asarray(d.yts) - np.asarray(d.f0ts))
     rhs = (np.asarray(d.yq) - F0_train).reshape(n, -1)
     coef, i3, residual = _solver(solver, tol, max_iter).solve(System(matvec, blocks, form), rhs, cfg.outer, cfg.rcond)
-    if getattr(cfg, "test_head", "learned") == "reset":  # §3.5: the trained body, the head back at w0
+    if getattr(cfg, "test_head", LEARNED) == RESET:  # §3.5: the trained body, the head back at w0
         w = lift(coef)
         moved = Theta[n_tr:, :n_tr] @ w - K[n_tr:, :n_tr] @ w
         n_ts = layout.n_test * layout.m_support

@@ -38,6 +38,7 @@ from ntk_bridge.config import MUP_WIDTH, SweepConfig, finite_width, json_number
 from ntk_bridge.results import results_table, sort_results
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.tasks import TaskSet
+from ntk_bridge.settings import LEARNED
 
 __all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "iter_unit", "run_sweep", "cell_context",
            "results_table", "sort_results", "estimate", "check_feasible", "MAX_CELLS", "METHODS"]
@@ -59,7 +60,7 @@ class Cell:
     finetune_time: float
     outer_time: float
     mtl_data: str
-    test_head: str = "learned"
+    test_head: str = LEARNED
 
     infinite = property(lambda self: self.width != MUP_WIDTH and math.isinf(self.width), doc="width inf: NTK limit")
     mup_limit = property(lambda self: self.width == MUP_WIDTH, doc="width 'mup': the muP limit")

@@ -96,5 +96,5 @@ def test_config_describes_and_builds_nothing():
             imported.update(names)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names if a.name.startswith("ntk_bridge"))
-    ground = {f"ntk_bridge.{m}" for m in ("errors", "fields", "methods", "ranges", "runtime")}
+    ground = {f"ntk_bridge.{m}" for m in ("errors", "fields", "methods", "ranges", "runtime", "settings")}
     assert imported and imported <= ground, sorted(imported - ground)

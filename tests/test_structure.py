@@ -194,3 +194,15 @@ def test_the_floor_of_a_module_is_its_longest_entry():
     assert names[floor_of("ntk_bridge.fewshot.train")] == "wings"
     assert names[floor_of("ntk_bridge.datasets.render")] == "ground"
     assert floor_of("ntk_bridge.nowhere") is None and floor_of("ntk_bridge_other") is None
+
+
+def test_the_test_head_values_are_spelled_in_at_most_three_modules():
+    """The values of ``--test-head`` are constants of :mod:`ntk_bridge.settings`; a module that spells
+    ``"learned"`` or ``"reset"`` as a string literal instead is counted here (docstrings and help texts,
+    longer strings, do not count)."""
+    from ntk_bridge.settings import TEST_HEADS
+
+    spelling = sorted(str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py")
+                      if any(isinstance(node, ast.Constant) and node.value in TEST_HEADS
+                             for node in ast.walk(ast.parse(path.read_text()))))
+    assert spelling == ["ntk_bridge/settings.py"], spelling

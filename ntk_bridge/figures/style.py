@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
+from ntk_bridge.settings import LEARNED
 
 __all__ = ["STYLE", "COLORS", "LABELS", "MTL", "BASELINE", "GBML", "GBML_FLOW", "LINESTYLES", "save", "table_csv",
            "log_y", "depth_axis", "summarise", "band", "pyplot", "one_protocol"]
@@ -53,7 +54,7 @@ def one_protocol(table: pd.DataFrame) -> pd.DataFrame:
     its table (the CSV beside it) keeps them all."""
     if "test_head" not in table or table["test_head"].nunique() < 2:
         return table
-    keep = "learned" if "learned" in set(table["test_head"]) else sorted(table["test_head"].unique())[0]
+    keep = LEARNED if LEARNED in set(table["test_head"]) else sorted(table["test_head"].unique())[0]
     return table[table["test_head"] == keep]
 
 

@@ -28,6 +28,7 @@ from ntk_bridge.finite.schedule import MODES, TrainingConfig, check_discrete
 from ntk_bridge.kernels import Architecture
 from ntk_bridge.predictors import PredictorConfig
 from ntk_bridge.tasks import TaskSet
+from ntk_bridge.settings import LEARNED, RESET
 
 __all__ = ["FINITE_METHODS", "FiniteRun", "train_networks", "check_methods"]
 
@@ -83,7 +84,7 @@ def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trai
         state, history, stopped = _gradient_descent(value_and_grad, trainer.init(body0, head0, data), rates.outer,
                                                     steps.outer, factor)
         loss0, loss1 = history[0], history[-1]
-    test = trainer.test_reset if test_head == "reset" else trainer.test
+    test = trainer.test_reset if test_head == RESET else trainer.test
     preds, before, after = test(net, linear, state, head0, data, rates, steps, anchor)
     final = (state[0], head0 if test is trainer.test_reset else state[1])
     test_bad = (~jnp.all(jnp.isfinite(preds)) | ~jnp.all(jnp.isfinite(after))
@@ -93,7 +94,7 @@ def _run_one(params0, data: Data, rates: Rates, net: Network, linear: bool, trai
 
 @functools.partial(jax.jit, static_argnames=("net", "linear", "trainer", "steps", "batching", "test_head"))
 def _run_batched(params0, data: Data, rates: Rates, net: Network, linear: bool, trainer: Trainer, steps: Steps,
-                 batching: str = "vmap", test_head: str = "learned"):
+                 batching: str = "vmap", test_head: str = LEARNED):
     """Every network of the batch in one compiled call: ``jax.vmap`` over networks, or ``lax.map``
     (one network after the other inside the same program)."""
     fn = functools.partial(_run_one, net=net, linear=linear, trainer=trainer, steps=steps, test_head=test_head)
@@ -210,7 +211,7 @@ def train_networks(
     def run(linear, method):
         # a method without an inner loop (MTL, the baseline): one program serves every inner time
         used = steps if registry.get(method).depends("inner_time") else steps._replace(inner=0)
-        head = config.test_head if registry.get(method).depends("test_head") else "learned"
+        head = config.test_head if registry.get(method).depends("test_head") else LEARNED
         out = jax.device_get(_run_batched(params_run, data, rates, net=net, linear=linear,
                                           trainer=registry.get(method).implementation("finite"), steps=used,
                                           batching=batching, test_head=head))

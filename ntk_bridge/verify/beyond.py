@@ -20,6 +20,7 @@ import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge.results import ok_rows
+from ntk_bridge.settings import LEARNED
 
 __all__ = ["C7_RULE", "OUTER_TIME", "METHODS", "beyond_configs", "c7_rows", "beyond_claims"]
 
@@ -91,7 +92,7 @@ def c7_rows(frames: dict[tuple[str, int, str], pd.DataFrame]) -> list[dict]:
             useful = np.isfinite(blo) and blo > 0
             verdict = ("holds" if useful and np.isfinite(rhi) and rhi <= 1 else
                        "fails" if useful and np.isfinite(rlo) and rlo > 1 else "inconclusive")
-            rows.append(dict(claim="C7", tasks=str(mup["tasks"].iloc[0]), method=method, mtl_data="all", test_head="learned",
+            rows.append(dict(claim="C7", tasks=str(mup["tasks"].iloc[0]), method=method, mtl_data="all", test_head=LEARNED,
                              inner_time=float(mup["inner_time"].iloc[0]), depths="1", estimate=r, ci95_low=rlo,
                              ci95_high=rhi, n=n,
                              quality=f"gap muP {ga.mean():.3g} vs NTK {gb.mean():.3g}; muP benefit {bm:.3g} "

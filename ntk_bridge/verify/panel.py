@@ -13,6 +13,7 @@ import pandas as pd
 from ntk_bridge import build
 from ntk_bridge import methods as registry
 from ntk_bridge.config import SweepConfig
+from ntk_bridge.settings import LEARNED, TEST_HEADS
 
 __all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select", "with_archs",
            "sweeps", "panel_estimate"]
@@ -52,7 +53,7 @@ class Panel:
     depths: tuple[int, ...]
     inner_times: tuple[float, ...]
     mtl_data: tuple[str, ...] = ("all", "query")
-    test_heads: tuple[str, ...] = ("learned", "reset")
+    test_heads: tuple[str, ...] = TEST_HEADS
     methods: tuple[str, ...] = registry.DEFAULT_SWEEP
     finite: tuple[tuple[str, object], ...] = ()
     archs: tuple[str, ...] = ("fc",)
@@ -67,7 +68,7 @@ class Panel:
 
 
 _SMALL_FINITE = dict(family="subspace", train_tasks=4, test_tasks=4, support=4, query=6, dim=8, mtl_data=("query",),
-                     test_heads=("learned",), inner_times=(0.5,), methods=(registry.MTL.name, registry.ANIL.name),
+                     test_heads=(LEARNED,), inner_times=(0.5,), methods=(registry.MTL.name, registry.ANIL.name),
                      seeds=2, linearized=False)
 
 #: Every generated family as the panels run it (sizes other than the defaults).

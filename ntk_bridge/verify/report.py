@@ -14,6 +14,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge.figures.style import COLORS, LABELS, STYLE, depth_axis, log_y, pyplot
 from ntk_bridge.report import fmt
 from ntk_bridge.verify.claims import RULES, benefit_table, gap_medians, verdict_matrix
+from ntk_bridge.settings import LEARNED
 
 __all__ = ["figures", "markdown_report", "html_report", "verdict_table"]
 
@@ -78,7 +79,7 @@ def _fig_ratio(rows: pd.DataFrame) -> bytes:
         fig, axes = plt.subplots(len(datas), len(fams), figsize=(2.6 * len(fams), 2.1 * len(datas)), squeeze=False)
         for i, data in enumerate(datas):
             for j, fam in enumerate(fams):
-                g = med[(med["tasks"] == fam) & (med["mtl_data"] == data) & (med["test_head"] == "learned")]
+                g = med[(med["tasks"] == fam) & (med["mtl_data"] == data) & (med["test_head"] == LEARNED)]
                 if g.empty:
                     g = med[(med["tasks"] == fam) & (med["mtl_data"] == data)]
                 grid = g.groupby(["inner_time", "depth"])["ratio"].mean().unstack("depth")
@@ -104,7 +105,7 @@ def _fig_benefit(rows: pd.DataFrame) -> bytes:
             return _png(fig)
         s0 = b["inner_time"].min()
         for ax, fam in zip(axes[0], fams):
-            head = "learned" if (b["test_head"] == "learned").any() else b["test_head"].iloc[0]
+            head = LEARNED if (b["test_head"] == LEARNED).any() else b["test_head"].iloc[0]
             g = b[(b["tasks"] == fam) & (b["inner_time"] == s0) & (b["test_head"] == head)]
             for (method, data), c in g.groupby(["method", "mtl_data"]):
                 if not registry.get(method).depends("mtl_data") and data != sorted(g["mtl_data"].unique())[0]:
