@@ -27,7 +27,8 @@ import zipfile
 
 import numpy as np
 
-from ntk_bridge import build, convnets, structured
+from ntk_bridge import build, convnets
+from ntk_bridge import solvers as _solvers
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
 from ntk_bridge.config import finite_width
@@ -182,7 +183,7 @@ def estimate(config, tasks) -> dict:
     The kernel pass (:func:`ntk_bridge.convnets.pass_estimate`: for the fully connected network about
     11 ``P^2`` float64 numbers and ``4e-8 P^2`` seconds per depth), the inputs (a few ``P x d``
     copies, :data:`INPUT_COPIES`, and their ``P^2 d`` Gram matrix), the outer solves of every method and cell
-    (:func:`ntk_bridge.structured.solve_estimate`: the dense path holds a few copies of its training
+    (:func:`ntk_bridge.solvers.solve_estimate`: the dense path holds a few copies of its training
     kernels, ``N n_q`` and ``N (n' + n)`` square, and takes ``2e-3 + 3e-9 n^3`` seconds), the data
     source (:attr:`PlannedTasks.source_bytes`), finite networks about 20 copies of their parameters
     and, per network, outer step and training point, 6 multiply-adds per parameter
@@ -193,8 +194,8 @@ def estimate(config, tasks) -> dict:
         return dict(points=0, memory_bytes=int(getattr(tasks, "source_bytes", 0)), seconds=0.0, cells=n_cells(grid))
     P, d = lay.n_points, int(tasks.dim)
     arch = build.architecture(config, tasks)
-    solvers = structured.grid_solvers(config.numerics.solver, lay, grid.outer_times, grid.mtl_data)
-    solve_memory, solve_seconds = structured.solve_estimate(solvers, lay)
+    solvers = _solvers.grid_solvers(config.numerics.solver, lay, grid.outer_times, grid.mtl_data)
+    solve_memory, solve_seconds = _solvers.solve_estimate(solvers, lay)
     pass_memory, pass_seconds = convnets.pass_estimate(arch, P, len(grid.depths), max(grid.depths))
     memory = (pass_memory + solve_memory + LIBRARIES_BYTES + INPUT_COPIES * 8 * P * d
               + int(getattr(tasks, "source_bytes", 0)))

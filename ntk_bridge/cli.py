@@ -103,8 +103,8 @@ class _SweepProgress:
         self.before_start = before_start
 
     def start(self, total: int, cached: int, damaged: int) -> None:
-        if self.before_start is not None:  # every option checked and the grid planned: say where it runs
-            self.before_start()
+        if self.before_start is not None and cached < total:  # options checked, grid planned, cells to compute:
+            self.before_start()                                 # say where they run (a cached rerun runs nothing)
         note = f"({cached} cached" + (f", {damaged} damaged files recomputed" if damaged else "") + ")"
         self.task = self.bar.add_task("sweep", total=total, completed=cached, note=note)
         self.bar.start()

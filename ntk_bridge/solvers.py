@@ -23,17 +23,28 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
 from ntk_bridge import blocked
 from ntk_bridge.errors import require
-from ntk_bridge.operators import Solve, eigh_apply
 from ntk_bridge.tasks import Layout
 
+if TYPE_CHECKING:
+    from ntk_bridge.operators import Solve
+
+
+def _operators():
+    """:mod:`ntk_bridge.operators`, imported when a system is solved: choosing and costing a solver
+    (what a sweep plans, even one whose cells are all cached) needs no JAX."""
+    from ntk_bridge import operators
+
+    return operators
+
 __all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "AUTO_MEMORY_FRACTION", "System", "Solver", "Dense", "Cholesky",
-           "CG", "CGResult", "pcg", "parse", "choose", "outer_size", "available_memory"]
+           "CG", "CGResult", "pcg", "parse", "choose", "outer_size", "available_memory", "resolve", "solve_estimate",
+           "grid_solvers", "solver_plan"]
 
 #: The user's spellings of the outer solvers: ``auto`` picks one of the others (:func:`choose`).
 SOLVERS = ("auto", "dense", "cholesky", "cg")
@@ -107,8 +118,8 @@ class Dense(Solver):
         return 8 * 6 * (meta ** 2 + mtl ** 2), 2e-3 + 3e-9 * n ** 3
 
     def solve(self, system, rhs, dyn, rcond):
-        op, info = eigh_apply(system.form(), dyn, math.inf, rcond)
-        return np.asarray(op) @ rhs, Solve(*(float(v) for v in info)), math.nan
+        op, info = _operators().eigh_apply(system.form(), dyn, math.inf, rcond)
+        return np.asarray(op) @ rhs, _operators().Solve(*(float(v) for v in info)), math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,16 +150,16 @@ class Cholesky(Solver):
             if info == 0:
                 rc = 1.0 / (norm1 * blocked.inverse_norm1(a))
                 if rc > rcond:
-                    return blocked.cho_solve(a, rhs), Solve(math.nan, 0.0, 1.0 / rc), math.nan
+                    return blocked.cho_solve(a, rhs), _operators().Solve(math.nan, 0.0, 1.0 / rc), math.nan
             # no dense fallback at this size (eigh needs several n x n arrays): the rows say not_psd
-            return np.full(np.shape(rhs), np.nan), Solve(-1.0, 0.0, math.inf), math.nan
+            return np.full(np.shape(rhs), np.nan), _operators().Solve(-1.0, 0.0, math.inf), math.nan
         # factorised in place (the only n x n array held); a.T is its Fortran-ordered view, whose lower
         # triangle is the upper triangle of the (symmetric) formed matrix
         factor, info = lapack.dpotrf(a.T if a.flags.c_contiguous else a, lower=1, overwrite_a=1, clean=1)
         rc = lapack.dpocon(factor, norm1, uplo="L")[0] if info == 0 else 0.0
         if info == 0 and rc > rcond:
             x = scipy.linalg.cho_solve((factor, True), rhs)
-            return x, Solve(math.nan, 0.0, 1.0 / rc), math.nan
+            return x, _operators().Solve(math.nan, 0.0, 1.0 / rc), math.nan
         del factor, a
         # formed again (the failed factorisation overwrote it): the dense path, with its ridge
         return Dense().solve(system, rhs, dyn, rcond)
@@ -180,7 +191,7 @@ class CG(Solver):
 
     def solve(self, system, rhs, dyn, rcond):
         res = pcg(system.matvec, rhs, block_jacobi(system.blocks), self.tol, self.max_iter)
-        return res.x, Solve(-1.0 if res.negative_curvature else math.nan, 0.0, math.nan), res.residual
+        return res.x, _operators().Solve(-1.0 if res.negative_curvature else math.nan, 0.0, math.nan), res.residual
 
 
 _BY_NAME = {cls.name: cls for cls in (Dense, Cholesky, CG)}
@@ -278,3 +289,39 @@ def block_jacobi(blocks: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     inv = np.einsum("tab,tb,tcb->tac", U, np.where(keep, 1.0 / np.where(keep, m, 1.0), 0.0), U)
     T, a = blocks.shape[:2]
     return lambda r: np.einsum("tab,tbk->tak", inv, r.reshape(T, a, -1)).reshape(r.shape)
+
+
+def resolve(solver, layout: Layout, configs, memory: int | None = None) -> str:
+    """The name (``'dense'``, ``'cholesky'`` or ``'cg'``) of :func:`ntk_bridge.solvers.choose`'s choice."""
+    return choose(solver, layout, configs, memory).name
+
+
+def solve_estimate(solvers, layout: Layout) -> tuple[int, float]:
+    """``(bytes, seconds)`` of one method's outer solve in the worst of ``solvers`` (names or
+    objects): the largest of their :meth:`ntk_bridge.solvers.Solver.cost`."""
+    cost = [parse(s).cost(layout) for s in solvers]
+    return max(c[0] for c in cost), max(c[1] for c in cost)
+
+
+def grid_solvers(solver: str, layout: Layout, outer_times, mtl_data, plan: tuple | None = None) -> list[str]:
+    """The outer solvers a sweep grid's infinite-width cells use (sorted, without repeats), those of
+    ``plan`` (:func:`solver_plan`) when given."""
+    plan = solver_plan(solver, layout, outer_times, mtl_data) if plan is None else plan
+    return sorted({s for _, s in plan})
+
+
+def solver_plan(solver: str, layout: Layout, outer_times, mtl_data, memory: int | None = None) -> tuple:
+    """``solver`` resolved (:func:`resolve`) for every ``(outer_time, mtl_data)`` of a grid, once, from
+    one reading of the available memory: ``(((outer_time, mtl_data), 'dense' | 'cholesky' | 'cg'), ...)``.
+    A sweep resolves ``auto`` here when it plans and hands the result to every unit and worker, so
+    that the solver its cache keys name is the one that computed the numbers."""
+    if solver == "auto" and memory is None:
+        memory = available_memory()
+    return tuple(((float(o), m), resolve(solver, layout, [_Outer(float(o), None, m)], memory))
+                 for o in outer_times for m in mtl_data)
+
+
+class _Outer(NamedTuple):  # the fields of a PredictorConfig that resolve() reads
+    outer_time: float
+    outer_steps: int | None
+    mtl_data: str

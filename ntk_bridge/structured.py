@@ -35,14 +35,14 @@ Two solvers use this (objects of :mod:`ntk_bridge.solvers`, :func:`resolve` says
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
 from ntk_bridge.errors import require
 from ntk_bridge.operators import Solve, adapt_test, adapt_train, block, mtl_index, own
-from ntk_bridge.solvers import (AUTO_MIN_SIZE, CG, CG_TOL, SOLVERS, CGResult, Solver, System, available_memory,
-                                block_jacobi, choose, outer_size, parse, pcg)
+from ntk_bridge.solvers import (AUTO_MIN_SIZE, CG, CG_TOL, SOLVERS, CGResult, Solver, System,  # noqa: F401
+                                block_jacobi, grid_solvers, outer_size, parse, pcg, resolve, solve_estimate,
+                                solver_plan)
 from ntk_bridge.tasks import Layout
 from ntk_bridge.settings import LEARNED, RESET
 
@@ -51,42 +51,6 @@ __all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "
 
 _block_jacobi = block_jacobi
 _System = System
-
-
-def resolve(solver, layout: Layout, configs, memory: int | None = None) -> str:
-    """The name (``'dense'``, ``'cholesky'`` or ``'cg'``) of :func:`ntk_bridge.solvers.choose`'s choice."""
-    return choose(solver, layout, configs, memory).name
-
-
-def solve_estimate(solvers, layout: Layout) -> tuple[int, float]:
-    """``(bytes, seconds)`` of one method's outer solve in the worst of ``solvers`` (names or
-    objects): the largest of their :meth:`ntk_bridge.solvers.Solver.cost`."""
-    cost = [parse(s).cost(layout) for s in solvers]
-    return max(c[0] for c in cost), max(c[1] for c in cost)
-
-
-def grid_solvers(solver: str, layout: Layout, outer_times, mtl_data, plan: tuple | None = None) -> list[str]:
-    """The outer solvers a sweep grid's infinite-width cells use (sorted, without repeats), those of
-    ``plan`` (:func:`solver_plan`) when given."""
-    plan = solver_plan(solver, layout, outer_times, mtl_data) if plan is None else plan
-    return sorted({s for _, s in plan})
-
-
-def solver_plan(solver: str, layout: Layout, outer_times, mtl_data, memory: int | None = None) -> tuple:
-    """``solver`` resolved (:func:`resolve`) for every ``(outer_time, mtl_data)`` of a grid, once, from
-    one reading of the available memory: ``(((outer_time, mtl_data), 'dense' | 'cholesky' | 'cg'), ...)``.
-    A sweep resolves ``auto`` here when it plans and hands the result to every unit and worker, so
-    that the solver its cache keys name is the one that computed the numbers."""
-    if solver == "auto" and memory is None:
-        memory = available_memory()
-    return tuple(((float(o), m), resolve(solver, layout, [_Outer(float(o), None, m)], memory))
-                 for o in outer_times for m in mtl_data)
-
-
-class _Outer(NamedTuple):  # the fields of a PredictorConfig that resolve() reads
-    outer_time: float
-    outer_steps: int | None
-    mtl_data: str
 
 
 def _solver(solver, tol: float, max_iter: int | None) -> Solver:

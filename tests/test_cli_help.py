@@ -113,3 +113,13 @@ def test_sweep_says_its_device_and_blas_threads_on_stderr(tmp_path, capsys):
     line = [line for line in err.splitlines() if line.startswith("device:")]
     assert len(line) == 1 and "cpu" in line[0] and "BLAS threads: 1" in line[0], err
     assert "device:" not in out
+
+
+def test_a_cached_rerun_computes_nothing_and_names_no_device(tmp_path, capsys):
+    argv = ["sweep", "--depth", "1", "--inner-time", "0.1", "--methods", "anil", "--train-tasks", "2",
+            "--test-tasks", "1", "--support", "2", "--query", "2", "--dim", "3", "--no-figures",
+            "--out", str(tmp_path / "run")]
+    assert run(capsys, argv)[0] == 0
+    code, out, err = run(capsys, argv)
+    assert code == 0 and "cached" in err, err
+    assert not [line for line in err.splitlines() if line.startswith("device:")], err

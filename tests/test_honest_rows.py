@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_bridge import build, kernels, structured
+from ntk_bridge import build, kernels, solvers, structured
 from ntk_bridge.cli import main
 from ntk_bridge.families import subspace_tasks
 from ntk_bridge.metrics import DEFINED, STATUSES
@@ -133,7 +133,7 @@ def test_auto_is_resolved_once_when_the_sweep_plans(tmp_path, capsys, monkeypatc
     (what the cache keys say) to ``cg``: the auto run's results are the explicit cholesky run's, bit for bit."""
     import os
 
-    monkeypatch.setattr(structured, "AUTO_MIN_SIZE", 1)
+    monkeypatch.setattr(solvers, "AUTO_MIN_SIZE", 1)
     real_sysconf, planning = os.sysconf, [True]
 
     def sysconf(name):
