@@ -123,3 +123,13 @@ def test_a_cached_rerun_computes_nothing_and_names_no_device(tmp_path, capsys):
     code, out, err = run(capsys, argv)
     assert code == 0 and "cached" in err, err
     assert not [line for line in err.splitlines() if line.startswith("device:")], err
+
+
+def test_figures_help_names_every_figure(capsys):
+    from ntk_bridge.paper_figures import FIGURES
+
+    code, out, err = run(capsys, ["figures", "--help"])
+    assert code == 0
+    words = set(out.replace("│", " ").replace(",", " ").replace(".", " ").split())
+    missing = [name for name in FIGURES if name not in words]
+    assert not missing, missing
