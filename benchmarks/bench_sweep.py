@@ -68,9 +68,9 @@ def child(out_dir: str) -> None:
     import ntk_bridge.kernels as kernels
     import ntk_bridge.metrics as metrics
     import ntk_bridge.predictors as predictors
-    import ntk_bridge.report as report
     import ntk_bridge.runs as runs
-    import ntk_bridge.sweep as sweep
+    import ntk_bridge.sweep.run as sweep_run
+    import ntk_bridge.sweep.write as sweep_write
     add("import ntk_bridge modules", time.perf_counter() - t)
     t = time.perf_counter()
     figures.style.pyplot()
@@ -122,16 +122,16 @@ def child(out_dir: str) -> None:
 
         setattr(owner, attr, wrapper)
 
-    wrap(sweep, "plan", "plan: tasks, fingerprint, cell keys")
+    wrap(sweep_run, "plan", "plan: tasks, fingerprint, cell keys")
     wrap_gen(kernels, "kernels_by_depth", "kernel pass (eager neural-tangents)")
     wrap(predictors, "predict_from_kernels", "predictors (jitted calls)")
     wrap(metrics, "prediction_rows", "metric rows")
     wrap(runs.RunFolder, "write_cell", "write cell files")
     wrap(runs.RunFolder, "read_cells", "read and verify cell files")
-    wrap(sweep, "results_table", "results table (concat, sort)")
+    wrap(sweep_run, "results_table", "results table (concat, sort)")
     wrap(runs.RunFolder, "write_table", "write results.csv")
-    wrap(report, "summary_markdown", "summary.md (fits, tables)")
-    wrap(report, "_draw", "figure gap_vs_depth (table, png, pdf)")
+    wrap(sweep_write, "summary_markdown", "summary.md (fits, tables)")
+    wrap(sweep_write, "_draw", "figure gap_vs_depth (table, png, pdf)")
     wrap(cli, "print_tables", "console report")
     t = time.perf_counter()
     with open(os.devnull, "w") as devnull:

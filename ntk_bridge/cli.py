@@ -179,7 +179,7 @@ def sweep(
 
     budget.check_feasible(config, yes=yes)  # from the sizes alone, before any task is built or read
     runtime.check_blas_threads(config.numerics.blas_threads)
-    build.task_set(config)  # a malformed task file fails here, before anything is written
+    task_set = build.task_set(config)  # a malformed task file fails here, before anything is written
 
     executor = None
     if scheduler or workers:
@@ -191,7 +191,7 @@ def sweep(
     try:
         try:
             df = run_sweep(config, out, executor=executor, progress=progress, figures=figures, command=command,
-                           release_memory=True)
+                           release_memory=True, tasks=task_set)
         finally:
             progress.stop()
     finally:

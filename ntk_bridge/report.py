@@ -1,5 +1,5 @@
-"""The report of a sweep: its tables built once, rendered to the console and to ``summary.md``, and
-the run's output files (:func:`write_run`).
+"""The report of a sweep: its tables built once, rendered to the console and to ``summary.md`` (the
+run's files are written by :mod:`ntk_bridge.sweep.write`).
 
 Every grid dimension that varies in a table's rows is a column of that table; the dimensions that
 are constant are stated once in the table's note, so no two rows look alike. A method's rows are
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import time
 
 import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
 
-__all__ = ["ReportTable", "sweep_tables", "markdown", "summary_markdown", "write_run", "DIMENSIONS", "fmt",
+__all__ = ["ReportTable", "sweep_tables", "markdown", "summary_markdown", "DIMENSIONS", "fmt",
            "flagged_line"]
 
 #: Grid dimensions a table row can be keyed by (:data:`ntk_bridge.methods.SETTINGS`), with their
@@ -214,59 +212,3 @@ def summary_markdown(df: pd.DataFrame, command: str | None, config: dict) -> str
         parts += ["", "No test labels: test errors unavailable."]
     parts.append("")
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run's files
-# ---------------------------------------------------------------------------------------------
-
-def _draw(folder, name: str, table: pd.DataFrame, plot) -> bool:
-    """Draw ``table`` with ``plot`` as ``<name>.png/.pdf/.csv`` unless those files exist and the
-    CSV already holds exactly this table (a rerun with nothing new). Returns whether it drew."""
-    from ntk_bridge.figures import table_csv
-
-    prefix = folder.file(name)
-    paths = [f"{prefix}.{ext}" for ext in ("png", "pdf", "csv")]
-    if all(os.path.exists(p) for p in paths):
-        with open(paths[2], encoding="utf-8") as fh:
-            if fh.read() == table_csv(table):
-                return False
-    plot(table, prefix)
-    return True
-
-
-def write_run(folder, df: pd.DataFrame, config, command: str | None = None, started: float | None = None,
-              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None) -> None:
-    """``results.csv``, ``config.json``, ``summary.md`` and (``figures``) the figures of a finished
-    sweep into ``folder`` (:class:`ntk_bridge.runs.RunFolder`), each written atomically;
-    ``tasks_fingerprint`` (the task set's) goes into ``config.json``."""
-    from ntk_bridge.provenance import provenance
-
-    folder.write_table("results.csv", df)
-    record = dict(config=config.to_dict(), command=command, **provenance(), damaged_cells_recomputed=damaged,
-                  rows=len(df))
-    if tasks_fingerprint is not None:
-        record["tasks_fingerprint"] = tasks_fingerprint
-    if started is not None:
-        record["seconds"] = round(time.time() - started, 2)
-    folder.write_json("config.json", record)
-    folder.write_text("summary.md", summary_markdown(df, command, config.to_dict()))
-    if not figures or not len(df):
-        return
-    from ntk_bridge import figures as figs
-    from ntk_bridge.results import ok_rows
-
-    ok = ok_rows(numeric_widths(df))
-    infinite = ok[ok["width"] == math.inf]
-    if infinite["depth"].nunique() > 1:
-        table = figs.gap_vs_depth_table(infinite)
-        if len(table):
-            _draw(folder, "gap_vs_depth", table, figs.plot_gap_vs_depth)
-    finite = ok[ok["width"] < math.inf]
-    if len(finite):
-        table = figs.distance_vs_width_table(finite)
-        if len(table) and table["width"].nunique() > 1:
-            _draw(folder, "distance_vs_width", table, figs.plot_distance_vs_width)
-        gap = figs.finite_gap_vs_depth_table(finite)
-        if len(gap) and gap["depth"].nunique() > 1:
-            _draw(folder, "finite_gap_vs_depth", gap, figs.plot_finite_gap_vs_depth)

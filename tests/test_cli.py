@@ -54,6 +54,26 @@ def test_sweep_end_to_end(runner, tmp_path):
     assert (out / "results.csv").read_text() == before
 
 
+def test_sweep_builds_the_task_set_once(runner, tmp_path, monkeypatch):
+    """One ``ntk-bridge sweep`` builds its task set once (the check of the task file and the sweep share it),
+    with and without figures, and the rows are those of a sweep that built it itself."""
+    from ntk_bridge import build
+    from ntk_bridge.sweep import SweepConfig, run_sweep
+
+    real, calls = build.task_set, []
+    monkeypatch.setattr(build, "task_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for figures in ("--figures", "--no-figures"):
+        calls.clear()
+        out = tmp_path / figures
+        res = runner.invoke(["sweep", "--depth", "1,2", "--inner-time", "0.1", figures, "--out", str(out), *SMALL])
+        assert res.exit_code == 0, res.output
+        assert len(calls) == 1, figures
+    config = SweepConfig.of(depths=(1, 2), inner_times=(0.1,), train_tasks=3, test_tasks=2, support=3, query=4, dim=5)
+    df = run_sweep(config, str(tmp_path / "library"), figures=False)
+    assert (out / "results.csv").read_bytes() == (tmp_path / "library" / "results.csv").read_bytes()
+    assert len(df) and len(calls) == 2  # run_sweep alone builds it (once) when not handed one
+
+
 def test_sweep_on_a_tasks_file(runner, tmp_path):
     path = tmp_path / "t.npz"
     subspace_tasks(seed=5, n_train=3, n_test=2, n_support=2, n_query=3, dim=4).save(path)
