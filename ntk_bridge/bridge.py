@@ -26,13 +26,14 @@ def load_run_tasks(run: Path | str, val_episodes: int = 20, val_tasks: int = 0):
     task set rebuilt from its ``config.json`` (and checked against the fingerprint recorded there),
     with validation episodes as the module docstring says."""
     from ntk_bridge.families import IMAGE_FAMILIES, image_family_data, image_validation_episodes
+    from ntk_bridge import build
     from ntk_bridge.record import read_sweep_record
 
     run = Path(run)
     path = run / "config.json"
     record, config = read_sweep_record(run)  # one validating schema, before anything is built
     spec = config.tasks
-    tasks = spec.load()
+    tasks = build.task_set(spec)
     recorded = record["tasks_fingerprint"]  # present: read_sweep_record refuses a record without it
     if recorded != tasks.fingerprint():
         raise UserError(f"--tasks-of: the task set rebuilt from {path} differs from the one the sweep ran on "
