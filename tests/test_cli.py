@@ -177,6 +177,7 @@ def test_help_documents_every_option(runner):
         assert opt in res.output
 
 
+@pytest.mark.slow  # finite networks over a width range and two figures (about 20 s): in .ci/run
 def test_finite_width_sweep_reports_exponents_and_draws_both_figures(runner, tmp_path):
     out = tmp_path / "run"
     args = ["sweep", "--width", "16,32,64", "--depth", "1,2", "--seeds", "2", "--outer-steps", "5", "--methods",

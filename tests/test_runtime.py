@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
 from ntk_bridge import runtime
 
@@ -25,6 +26,7 @@ def run_python(code: str, tmp_path, **env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three commands in fresh processes (about 45 s): pytest -m slow, in .ci/run
 def test_no_tensorflow_after_a_sweep_a_finite_cell_and_a_fewshot_step(tmp_path):
     result = run_python(f"""
         import json, sys
