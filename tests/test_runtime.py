@@ -52,6 +52,7 @@ def test_no_tensorflow_after_a_sweep_a_finite_cell_and_a_fewshot_step(tmp_path):
     assert result["tensorflow"] == []
 
 
+@pytest.mark.slow  # imports TensorFlow in a fresh process (about 12 s): pytest -m slow, in .ci/run
 def test_neural_tangents_experimental_still_loads_on_demand(tmp_path):
     result = run_python("""
         import json, sys

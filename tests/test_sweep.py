@@ -116,6 +116,7 @@ def test_flagged_rows_are_reported_not_hidden(tmp_path):
     assert slopes.empty or "maml" not in set(slopes["method"])  # flagged rows never enter fits
 
 
+@pytest.mark.slow  # trains the finite cells twice, shared and alone (about 18 s): in .ci/run
 def test_finite_cells_of_one_width_and_depth_share_runs_and_match_cells_run_alone(tmp_path):
     small = dict(SMALL, depths=(1, 2), widths=(24.0,), methods=("mtl", "anil"), mtl_data=("all", "query"),
                  seeds=2, outer_steps=10)
