@@ -50,7 +50,6 @@ __all__ = ["SOLVERS", "CG_TOL", "AUTO_MIN_SIZE", "CGResult", "pcg", "resolve", "
            "solve_estimate", "outer_size", "gbml", "mtl"]
 
 _block_jacobi = block_jacobi
-_System = System
 
 
 def _solver(solver, tol: float, max_iter: int | None) -> Solver:
