@@ -1,5 +1,5 @@
 """Benchmark 7: the meta-kernel predictor at paper scale, through the structured outer solves
-(``ntk_bridge.structured``), against the dense path and the floor of its linear algebra.
+(``ntk_bridge.solvers`` on the outer problems of ``ntk_bridge.outer``), against the dense path and the floor of its linear algebra.
 
     python benchmarks/bench_structured.py                      # --quick: N = 25, 75, 200
     python benchmarks/bench_structured.py --full               # + N = 1000

@@ -19,7 +19,8 @@ The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/archi
    settings' descriptions (``config``);
 2. tables -- task families, the results schema and statuses (``metrics``), statistics
    (``results``), figures drawn from tables (``figures``);
-3. kernels -- kernels, outer operators, outer solvers, closed forms, predictors, diagnostics;
+3. kernels -- kernels, outer operators, outer solvers, the closed forms' outer problems (``outer``), closed
+   forms, predictors, diagnostics;
 4. wings -- finite networks (``finite``) and few-shot networks (``fewshot``), which import nothing
    of each other;
 5. runs -- what a configuration describes, built (``build``), the budget, the sweep's record, the
@@ -47,7 +48,7 @@ FLOORS = (
     ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "settings",
                 "tasks", "datasets", "blocked", "convnets", "provenance", "config")),
     ("tables", ("families", "metrics", "results", "figures")),
-    ("kernels", ("kernels", "layer_keys", "operators", "solvers", "structured", "closed_forms", "predictors",
+    ("kernels", ("kernels", "layer_keys", "operators", "solvers", "outer", "closed_forms", "predictors",
                  "diagnostics")),
     ("wings", ("finite", "fewshot")),
     ("runs", ("build", "budget", "record", "sweep", "verify", "report", "distributed", "bridge", "paper_figures")),

@@ -8,6 +8,10 @@ the (possibly traced) :class:`Times`, and returns the predictions on the test qu
 :data:`CLOSED_FORMS` maps each method's name to its closed form;
 :func:`ntk_bridge.predictors.predict_from_kernels` runs them.
 
+ANIL, MAML and MTL (shared heads) are their outer problems (:mod:`ntk_bridge.outer`, where each is
+written once) formed and solved by ``eigh``; the structured solvers (``cholesky``, ``cg``) apply the
+same outer problems (docs/theory.md §3.7).
+
 * GBML (§3.2), inner kernel ``G = K`` (:func:`anil`) or ``Theta`` (:func:`maml`):
   ``F(X) = F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``F0`` the initial network adapted to
   each task; FO-MAML in discrete time only (:func:`fomaml`, numpy);
@@ -22,12 +26,11 @@ import math
 from typing import NamedTuple, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntk_bridge.errors import require
-from ntk_bridge.operators import (Solve, adapt_test, adapt_train, block, eigh_apply, inner_operator, merge,
-                                  meta_kernel_blocks, mtl_index, mtl_kernel, own)
+from ntk_bridge.operators import Solve, adapt_test, block, inner_operator, own
+from ntk_bridge.outer import GBMLOuter, MTLOuter, adapted
 from ntk_bridge.tasks import Layout
 from ntk_bridge.settings import RESET
 
@@ -64,83 +67,31 @@ class Times(NamedTuple):
 
 
 
-def _gbml(Theta, K, G, d: Data, layout: Layout, cfg, times):
-    """docs/theory.md §3.2: ``F0(X) + Phi(X, 𝒳) phi_outer(Phi) (𝒴 - F0(𝒳))``, ``G`` the inner kernel
-    (``K`` the readout kernel); with ``cfg.test_head == 'reset'`` (§3.5) the head is reset to ``w0``
-    after meta-training and the test-time adaptation starts from the trained body."""
-    sl, N, M = layout.slices(), layout.n_train, layout.n_test
-    A, i1 = adapt_train(G, layout, cfg.inner, times.inner, cfg.rcond)
-    Ahat, i2 = adapt_test(G, layout, cfg.finetune, times.finetune, cfg.rcond)
-    nq = N * layout.n_query
-    phi = meta_kernel_blocks(Theta, A, layout).reshape(nq, nq)
-    F0_train = d.f0q + A @ (d.ys - d.f0s)
-    solve, i3 = eigh_apply(phi, cfg.outer, times.outer, cfg.rcond)
-    coef = solve @ (d.yq - F0_train).reshape(nq, -1)
-    if cfg.test_head == RESET:
-        return _reset_head(Theta - K, A, Ahat, coef, d, layout), merge(i1, i2, i3)
-    F0_test = d.f0tq + Ahat @ (d.yts - d.f0ts)
-    cross = (block(Theta, sl["test_query"], sl["train_query"], M, N)
-             - jnp.einsum("mab,mbjc->majc", Ahat, block(Theta, sl["test_support"], sl["train_query"], M, N))
-             - jnp.einsum("majd,jcd->majc", block(Theta, sl["test_query"], sl["train_support"], M, N), A)
-             + jnp.einsum("mab,mbjd,jcd->majc", Ahat,
-                          block(Theta, sl["test_support"], sl["train_support"], M, N), A))
-    out = F0_test + cross.reshape(M, layout.m_query, nq) @ coef
-    return out, merge(i1, i2, i3)
-
-
-def _reset_head(B, A, Ahat, coef, d: Data, layout: Layout):
-    """The reset protocol (docs/theory.md §3.5): the trained body with the head at ``w0``,
-    ``g(x) = f0(x) + sum_j [B(x, X_j) - B(x, X'_j) A_j^T] c_j`` (``B = Theta - K`` the body's kernel,
-    ``c`` the outer coefficients), adapted at test time from ``g`` with the inner kernel (``Ahat``)."""
-    sl, N, M = layout.slices(), layout.n_train, layout.n_test
-    c = coef.reshape(N, layout.n_query, -1)
-    u = jnp.einsum("jcd,jck->jdk", A, c)  # A_j^T c_j on the supports
-
-    def g(rows, f0, m_points):
-        moved = (jnp.einsum("majc,jck->mak", block(B, sl[rows], sl["train_query"], M, N), c)
-                 - jnp.einsum("majd,jdk->mak", block(B, sl[rows], sl["train_support"], M, N), u))
-        return f0 + moved.reshape(M, m_points, -1)
-
-    g_ts = g("test_support", d.f0ts, layout.m_support)
-    g_tq = g("test_query", d.f0tq, layout.m_query)
-    return g_tq + Ahat @ (d.yts - g_ts)
-
-
 def _finetune_head(K, g_ts, g_tq, d: Data, layout: Layout, cfg, times):
     """``g(X) + K(X, X') T_hat_K (Y' - g(X'))`` per test task."""
     Ahat, info = adapt_test(K, layout, cfg.finetune, times.finetune, cfg.rcond)
-    return g_tq + Ahat @ (d.yts - g_ts), info
+    return adapted(Ahat, g_ts, g_tq, d.yts), info
 
 
 def mtl(Theta, K, d: Data, layout: Layout, cfg, times):
     """MTL (docs/theory.md §3.3): the body trained with ``Theta_MTL`` on 𝒟, the head reset to ``w0``
-    and fine-tuned with ``K`` on the test support."""
+    and fine-tuned with ``K`` on the test support (:class:`ntk_bridge.outer.MTLOuter`)."""
     if cfg.mtl_heads == "independent":
         # A fresh test head is independent of the trained heads: the body's change is invisible.
         return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
-    sl = layout.slices()
-    idx, task = mtl_index(layout, cfg.mtl_data)
-    kern = mtl_kernel(Theta[jnp.ix_(idx, idx)], K[jnp.ix_(idx, idx)], task)
-    y_all = jnp.concatenate([d.ys.reshape(-1, d.ys.shape[-1]), d.yq.reshape(-1, d.yq.shape[-1])])
-    f0_all = jnp.concatenate([d.f0s.reshape(-1, d.f0s.shape[-1]), d.f0q.reshape(-1, d.f0q.shape[-1])])
-    idx_local = idx - sl["train_support"].start  # supports then queries, as in y_all
-    solve, i1 = eigh_apply(kern, cfg.outer, times.outer, cfg.rcond)
-    alpha = solve @ (y_all[idx_local] - f0_all[idx_local])
-    body = Theta - K
-    g_ts = d.f0ts + (body[sl["test_support"]][:, idx] @ alpha).reshape(d.f0ts.shape)
-    g_tq = d.f0tq + (body[sl["test_query"]][:, idx] @ alpha).reshape(d.f0tq.shape)
-    out, i2 = _finetune_head(K, g_ts, g_tq, d, layout, cfg, times)
-    return out, merge(i1, i2)
+    return MTLOuter(Theta, K, d, layout, cfg, times).dense()
 
 
 def anil(Theta, K, d: Data, layout: Layout, cfg, times):
-    """ANIL: GBML with the head's kernel ``K`` in the inner loop and at test time."""
-    return _gbml(Theta, K, K, d, layout, cfg, times)
+    """ANIL: GBML (:class:`ntk_bridge.outer.GBMLOuter`) with the head's kernel ``K`` in the inner
+    loop and at test time."""
+    return GBMLOuter(Theta, K, K, d, layout, cfg, times).dense()
 
 
 def maml(Theta, K, d: Data, layout: Layout, cfg, times):
-    """MAML: GBML with the full NTK ``Theta`` in the inner loop and at test time."""
-    return _gbml(Theta, K, Theta, d, layout, cfg, times)
+    """MAML: GBML (:class:`ntk_bridge.outer.GBMLOuter`) with the full NTK ``Theta`` in the inner
+    loop and at test time."""
+    return GBMLOuter(Theta, K, Theta, d, layout, cfg, times).dense()
 
 
 def baseline(Theta, K, d: Data, layout: Layout, cfg, times):
@@ -187,8 +138,8 @@ def fomaml(Theta, K, d: Data, layout: Layout, cfg, times):
                            config.finetune_steps)
     A_hat = own(blocks("test_query", "test_support", M, M)) @ T_hat  # [M, m_q, m_s]
     f0s, f0q, f0ts, f0tq = (np.asarray(f, np.float64) for f in (d.f0s, d.f0q, d.f0ts, d.f0tq))
-    F0 = (f0q + A @ (ys - f0s)).reshape(N * lay.n_query, k)
-    F0_test = f0tq + A_hat @ (yts - f0ts)
+    F0 = adapted(A, f0s, f0q, ys).reshape(N * lay.n_query, k)
+    F0_test = adapted(A_hat, f0ts, f0tq, yts)
     nq = N * lay.n_query
     phi = Theta[sl["train_query"], sl["train_query"]] - np.einsum(
         "iab,ibc->iac", A, Theta[sl["train_support"], sl["train_query"]].reshape(N, lay.n_support, nq)).reshape(nq, nq)
@@ -204,7 +155,7 @@ def fomaml(Theta, K, d: Data, layout: Layout, cfg, times):
         B = Theta - np.asarray(K, dtype=np.float64)
         g_ts = f0ts - eta * (B[sl["test_support"], sl["train_query"]] @ total).reshape(M, lay.m_support, k)
         g_tq = f0tq - eta * (B[sl["test_query"], sl["train_query"]] @ total).reshape(M, lay.m_query, k)
-        return g_tq + A_hat @ (yts - g_ts), _NO_SOLVE
+        return adapted(A_hat, g_ts, g_tq, yts), _NO_SOLVE
     return F0_test - eta * (cross @ total), _NO_SOLVE
 
 

@@ -30,7 +30,7 @@ __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsC
 TASK_FAMILIES = ("subspace", "linear", "sinusoid", "common", "kanji", "omniglot")
 #: Families whose inputs are images (:data:`ntk_bridge.families.IMAGE_FAMILIES`).
 IMAGE_FAMILIES = ("kanji", "omniglot")
-#: Architectures and readouts (:mod:`ntk_bridge.convnets`), outer solvers (:mod:`ntk_bridge.structured`).
+#: Architectures and readouts (:mod:`ntk_bridge.convnets`), outer solvers (:mod:`ntk_bridge.solvers`).
 ARCHS, READOUTS, SOLVERS = ("fc", "conv", "resnet"), ("flatten", "gap"), ("auto", "dense", "cholesky", "cg")
 #: Parameterisations and activations of the fully connected network (:data:`ntk_bridge.kernels.PARAMS`).
 PARAMS, ACTIVATIONS = ("ntk", "mup"), ("relu", "linear")

@@ -25,6 +25,7 @@ from ntk_bridge import solvers
 from ntk_bridge.errors import require
 from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
+from ntk_bridge.outer import GBMLOuter, MTLOuter
 from ntk_bridge.tasks import Layout, TaskSet
 from ntk_bridge.settings import LEARNED, TEST_HEADS
 
@@ -252,7 +253,7 @@ def predict_from_kernels(
 
 def _has_structured_form(method, cfg: PredictorConfig) -> bool:
     """MTL with shared heads and the GBML methods with a gradient-flow closed form have an outer solve
-    that :mod:`ntk_bridge.structured` can do through the per-task blocks."""
+    (:mod:`ntk_bridge.outer`) that a structured solver can do through the per-task blocks."""
     if method.closed_form_needs_steps:
         return False
     return (method.role == "mtl" and cfg.mtl_heads == "shared") or (method.role == "gbml" and
@@ -260,18 +261,18 @@ def _has_structured_form(method, cfg: PredictorConfig) -> bool:
 
 
 def _predict_structured(Theta, K, data: Data, times, layout: Layout, configs, method, solver: solvers.Solver):
-    """One batch entry after the other through :mod:`ntk_bridge.structured` (``solver``: a structured
+    """One batch entry after the other: the method's outer problem (:mod:`ntk_bridge.outer`, the one
+    the jitted closed form forms) held in numpy and solved by ``solver`` (a structured
     :class:`ntk_bridge.solvers.Solver`); ``((values, Solve), residuals)`` shaped like the jitted path's output."""
-    from ntk_bridge import structured
-
     values, infos, residuals = [], [], []
     for b in range(Theta.shape[0]):
         t = Times(*times[b])
         if method.role == "mtl":
-            v, info, res = structured.mtl(Theta[b], K[b], data, layout, configs[b], t, solver)
+            problem = MTLOuter(Theta[b], K[b], data, layout, configs[b], t, numpy=True)
         else:
             G = K[b] if method.inner_kernel == "K" else Theta[b]
-            v, info, res = structured.gbml(Theta[b], G, data, layout, configs[b], t, solver, K=K[b])
+            problem = GBMLOuter(Theta[b], K[b], G, data, layout, configs[b], t, numpy=True)
+        v, info, res = problem.solve(solver)
         values.append(v)
         infos.append(info)
         residuals.append(res)

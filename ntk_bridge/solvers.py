@@ -82,7 +82,7 @@ def _sizes(layout: Layout) -> tuple[int, int, int]:
 @dataclasses.dataclass(frozen=True)
 class Solver:
     """What every outer solver says: its name (the user's spelling), whether it goes through the
-    per-task structure (:mod:`ntk_bridge.structured`) rather than the jitted closed forms, what one
+    per-task structure (an outer problem of :mod:`ntk_bridge.outer` applied) rather than the jitted closed forms, what one
     method's outer solve costs on a layout (:meth:`cost`), whether an ``n x n`` system fits in
     ``memory`` bytes (:meth:`fits`) and how it solves one (:meth:`solve`). Costs were measured on a
     2-core machine (``benchmarks/README.md``)."""

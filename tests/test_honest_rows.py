@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_bridge import build, kernels, solvers, structured
+from ntk_bridge import build, kernels, solvers
 from ntk_bridge.cli import main
 from ntk_bridge.families import subspace_tasks
 from ntk_bridge.metrics import DEFINED, STATUSES
@@ -167,7 +167,7 @@ def test_units_carry_the_planned_solvers_to_workers():
     config = sw.SweepConfig.of(depths=(1, 2), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2,
                                support=3, query=4, dim=5)
     tasks = build.task_set(config)
-    plan = structured.solver_plan("auto", tasks.layout, (math.inf,), ("all",), memory=1 << 40)
+    plan = solvers.solver_plan("auto", tasks.layout, (math.inf,), ("all",), memory=1 << 40)
     _, cells, keys = sw.plan(config, tasks, plan)
     units = distributed.split_units(sw.make_units(config, cells, keys, plan), min_units=4)
     assert len(units) >= 2 and all(u.solvers == plan for u in units)

@@ -1,4 +1,4 @@
-"""Structured outer solves (docs/theory.md §3.7, ``ntk_bridge.structured``): the Cholesky solve from
+"""Structured outer solves (docs/theory.md §3.7: ``ntk_bridge.outer``, ``ntk_bridge.solvers``): the Cholesky solve from
 per-task blocks and block-Jacobi conjugate gradients against a dense ``scipy.linalg.solve`` of the
 meta-kernel and of the MTL kernel built by the naive loops of ``tests/reference.py``; the stopping
 rule and statuses of conjugate gradients; which solver runs when.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ntk_bridge import metrics, solvers, structured
+from ntk_bridge import metrics, outer, solvers
 from ntk_bridge.errors import UserError
 from ntk_bridge.kernels import kernels_all_depths
 from ntk_bridge.predictors import Diagnostics, PredictorConfig, predict_from_kernels
@@ -78,14 +78,12 @@ def test_cholesky_from_blocks_equals_a_dense_solve(problem, method, mtl_data, te
 def test_the_meta_kernel_formed_a_few_tasks_at_a_time_is_the_same(problem, method, monkeypatch):
     """Forming the meta-kernel system in blocks of tasks (two at a time here; at paper scale, blocks
     whose temporaries stay near ``FORM_BLOCK_ELEMENTS``) gives the one-block prediction."""
-    from ntk_bridge import structured
-
     tasks, Th, K, f0 = problem
     cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE)
     whole = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method].values
     layout = tasks.layout
     per_task = layout.n_query * max(layout.n_train * layout.n_query, layout.n_train * layout.n_support)
-    monkeypatch.setattr(structured, "FORM_BLOCK_ELEMENTS", 2 * per_task)
+    monkeypatch.setattr(outer, "FORM_BLOCK_ELEMENTS", 2 * per_task)
     blocked = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cholesky")[method].values
     assert layout.n_train > 2 and rel(blocked, whole) < 1e-13
     assert rel(blocked, expected(method, Th, K, tasks, f0)) < 1e-10
@@ -170,10 +168,10 @@ def test_conjugate_gradients_equal_a_dense_solve_to_their_tolerance(problem, met
     cfg = PredictorConfig(inner_time=INNER, finetune_time=FINETUNE, mtl_data=mtl_data, test_head=test_head)
     got = predict_from_kernels(Th, K, tasks, cfg, (method,), f0=f0, solver="cg")[method]
     d = got.diagnostics
-    assert d.residual <= structured.CG_TOL and d.tolerance == structured.CG_TOL
+    assert d.residual <= solvers.CG_TOL and d.tolerance == solvers.CG_TOL
     assert metrics.status_of(d) == "ok"
     cond = np.linalg.cond(_mtl_kernel(problem, mtl_data) if method == "mtl" else _meta_kernel(problem, method))
-    bound = 10 * cond * structured.CG_TOL  # 10: the prediction's own rounding on top
+    bound = 10 * cond * solvers.CG_TOL  # 10: the prediction's own rounding on top
     assert bound < 1e-5  # the bound says something
     assert rel(got.values, expected(method, Th, K, tasks, f0, mtl_data, test_head)) < bound
 
@@ -184,13 +182,13 @@ def test_pcg_on_a_meta_kernel_against_scipy(problem, rng):
     Phi = _meta_kernel(problem)
     b = rng.standard_normal((Phi.shape[0], 3))
     blocks = np.stack([Phi[i:i + 4, i:i + 4] for i in range(0, Phi.shape[0], 4)])
-    res = structured.pcg(lambda v: Phi @ v, b, structured._block_jacobi(blocks))
+    res = solvers.pcg(lambda v: Phi @ v, b, solvers.block_jacobi(blocks))
     true = np.max(np.linalg.norm(Phi @ res.x - b, axis=0) / np.linalg.norm(b, axis=0))
-    assert res.residual == pytest.approx(true, rel=1e-6) and res.residual <= structured.CG_TOL
+    assert res.residual == pytest.approx(true, rel=1e-6) and res.residual <= solvers.CG_TOL
     exact = scipy.linalg.solve(Phi, b, assume_a="pos")
-    assert rel(res.x, exact) < 10 * np.linalg.cond(Phi) * structured.CG_TOL
+    assert rel(res.x, exact) < 10 * np.linalg.cond(Phi) * solvers.CG_TOL
     diag = scipy.linalg.block_diag(*blocks)
-    one = structured.pcg(lambda v: diag @ v, b, structured._block_jacobi(blocks))
+    one = solvers.pcg(lambda v: diag @ v, b, solvers.block_jacobi(blocks))
     assert one.iterations == 1 and rel(one.x, scipy.linalg.solve(diag, b)) < 1e-12
 
 
@@ -202,13 +200,13 @@ def test_pcg_statuses(rng):
     spd = (Q * np.geomspace(1, 1e6, n)) @ Q.T
     b = rng.standard_normal((n, 1))
     ident = lambda r: r  # noqa: E731
-    short = structured.pcg(lambda v: spd @ v, b, ident, max_iter=3)
-    assert short.iterations == 3 and short.residual > structured.CG_TOL and not short.negative_curvature
-    d = Diagnostics(math.nan, 0.0, math.nan, True, short.residual, structured.CG_TOL)
+    short = solvers.pcg(lambda v: spd @ v, b, ident, max_iter=3)
+    assert short.iterations == 3 and short.residual > solvers.CG_TOL and not short.negative_curvature
+    d = Diagnostics(math.nan, 0.0, math.nan, True, short.residual, solvers.CG_TOL)
     assert metrics.status_of(d) == "not_converged"
-    bad = structured.pcg(lambda v: -spd @ v, b, ident)  # negative definite: b^T A b < 0 at once
+    bad = solvers.pcg(lambda v: -spd @ v, b, ident)  # negative definite: b^T A b < 0 at once
     assert bad.negative_curvature
-    assert metrics.status_of(Diagnostics(-1.0, 0.0, math.nan, True, bad.residual, structured.CG_TOL)) == "not_psd"
+    assert metrics.status_of(Diagnostics(-1.0, 0.0, math.nan, True, bad.residual, solvers.CG_TOL)) == "not_psd"
 
 
 def test_cholesky_falls_back_to_the_dense_ridge_when_singular(problem):
@@ -240,22 +238,22 @@ FINITE = PredictorConfig(outer_time=5.0)
 
 def test_resolve_rule():
     small, big = layout(10), layout(200)  # MTL on all data: 200 and 4,000 points
-    n = structured.outer_size(big, "all")
-    assert n == 4000 and structured.outer_size(big, "query") == 3000
-    assert structured.resolve("auto", small, [INF]) == "dense"  # every default sweep
-    assert structured.resolve("auto", big, [FINITE]) == "dense"  # finite outer times need the spectrum
-    assert structured.resolve("auto", big, [INF], memory=48 * n * n) == "cholesky"  # 3 n^2 floats in half of it
-    assert structured.resolve("auto", big, [INF], memory=48 * n * n - 8) == "cg"
-    just = layout(structured.AUTO_MIN_SIZE // 20)
-    assert structured.outer_size(just, "all") == structured.AUTO_MIN_SIZE
-    assert structured.resolve("auto", just, [INF], memory=1 << 40) == "cholesky"
-    assert structured.resolve("auto", layout(structured.AUTO_MIN_SIZE // 20 - 1), [INF], memory=1 << 40) == "dense"
+    n = solvers.outer_size(big, "all")
+    assert n == 4000 and solvers.outer_size(big, "query") == 3000
+    assert solvers.resolve("auto", small, [INF]) == "dense"  # every default sweep
+    assert solvers.resolve("auto", big, [FINITE]) == "dense"  # finite outer times need the spectrum
+    assert solvers.resolve("auto", big, [INF], memory=48 * n * n) == "cholesky"  # 3 n^2 floats in half of it
+    assert solvers.resolve("auto", big, [INF], memory=48 * n * n - 8) == "cg"
+    just = layout(solvers.AUTO_MIN_SIZE // 20)
+    assert solvers.outer_size(just, "all") == solvers.AUTO_MIN_SIZE
+    assert solvers.resolve("auto", just, [INF], memory=1 << 40) == "cholesky"
+    assert solvers.resolve("auto", layout(solvers.AUTO_MIN_SIZE // 20 - 1), [INF], memory=1 << 40) == "dense"
     for named in ("dense", "cholesky", "cg"):
-        assert structured.resolve(named, small, [INF]) == named
+        assert solvers.resolve(named, small, [INF]) == named
     with pytest.raises(UserError, match="outer-time inf"):
-        structured.resolve("cholesky", small, [FINITE])
+        solvers.resolve("cholesky", small, [FINITE])
     with pytest.raises(UserError, match="solver must be one of"):
-        structured.resolve("qr", small, [INF])
+        solvers.resolve("qr", small, [INF])
 
 
 def test_auto_takes_the_structured_path_above_the_threshold(problem, monkeypatch):
@@ -269,12 +267,11 @@ def test_auto_takes_the_structured_path_above_the_threshold(problem, monkeypatch
     for m in methods:
         np.testing.assert_array_equal(auto[m].values, dense[m].values)
     calls = []
-    for name in ("gbml", "mtl"):
-        fn = getattr(structured, name)
-        monkeypatch.setattr(structured, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    solve = outer.Outer.solve
+    monkeypatch.setattr(outer.Outer, "solve", lambda self, *a: calls.append(type(self).__name__) or solve(self, *a))
     monkeypatch.setattr(solvers, "AUTO_MIN_SIZE", 10)  # auto chooses in ntk_bridge.solvers
     big = predict_from_kernels(Th, K, tasks, cfg, methods, solver="auto")
-    assert sorted(calls) == ["gbml", "gbml", "mtl"]
+    assert sorted(calls) == ["GBMLOuter", "GBMLOuter", "MTLOuter"]
     cho = predict_from_kernels(Th, K, tasks, cfg, methods, solver="cholesky")
     for m in methods:
         np.testing.assert_array_equal(big[m].values, cho[m].values)
