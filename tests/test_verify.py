@@ -299,18 +299,26 @@ class _OneStream:
 
 
 def test_an_executor_gets_the_whole_panel_in_one_submission_and_gives_the_same_bytes(tiny_run, tmp_path):
+    """The in-process panel's folders with one cell file of every sweep deleted: on an executor the missing
+    cells of all the sweeps (the finite panel's too) go out in one submission and come back byte for byte."""
+    import shutil
+
     from ntk_bridge.verify.panel import run_panel, sweeps
 
     _, out = tiny_run
+    labels = [label for label, _, _ in sweeps(TINY)] + ["finite"]  # (runs/beyond: C7's runs, not the panel's)
+    for label in labels:
+        shutil.copytree(out / "runs" / label, tmp_path / "runs" / label)
+        (tmp_path / "runs" / label / "results.csv").unlink()
+        sorted((tmp_path / "runs" / label / "cells").iterdir())[0].unlink()
     executor = _OneStream()
     infinite, finite = run_panel(TINY, str(tmp_path), executor=executor)
-    assert len(executor.calls) == 1  # every sweep's units in one submission, the finite panel's too
-    configs = {u.config for u in executor.calls[0]}
-    assert len(configs) == len(sweeps(TINY)) + 1
-    labels = {label for label, _, _ in sweeps(TINY)} | {"finite"}  # (runs/beyond: C7's runs, not the panel's)
-    runs = sorted(p.relative_to(out) for p in (out / "runs").rglob("*.csv") if p.relative_to(out).parts[1] in labels)
-    assert any(str(r).startswith("runs/finite/cells/") for r in runs) and len(runs) > 2 * len(configs)
-    for rel in runs:  # every cell file and results.csv, byte for byte
+    assert len(executor.calls) == 1  # one submission for every sweep
+    assert len({u.config for u in executor.calls[0]}) == len(labels)
+    assert sum(len(u.cells) for u in executor.calls[0]) == len(labels)  # only the missing cells
+    files = sorted(p.relative_to(out) for label in labels for p in (out / "runs" / label).rglob("*.csv"))
+    assert len(files) > 2 * len(labels)
+    for rel in files:  # every cell file and results.csv, byte for byte
         assert (tmp_path / rel).read_bytes() == (out / rel).read_bytes(), rel
     assert set(infinite["tasks"]) == {"subspace", "common"} and len(finite) > 0
     again = _OneStream()
