@@ -1,13 +1,18 @@
 """The methods, one object each: the only place where a method is defined.
 
 A :class:`Method` says what it is (name, label, colour, role), which grid settings its predictions
-depend on, and where its implementations live: the infinite-width closed form (one signature,
-:class:`ntk_bridge.closed_forms.ClosedForm`, in the plain table
-:data:`ntk_bridge.closed_forms.CLOSED_FORMS` keyed by the method's name), the finite-width trainer
-(:mod:`ntk_bridge.finite.objectives`) and the few-shot objective (:mod:`ntk_bridge.fewshot.methods`),
-the last two named by import path and resolved on first use (:meth:`Method.implementation`),
-so reading the registry imports nothing heavy: the command line builds its choices from it without
-loading JAX.
+depend on, and which implementations it has. Each kind of implementation lives in one plain table keyed
+by the method's name, on the floor of the code that runs it, with one signature per table:
+
+* the infinite-width closed form: :data:`ntk_bridge.closed_forms.CLOSED_FORMS`
+  (:class:`ntk_bridge.closed_forms.ClosedForm`), read by :func:`ntk_bridge.predictors.predict_from_kernels`;
+* the finite-width trainer: :data:`ntk_bridge.finite.objectives.TRAINERS`
+  (:class:`ntk_bridge.finite.objectives.Trainer`), read by :mod:`ntk_bridge.finite.training`;
+* the few-shot objective: :data:`ntk_bridge.fewshot.methods.METHODS` (the few-shot registry).
+
+The registry holds flags (``closed_form``, ``finite``, ``fewshot``), never the implementations, so it
+stays on the ground floor and reading it imports nothing heavy (the command line builds its choices
+from it without loading JAX); ``tests/test_methods.py`` checks each table's keys against the flags.
 
 Everything that lists methods reads :data:`METHODS`: the command line's choices, the sweep's
 planning (a method is computed once for all the values of a setting it does not depend on), the
@@ -25,7 +30,6 @@ the ``baseline`` (a head fine-tuned on an untrained body) shows what no transfer
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Iterable
 
 from ntk_bridge.errors import UserError
@@ -53,8 +57,8 @@ class Method:
       closed_form: whether it has an infinite-width closed form (``CLOSED_FORMS[name]``).
       closed_form_needs_steps: the closed form exists only for discrete times (every ``*_steps``
         set), so the method has no gradient-flow, infinite-time cell.
-      finite: ``'module:object'`` of its finite-width trainer, or ``None``.
-      fewshot: ``'module:object'`` of its few-shot objective, or ``None``.
+      finite: whether it has a finite-width trainer (``ntk_bridge.finite.objectives.TRAINERS[name]``).
+      fewshot: whether it has a few-shot objective (``ntk_bridge.fewshot.methods.METHODS[name]``).
     """
 
     name: str
@@ -66,25 +70,12 @@ class Method:
     inner_kernel: str | None = None
     closed_form: bool = False
     closed_form_needs_steps: bool = False
-    finite: str | None = None
-    fewshot: str | None = None
+    finite: bool = False
+    fewshot: bool = False
 
     def depends(self, setting: str) -> bool:
         """Whether this method's predictions change with ``setting`` (one of :data:`SETTINGS`)."""
         return setting in self.depends_on
-
-    def implementation(self, kind: str):
-        """The object named by ``finite`` or ``fewshot`` (imported on first use). The closed forms are
-        not looked up here: they live one floor up, in the plain table
-        :data:`ntk_bridge.closed_forms.CLOSED_FORMS` keyed by the method's name (``closed_form`` says
-        whether the method has one), which the predictors read directly."""
-        path = getattr(self, kind)
-        if kind == "closed_form":
-            raise ValueError("closed forms are read from ntk_bridge.closed_forms.CLOSED_FORMS[name]")
-        if path is None or path is False:
-            raise UserError(f"method {self.name!r} has no {kind.replace('_', ' ')} implementation")
-        module, _, attr = path.partition(":")
-        return getattr(importlib.import_module(module), attr)
 
 
 _GBML_SETTINGS = ("width", "inner_time", "finetune_time", "outer_time", "test_head")
@@ -94,30 +85,30 @@ MTL = Method(
     "shared body, one head per training task (all initialised to w0), trained jointly; at test the head "
     "is reset to w0 and fine-tuned on the support",
     ("width", "finetune_time", "outer_time", "mtl_data"),
-    inner_kernel=None, closed_form=True, finite="ntk_bridge.finite.objectives:MTL_TRAINER",
-    fewshot="ntk_bridge.fewshot.methods:MTL")
+    inner_kernel=None, closed_form=True, finite=True,
+    fewshot=True)
 ANIL = Method(
     "anil", "ANIL", "#d95f02", "gbml",
     "inner loop on the head only (kernel K), outer loss on the queries of the adapted network",
     _GBML_SETTINGS, inner_kernel="K", closed_form=True,
-    finite="ntk_bridge.finite.objectives:ANIL_TRAINER",
-    fewshot="ntk_bridge.fewshot.methods:ANIL")
+    finite=True,
+    fewshot=True)
 MAML = Method(
     "maml", "MAML", "#7570b3", "gbml",
     "inner loop on every parameter (kernel Theta), second order",
     _GBML_SETTINGS, inner_kernel="Theta", closed_form=True,
-    finite="ntk_bridge.finite.objectives:MAML_TRAINER",
-    fewshot="ntk_bridge.fewshot.methods:MAML")
+    finite=True,
+    fewshot=True)
 FOMAML = Method(
     "fomaml", "FO-MAML", "#e7298a", "gbml",
     "MAML with the inner gradients held constant in the outer derivative (first order)",
     _GBML_SETTINGS, inner_kernel="Theta", closed_form=True,
-    closed_form_needs_steps=True, finite="ntk_bridge.finite.objectives:FOMAML_TRAINER")
+    closed_form_needs_steps=True, finite=True)
 BASELINE = Method(
     "baseline", "no-transfer baseline", "#444444", "baseline",
     "no training: a head fine-tuned on the test support of the untrained body",
     ("width", "finetune_time"), closed_form=True,
-    finite="ntk_bridge.finite.objectives:BASELINE_TRAINER")
+    finite=True)
 
 #: Every method, in display order.
 METHODS: dict[str, Method] = {m.name: m for m in (MTL, ANIL, MAML, FOMAML, BASELINE)}
@@ -144,9 +135,9 @@ def names(role: str | None = None, closed_form: bool | None = None, finite: bool
             continue
         if closed_form is not None and m.closed_form != closed_form:
             continue
-        if finite is not None and (m.finite is not None) != finite:
+        if finite is not None and m.finite != finite:
             continue
-        if fewshot is not None and (m.fewshot is not None) != fewshot:
+        if fewshot is not None and m.fewshot != fewshot:
             continue
         out.append(m.name)
     return tuple(out)

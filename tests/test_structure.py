@@ -120,23 +120,20 @@ def test_every_reference_to_the_theory_resolves():
     assert not missing, missing
 
 
-def test_registry_implementations_resolve():
-    for m in methods.METHODS.values():
-        for kind in ("finite", "fewshot"):
-            if getattr(m, kind):
-                assert m.implementation(kind) is not None, (m.name, kind)
-
-
-def test_fewshot_links_name_the_fewshot_registry_objects():
-    """The methods with a few-shot objective point at the object of that name in the few-shot
-    registry; the few-shot-only methods (R2D2, ProtoNet) are the rest of it."""
+def test_each_implementation_table_holds_exactly_the_methods_the_registry_flags():
+    """The registry's flags against the tables the code runs: the closed forms, the finite trainers (each
+    named after its method) and the few-shot objectives (whose registry adds R2D2 and ProtoNet)."""
+    from ntk_bridge.closed_forms import CLOSED_FORMS
     from ntk_bridge.fewshot.methods import METHODS as FEWSHOT
+    from ntk_bridge.finite.objectives import TRAINERS
 
-    linked = {m.name: m.implementation("fewshot") for m in methods.METHODS.values() if m.fewshot}
-    assert set(linked) == {"mtl", "anil", "maml"}
-    for name, obj in linked.items():
-        assert obj is FEWSHOT[name] and methods.METHODS[name].fewshot == obj.import_path
-    assert set(FEWSHOT) - set(linked) == {"r2d2", "protonet"}
+    for kind, table in (("closed_form", CLOSED_FORMS), ("finite", TRAINERS), ("fewshot", FEWSHOT)):
+        flagged = {m.name for m in methods.METHODS.values() if getattr(m, kind)}
+        assert flagged == set(table) & set(methods.METHODS), kind
+        assert all(isinstance(getattr(m, kind), bool) for m in methods.METHODS.values()), kind
+    assert set(TRAINERS) == set(methods.METHODS) and all(t.name == n for n, t in TRAINERS.items())
+    assert set(FEWSHOT) - set(methods.METHODS) == {"r2d2", "protonet"}
+    assert {m.name for m in methods.METHODS.values() if m.fewshot} == {"mtl", "anil", "maml"}
 
 
 # -- the layering rule (ntk_bridge.FLOORS; docs/architecture.md) ---------------------------------

@@ -281,6 +281,51 @@ def test_claims_follow_the_rows_of_the_runs(tiny_run):
     assert c1["estimate"] == pytest.approx(np.mean(slopes), rel=1e-10)
 
 
+class _OneStream:
+    """An executor computing units in this process, as a Dask worker would (each unit's task set built
+    from its config), that records every ``map_units`` call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map_units(self, units):
+        from ntk_bridge import build
+        from ntk_bridge.sweep import iter_unit
+
+        units = list(units)
+        self.calls.append(units)
+        for unit in reversed(units):  # completion order is not submission order
+            yield from iter_unit(unit, build.task_set(unit.config))
+
+
+def test_an_executor_gets_the_whole_panel_in_one_submission_and_gives_the_same_bytes(tiny_run, tmp_path):
+    """The in-process panel's folders with one cell file of every sweep deleted: on an executor the missing
+    cells of all the sweeps (the finite panel's too) go out in one submission and come back byte for byte."""
+    import shutil
+
+    from ntk_bridge.verify.panel import run_panel, sweeps
+
+    _, out = tiny_run
+    labels = [label for label, _, _ in sweeps(TINY)] + ["finite"]  # (runs/beyond: C7's runs, not the panel's)
+    for label in labels:
+        shutil.copytree(out / "runs" / label, tmp_path / "runs" / label)
+        (tmp_path / "runs" / label / "results.csv").unlink()
+        sorted((tmp_path / "runs" / label / "cells").iterdir())[0].unlink()
+    executor = _OneStream()
+    infinite, finite = run_panel(TINY, str(tmp_path), executor=executor)
+    assert len(executor.calls) == 1  # one submission for every sweep
+    assert len({u.config for u in executor.calls[0]}) == len(labels)
+    assert sum(len(u.cells) for u in executor.calls[0]) == len(labels)  # only the missing cells
+    files = sorted(p.relative_to(out) for label in labels for p in (out / "runs" / label).rglob("*.csv"))
+    assert len(files) > 2 * len(labels)
+    for rel in files:  # every cell file and results.csv, byte for byte
+        assert (tmp_path / rel).read_bytes() == (out / rel).read_bytes(), rel
+    assert set(infinite["tasks"]) == {"subspace", "common"} and len(finite) > 0
+    again = _OneStream()
+    run_panel(TINY, str(tmp_path), executor=again)
+    assert again.calls == []  # a rerun finds every cell and submits nothing
+
+
 # -- the command line ---------------------------------------------------------------------------------
 def test_verify_on_a_tasks_file(tmp_path, capsys):
     path = tmp_path / "mine.npz"

@@ -30,7 +30,7 @@ from ntk_bridge.finite.networks import adapt_all, adapt_head, apply, flat, read,
 from ntk_bridge.tasks import TaskSet
 
 __all__ = ["Data", "Steps", "Rates", "Trainer", "network_data", "MTL_TRAINER", "ANIL_TRAINER", "MAML_TRAINER",
-           "FOMAML_TRAINER", "BASELINE_TRAINER"]
+           "FOMAML_TRAINER", "BASELINE_TRAINER", "TRAINERS"]
 
 
 class Data(NamedTuple):
@@ -157,7 +157,7 @@ def _test_all(net, linear, params, d: Data, rates: Rates, steps: Steps, anchor):
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """How one method trains a network and adapts it at test time (``Method.finite`` names it).
+    """How one method trains a network and adapts it at test time (:data:`TRAINERS` holds one per method).
 
     Attributes:
       name: the method's name.
@@ -223,3 +223,7 @@ MAML_TRAINER = Trainer(registry.MAML.name, _pair, _maml_objective(first_order=Fa
 FOMAML_TRAINER = Trainer(registry.FOMAML.name, _pair, _maml_objective(first_order=True), _test_every_parameter,
                          _test_every_parameter_from_head0)
 BASELINE_TRAINER = Trainer(registry.BASELINE.name, None, None, _test_reset_head, _test_reset_head)
+
+#: Each method's finite-width trainer, by method name (the methods whose registry entry has ``finite``).
+TRAINERS: dict[str, Trainer] = {t.name: t for t in (MTL_TRAINER, ANIL_TRAINER, MAML_TRAINER, FOMAML_TRAINER,
+                                                   BASELINE_TRAINER)}

@@ -23,7 +23,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge.errors import require
 from ntk_bridge.finite.movement import kernel_movement
 from ntk_bridge.finite.networks import Network, architecture_for, init_networks, network_for, step
-from ntk_bridge.finite.objectives import DATA_AXES, Data, Rates, Steps, Trainer, network_data
+from ntk_bridge.finite.objectives import DATA_AXES, TRAINERS, Data, Rates, Steps, Trainer, network_data
 from ntk_bridge.finite.schedule import MODES, TrainingConfig, check_discrete
 from ntk_bridge.kernels import Architecture
 from ntk_bridge.predictors import PredictorConfig
@@ -213,7 +213,7 @@ def train_networks(
         used = steps if registry.get(method).depends("inner_time") else steps._replace(inner=0)
         head = config.test_head if registry.get(method).depends("test_head") else LEARNED
         out = jax.device_get(_run_batched(params_run, data, rates, net=net, linear=linear,
-                                          trainer=registry.get(method).implementation("finite"), steps=used,
+                                          trainer=TRAINERS[method], steps=used,
                                           batching=batching, test_head=head))
         diverged = np.asarray(out.diverged, bool)
         preds = np.asarray(out.predictions, np.float64) - offset
@@ -233,7 +233,7 @@ def train_networks(
         rel[diverged[method]] = np.nan
         loss_rel[method] = rel
         if training.linearized:
-            if registry.get(method).implementation("finite").init is None:
+            if TRAINERS[method].init is None:
                 # no training, and head fine-tuning is linear in the head: the twin is identical
                 linearized[method], lin_diverged[method] = finite[method].copy(), diverged[method].copy()
             else:

@@ -24,8 +24,8 @@ from ntk_bridge.config import SweepConfig
 from ntk_bridge.results import results_table, sort_results
 from ntk_bridge.sweep.plan import CELL_SETTINGS, METHODS, Cell, Unit, cell_context, make_units, plan  # noqa: F401
 from ntk_bridge.sweep.compute import iter_unit
-from ntk_bridge.sweep.run import Progress, run_sweep
+from ntk_bridge.sweep.run import Progress, SweepJob, run_sweep, run_sweeps
 from ntk_bridge.sweep.write import write_run
 
-__all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "iter_unit", "run_sweep", "cell_context",
+__all__ = ["SweepConfig", "Cell", "Unit", "Progress", "plan", "make_units", "iter_unit", "run_sweep", "run_sweeps", "SweepJob", "cell_context",
            "results_table", "sort_results", "estimate", "check_feasible", "MAX_CELLS", "METHODS"]

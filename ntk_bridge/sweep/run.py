@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
+from typing import Sequence
 
 import pandas as pd
 
@@ -25,7 +27,7 @@ from ntk_bridge.sweep.plan import make_units, plan
 from ntk_bridge.sweep.write import write_run
 from ntk_bridge.tasks import TaskSet
 
-__all__ = ["Progress", "run_sweep"]
+__all__ = ["Progress", "run_sweep", "run_sweeps", "SweepJob"]
 
 
 class Progress:
@@ -67,10 +69,64 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
       tasks: the task set of ``config`` when the caller has built it already
         (:func:`ntk_bridge.build.task_set`), else it is built here.
     """
-    started = time.time()
+    job = SweepJob(config, run_dir, figures=figures, command=command, tasks=tasks)
+    return _run_together([job], executor, progress or Progress(), release_memory)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepJob:
+    """One sweep of :func:`run_sweeps`: its config, its run folder and what :func:`run_sweep` takes besides."""
+
+    config: SweepConfig
+    run_dir: str
+    figures: bool = True
+    command: str | None = None
+    tasks: TaskSet | None = None
+
+
+def run_sweeps(jobs: Sequence[SweepJob], executor=None, progress: Progress | None = None) -> list[pd.DataFrame]:
+    """Run several sweeps (each into its own run folder, exactly as :func:`run_sweep` would) and return
+    their results tables, in order.
+
+    In-process (``executor=None``) they run one after another, each written before the next starts. With an
+    executor, every pending unit of every sweep is submitted in one ``map_units`` call, so the workers share
+    the whole panel instead of one sweep at a time; each cell is still written to its own folder the moment it
+    arrives, and each folder's tables once all cells are in. ``progress`` then reports on all of them together
+    (one ``start`` with the totals). The same cells give the same rows either way.
+    """
     progress = progress or Progress()
-    folder = RunFolder(run_dir)
-    tasks = build.task_set(config) if tasks is None else tasks
+    dirs = [os.path.abspath(j.run_dir) for j in jobs]
+    if len(set(dirs)) != len(dirs):
+        raise UserError("two sweeps of one run cannot share a run folder")
+    if executor is None:
+        return [_run_together([job], None, progress)[0] for job in jobs]
+    return _run_together(list(jobs), executor, progress)
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """A sweep being run: its job, folder, task set, planned cells and what its folder already holds."""
+
+    job: SweepJob
+    folder: RunFolder
+    tasks: TaskSet
+    solvers: tuple
+    cells: list
+    keys: list
+    started: float
+    done: dict = dataclasses.field(default_factory=dict)
+    damaged: list = dataclasses.field(default_factory=list)
+
+    @property
+    def pending(self) -> list:
+        return [(c, k) for c, k in zip(self.cells, self.keys) if k not in self.done]
+
+
+def _prepare(job: SweepJob, progress: Progress) -> _Sweep:
+    """Build, check and plan one sweep (nothing written but the check that its folder is writable)."""
+    started = time.time()
+    config = job.config
+    tasks = build.task_set(config) if job.tasks is None else job.tasks
     est = check_feasible(config, tasks)  # before anything is planned, allocated or written
     solvers = outer_solvers.solver_plan(config.numerics.solver, tasks.layout, config.grid.outer_times,
                                      config.grid.mtl_data)
@@ -78,48 +134,74 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
     if est["seconds"] > 600:
         progress.note(f"estimated time: about {est['seconds'] / 60:.0f} minutes ({est['cells']:,} cells over "
                       f"{est['points']:,} points)")
+    folder = RunFolder(job.run_dir)
     folder.check_writable()
-    with folder.lock(on_wait=lambda: progress.note(f"another sweep is writing to {run_dir}; waiting for it")):
-        done, damaged = folder.read_cells(dict.fromkeys(keys), {k: dataclasses.asdict(c) for c, k in zip(cells, keys)})
-        if damaged:
-            progress.note(f"{len(damaged)} damaged cell file(s) in {folder.cells} failed verification and are "
-                          "computed again")
-        pending = [(c, k) for c, k in zip(cells, keys) if k not in done]
-        progress.start(len(set(keys)), len(done), len(damaged))
-        if pending:
-            _compute(config, folder, tasks, pending, executor, progress, solvers)
-            done.update(folder.read_cells(k for _, k in pending)[0])
+    return _Sweep(job, folder, tasks, solvers, cells, keys, started)
+
+
+def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False
+                  ) -> list[pd.DataFrame]:
+    """Plan every sweep of ``jobs``, hold their folders' locks, compute their pending cells in one stream
+    and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several."""
+    sweeps = [_prepare(job, progress) for job in jobs]
+    with contextlib.ExitStack() as stack:
+        for s in sweeps:
+            stack.enter_context(s.folder.lock(
+                on_wait=lambda d=s.job.run_dir: progress.note(f"another sweep is writing to {d}; waiting for it")))
+        for s in sweeps:
+            s.done, s.damaged = s.folder.read_cells(dict.fromkeys(s.keys),
+                                                    {k: dataclasses.asdict(c) for c, k in zip(s.cells, s.keys)})
+            if s.damaged:
+                progress.note(f"{len(s.damaged)} damaged cell file(s) in {s.folder.cells} failed verification and "
+                              "are computed again")
+        progress.start(sum(len(set(s.keys)) for s in sweeps), sum(len(s.done) for s in sweeps),
+                       sum(len(s.damaged) for s in sweeps))
+        if any(s.pending for s in sweeps):
+            _compute(sweeps, executor, progress)
+            for s in sweeps:
+                s.done.update(s.folder.read_cells(k for _, k in s.pending)[0])
             if release_memory:
                 import jax
 
                 jax.clear_caches()
-        df = results_table([done[k] for k in dict.fromkeys(keys) if k in done])
-        try:
-            write_run(folder, df, config, command, started, figures, len(damaged), tasks.fingerprint())
-        except OSError as exc:
-            raise UserError(f"cannot write the results into {run_dir} ({exc.strerror or exc}); every cell is saved "
-                            "in cells/: free some space and rerun the same command") from None
+        return [_write(s) for s in sweeps]
+
+
+def _write(s: _Sweep) -> pd.DataFrame:
+    df = results_table([s.done[k] for k in dict.fromkeys(s.keys) if k in s.done])
+    try:
+        write_run(s.folder, df, s.job.config, s.job.command, s.started, s.job.figures, len(s.damaged),
+                  s.tasks.fingerprint())
+    except OSError as exc:
+        raise UserError(f"cannot write the results into {s.job.run_dir} ({exc.strerror or exc}); every cell is saved "
+                        "in cells/: free some space and rerun the same command") from None
     return df
 
 
-def _compute(config: SweepConfig, folder: RunFolder, tasks: TaskSet, pending, executor, progress: Progress,
-             solvers: tuple = ()) -> None:
-    """Compute the pending cells and write each the moment it arrives."""
+def _compute(sweeps: list[_Sweep], executor, progress: Progress) -> None:
+    """Compute the pending cells of every sweep in one stream and write each the moment it arrives, into the
+    folder of the sweep it belongs to."""
     runtime.enable_compilation_cache()
-    units = make_units(config, [c for c, _ in pending], [k for _, k in pending], solvers)
-    stream = (item for u in units for item in iter_unit(u, tasks)) if executor is None else executor.map_units(units)
-    wanted = {k for _, k in pending}
+    units, tasks_of, wanted = [], {}, {}
+    for s in sweeps:
+        pending = s.pending
+        for unit in make_units(s.job.config, [c for c, _ in pending], [k for _, k in pending], s.solvers):
+            units.append(unit)
+            tasks_of[id(unit)] = s.tasks
+        for _, k in pending:
+            wanted.setdefault(k, []).append(s)
+    stream = (item for u in units for item in iter_unit(u, tasks_of[id(u)])) if executor is None \
+        else executor.map_units(units)
     written = 0
     # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
     with contextlib.closing(stream):
         for key, rows in stream:
-            if key not in wanted:
-                continue
-            try:
-                folder.write_cell(key, pd.DataFrame(rows).reindex(columns=metrics.NAMES))
-            except OSError as exc:
-                raise UserError(f"cannot write a cell into {folder.cells} ({exc.strerror or exc}); {written} new "
-                                "cell(s) are saved: free some space and rerun the same command to resume") from None
-            written += 1
-            wanted.discard(key)
-            progress.cell(key)
+            for s in wanted.pop(key, ()):
+                try:
+                    s.folder.write_cell(key, pd.DataFrame(rows).reindex(columns=metrics.NAMES))
+                except OSError as exc:
+                    raise UserError(f"cannot write a cell into {s.folder.cells} ({exc.strerror or exc}); {written} "
+                                    "new cell(s) are saved: free some space and rerun the same command to resume"
+                                    ) from None
+                written += 1
+                progress.cell(key)

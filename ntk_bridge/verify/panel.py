@@ -192,18 +192,31 @@ def run_panel(panel: Panel, out: str, executor=None, progress_factory: Callable[
               finite: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every sweep of ``panel`` under ``out`` (``<out>/runs/<family>-s<seed>/`` and
     ``<out>/runs/finite/``; each cached and resumable) and return ``(infinite rows, finite rows)``;
-    the ``tasks`` and ``task_seed`` columns say which family and seed a row belongs to."""
-    from ntk_bridge.sweep import run_sweep
+    the ``tasks`` and ``task_seed`` columns say which family and seed a row belongs to.
 
-    frames = []
-    for label, config, arch in sweeps(panel):
-        rows = _run(run_sweep, config, os.path.join(out, "runs", label), executor,
-                    progress_factory(label) if progress_factory else None)
-        frames.append(rows if arch == "fc" else rows.assign(tasks=rows["tasks"].astype(str) + f"/{arch}"))
-    infinite = pd.concat(frames, ignore_index=True)
-    finite_rows = pd.DataFrame()
+    In-process the sweeps run one after another, each with its own progress (``progress_factory(label)``).
+    With an executor every pending unit of every sweep is submitted at once
+    (:func:`ntk_bridge.sweep.run_sweeps`), so ``--workers N`` / ``--scheduler`` keep every worker busy across
+    the panel, under one progress (``progress_factory('panel: N sweeps')``); the rows are the same."""
+    from ntk_bridge.sweep import SweepJob, run_sweep, run_sweeps
+
+    labelled = [(label, config, arch) for label, config, arch in sweeps(panel)]
     if finite and panel.finite:
-        spec = dict(panel.finite)
-        finite_rows = _run(run_sweep, SweepConfig.of(**spec), os.path.join(out, "runs", "finite"), executor,
-                           progress_factory("finite widths") if progress_factory else None)
+        labelled.append(("finite", SweepConfig.of(**dict(panel.finite)), None))
+    jobs = [SweepJob(config, os.path.join(out, "runs", label), figures=False) for label, config, _ in labelled]
+    if executor is None:
+        tables = [_run(run_sweep, job.config, job.run_dir, None,
+                       progress_factory(label if arch is not None else "finite widths") if progress_factory else None)
+                  for job, (label, _, arch) in zip(jobs, labelled)]
+    else:
+        progress = progress_factory(f"panel: {len(jobs)} sweeps") if progress_factory else None
+        try:
+            tables = run_sweeps(jobs, executor, progress)
+        finally:
+            if progress is not None and hasattr(progress, "stop"):
+                progress.stop()
+    frames = [rows if arch == "fc" else rows.assign(tasks=rows["tasks"].astype(str) + f"/{arch}")
+              for rows, (_, _, arch) in zip(tables, labelled) if arch is not None]
+    infinite = pd.concat(frames, ignore_index=True)
+    finite_rows = tables[-1] if finite and panel.finite else pd.DataFrame()
     return infinite, finite_rows
