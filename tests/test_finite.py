@@ -1,10 +1,10 @@
 """Tests of ntk_bridge.finite: finite networks trained by gradient descent (docs/theory.md §4, and §5 rung 3).
 
 Exact identities first (the body/readout split is the stax network; the linearised network is
-``neural_tangents.linearize``), then rung 2 through this module's own trainers (trained linearised
-networks == discrete closed forms with empirical kernels), then the statistical check of rung 3 (the
+``neural_tangents.linearize``), then the statistical check of rung 3 (the
 distance to the infinite-width predictor falls like a power of the width), then divergence handling
-and the rate fit against scipy.
+and the rate fit against scipy. (Rung 2 through this module's trainers, every method's trained linearised
+network against its discrete closed form with empirical kernels: ``tests/test_methods.py``.)
 """
 import math
 
@@ -22,11 +22,10 @@ from ntk_bridge.finite import objectives
 from ntk_bridge.finite import training as trainers
 from ntk_bridge.metrics import NAMES
 from ntk_bridge.results import width_exponents
-from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_by_depth
+from ntk_bridge.kernels import Architecture, kernels_by_depth
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.families import subspace_tasks
 
-ALL = ("mtl", "anil", "maml", "fomaml", "baseline")
 
 
 @pytest.fixture(scope="module")
@@ -94,36 +93,6 @@ def test_discretise_follows_the_documented_step_rule(small_tasks):
     assert (cfg.inner_steps, cfg.outer_steps, cfg.outer_time) == (3, 7, 5.0)
     with pytest.raises(UserError):
         finite.discretise(PredictorConfig(inner_l2=0.1), theta, small_tasks, training)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rung 2 through this module: trained linearised networks == discrete closed forms, empirical kernels
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mode, test_head", [("raw", "learned"), ("centred", "learned"), ("centred", "reset")])
-def test_trained_linearised_networks_equal_empirical_closed_forms(small_tasks, mode, test_head):
-    t, depth, width = small_tasks, 2, 48
-    _, apply_fn, kernel_fn = Architecture(width=width).network(depth)
-    x = t.all_points()
-    cfg = finite.discretise(PredictorConfig(inner_time=0.3, finetune_time=0.5, mtl_data="all", test_head=test_head),
-                            np.asarray(kernel_fn(x, None, "ntk")), t, finite.TrainingConfig(outer_steps=25))
-    run = finite.train_networks(t, depth, width, cfg, ALL, seed=3, n_networks=2, mode=mode)
-    for j in range(2):
-        params = jax.tree_util.tree_map(lambda a: a[j], run.params0)
-        _, theta, K = empirical_kernels(apply_fn, params, x)
-        f0 = run.f0[j] if mode == "raw" else None
-        closed = {m: p.values for m, p in
-                  predict_from_kernels(theta, K, t, cfg, ("mtl", "anil", "maml", "baseline", "fomaml"), f0=f0).items()}
-        for method in ALL:
-            lin, cf = run.linearized[method][j], closed[method]
-            assert not run.linearized_diverged[method][j]
-            err = np.max(np.abs(lin - cf)) / np.max(np.abs(cf))
-            assert err < 1e-8, (mode, j, method, err)
-            if method != "baseline":  # the nonlinear network is near, not equal, at width 48
-                gap = np.max(np.abs(run.finite[method][j] - cf)) / np.max(np.abs(cf))
-                assert 1e-4 < gap < 0.5, (method, gap)
-    moved = run.linearized["maml"][0] - run.linearized["baseline"][0]
-    assert np.max(np.abs(moved)) > 1e-2  # meta-training changed the predictions
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Every method of the registry (:data:`ntk_bridge.methods.METHODS`) and every outer solver
 (:mod:`ntk_bridge.solvers`), as tables: each closed form against the naive reference
 (``tests/reference.py``), ``depends_on`` honest both ways, jit against no jit; each solver object
-against :class:`~ntk_bridge.solvers.Dense`, and ``auto``'s choices on a table of sizes. (Each
-method's linearised trainer against its closed form: ``tests/test_linearized.py`` and
-``tests/test_finite.py``.)"""
+against :class:`~ntk_bridge.solvers.Dense`, and ``auto``'s choices on a table of sizes; each method's
+finite trainer (:data:`ntk_bridge.finite.objectives.TRAINERS`), trained on the linearised network, against
+its discrete closed form with the network's empirical kernels (rung 2; gradient flow against the
+continuous closed forms: ``tests/test_linearized.py``)."""
 import dataclasses
 import math
 
@@ -14,8 +15,10 @@ import pytest
 import reference
 from ntk_bridge import methods as registry
 from ntk_bridge import solvers
+from ntk_bridge import finite
 from ntk_bridge.closed_forms import CLOSED_FORMS
-from ntk_bridge.kernels import kernels_all_depths
+from ntk_bridge.families import subspace_tasks
+from ntk_bridge.kernels import Architecture, empirical_kernels, kernels_all_depths
 from ntk_bridge.predictors import SETTING_FIELDS, PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import Layout
 from test_structured import random_tasks
@@ -127,3 +130,31 @@ AUTO_TABLE = [(7, INF, None, "dense"), (74, INF, 1 << 40, "dense"), (75, INF, 1 
 def test_auto_chooses_as_the_table_says(n_train, cfg, memory, choice):
     lay = Layout(n_train=n_train, n_test=2, n_support=5, n_query=15, m_support=5, m_query=15)
     assert solvers.choose("auto", lay, [cfg], memory).name == choice
+
+
+# -- rung 2 over the registry: each finite trainer, linearised, equals its discrete closed form ------------
+@pytest.mark.parametrize("mode, test_head", [("raw", "learned"), ("centred", "learned"), ("centred", "reset")])
+def test_each_trainer_on_the_linearised_network_equals_its_discrete_closed_form(mode, test_head):
+    trained = registry.names(finite=True)
+    assert set(trained) == set(registry.names(closed_form=True))  # every trainer has a closed form to meet
+    t, depth, width = subspace_tasks(seed=7, n_train=3, n_test=2, n_support=3, n_query=4, dim=5), 2, 48
+    _, apply_fn, kernel_fn = Architecture(width=width).network(depth)
+    x = t.all_points()
+    cfg = finite.discretise(PredictorConfig(inner_time=0.3, finetune_time=0.5, mtl_data="all", test_head=test_head),
+                            np.asarray(kernel_fn(x, None, "ntk")), t, finite.TrainingConfig(outer_steps=25))
+    run = finite.train_networks(t, depth, width, cfg, trained, seed=3, n_networks=2, mode=mode)
+    for j in range(2):
+        params = jax.tree_util.tree_map(lambda a: a[j], run.params0)
+        _, theta, K = empirical_kernels(apply_fn, params, x)
+        f0 = run.f0[j] if mode == "raw" else None
+        closed = {m: p.values for m, p in predict_from_kernels(theta, K, t, cfg, trained, f0=f0).items()}
+        for method in trained:
+            lin, cf = run.linearized[method][j], closed[method]
+            assert not run.linearized_diverged[method][j]
+            err = np.max(np.abs(lin - cf)) / np.max(np.abs(cf))
+            assert err < 1e-8, (mode, j, method, err)
+            if registry.get(method).role != "baseline":  # the nonlinear network is near, not equal, at width 48
+                gap = np.max(np.abs(run.finite[method][j] - cf)) / np.max(np.abs(cf))
+                assert 1e-4 < gap < 0.5, (method, gap)
+    moved = run.linearized["maml"][0] - run.linearized["baseline"][0]
+    assert np.max(np.abs(moved)) > 1e-2  # meta-training changed the predictions
