@@ -27,7 +27,6 @@ from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.families import subspace_tasks
 
 
-
 @pytest.fixture(scope="module")
 def small_tasks():
     return subspace_tasks(seed=7, n_train=3, n_test=2, n_support=3, n_query=4, dim=5)
