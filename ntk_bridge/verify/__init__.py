@@ -53,7 +53,7 @@ def run_verify(panel: Panel, out: str, executor=None, progress_factory: Callable
     claims = claims_table(rows, finite)
     from ntk_bridge.verify.beyond import beyond_claims  # C7: the muP limit against the NTK limit
 
-    claims = pd.concat([claims, beyond_claims(panel, out, progress_factory).reindex(columns=claims.columns)],
+    claims = pd.concat([claims, beyond_claims(panel, out, progress_factory, executor).reindex(columns=claims.columns)],
                        ignore_index=True)
     verdicts = overall(claims)
     seconds = time.time() - started

@@ -103,17 +103,28 @@ def c7_rows(frames: dict[tuple[str, int, str], pd.DataFrame]) -> list[dict]:
     return rows
 
 
-def beyond_claims(panel, out: str, progress_factory=None) -> pd.DataFrame:
-    """Run (or reuse) the C7 sweeps of ``panel`` under ``out/runs/beyond`` and return its rows."""
-    from ntk_bridge.sweep import run_sweep
+def beyond_claims(panel, out: str, progress_factory=None, executor=None) -> pd.DataFrame:
+    """Run (or reuse) the C7 sweeps of ``panel`` under ``out/runs/beyond`` and return its rows; on an
+    executor all of them in one submission (:func:`ntk_bridge.sweep.run_sweeps`), under one progress."""
+    from ntk_bridge.sweep import SweepJob, run_sweep, run_sweeps
 
-    frames = {}
-    for (family, seed, limit), cfg in beyond_configs(panel).items():
-        name = f"{os.path.basename(family)}_{seed}_{limit}"
-        progress = progress_factory(f"C7 {name}") if progress_factory is not None else None
+    configs = beyond_configs(panel)
+    names = {spec: f"{os.path.basename(spec[0])}_{spec[1]}_{spec[2]}" for spec in configs}
+    if executor is not None:
+        jobs = [SweepJob(cfg, os.path.join(out, "runs", "beyond", names[spec]), figures=False)
+                for spec, cfg in configs.items()]
+        progress = progress_factory(f"C7: {len(jobs)} sweeps") if progress_factory is not None else None
         try:
-            frames[(family, seed, limit)] = run_sweep(cfg, os.path.join(out, "runs", "beyond", name), figures=False,
-                                                      progress=progress)
+            return pd.DataFrame(c7_rows(dict(zip(configs, run_sweeps(jobs, executor, progress)))))
+        finally:
+            if progress is not None and hasattr(progress, "stop"):
+                progress.stop()
+    frames = {}
+    for spec, cfg in configs.items():
+        progress = progress_factory(f"C7 {names[spec]}") if progress_factory is not None else None
+        try:
+            frames[spec] = run_sweep(cfg, os.path.join(out, "runs", "beyond", names[spec]), figures=False,
+                                     progress=progress)
         finally:
             if progress is not None and hasattr(progress, "stop"):
                 progress.stop()
