@@ -44,7 +44,7 @@ __all__ = ["UserError", "__version__", "FLOORS", "floor_of"]
 #: matches decides (``fewshot.command`` is a command, the rest of ``fewshot`` a wing). A module
 #: imports only from its floor or below.
 FLOORS = (
-    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "settings",
+    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "settings", "axes", "methods",
                 "tasks", "datasets", "blocked", "convnets", "provenance", "config")),
     ("tables", ("families", "metrics", "results", "figures")),
     ("kernels", ("kernels", "layer_keys", "operators", "solvers", "structured", "closed_forms", "predictors",
