@@ -14,9 +14,9 @@ cheap: JAX is imported by the modules that compute.
 
 The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/architecture.md``):
 
-1. ground -- errors, runtime, run folders, ranges, fields, the method registry, the settings' allowed
-   values (``settings``), task sets, the image data (``ntk_bridge.datasets``), provenance, the
-   settings' descriptions (``config``);
+1. ground -- errors, runtime, run folders, ranges, fields, the settings' allowed values (``settings``),
+   the grid's axes (``axes``), the method registry, task sets, the image data (``ntk_bridge.datasets``),
+   provenance, the settings' descriptions (``config``);
 2. tables -- task families, the results schema and statuses (``metrics``), statistics
    (``results``), figures drawn from tables (``figures``);
 3. kernels -- kernels, outer operators, outer solvers, closed forms, predictors, diagnostics;

@@ -89,9 +89,10 @@ class GridConfig:
                 "--width: widths must be >= 1 (or inf, mup)")
         require(all(w <= MAX_WIDTH or math.isinf(w) for w in numeric),
                 f"--width: widths above the maximum of {MAX_WIDTH}")
-        for name, values in (("--inner-time", self.inner_times), ("--finetune-time", self.finetune_times)):
-            require(not any(math.isnan(v) for v in values), f"{name}: a time is not a number")
-            require(len(values) > 0 and all(v >= 0 for v in values), f"{name}: times must be >= 0")
+        for axis in (axes.INNER_TIME, axes.FINETUNE_TIME):
+            values = axis.of(self)
+            require(not any(math.isnan(v) for v in values), f"{axis.flag}: a time is not a number")
+            require(len(values) > 0 and all(v >= 0 for v in values), f"{axis.flag}: times must be >= 0")
         require(len(self.outer_times) > 0 and all(v > 0 for v in self.outer_times), "--outer-time: times must be > 0")
         bad = [m for m in self.methods if m not in registry.SWEEPABLE]
         require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(registry.SWEEPABLE)}")
