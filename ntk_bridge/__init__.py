@@ -14,9 +14,9 @@ cheap: JAX is imported by the modules that compute.
 
 The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/architecture.md``):
 
-1. ground -- errors, runtime, run folders, ranges, fields, the method registry, the settings' allowed
-   values (``settings``), task sets, the image data (``ntk_bridge.datasets``), provenance, the
-   settings' descriptions (``config``);
+1. ground -- errors, runtime, run folders, ranges, fields, the settings' allowed values (``settings``),
+   the grid's axes (``axes``), the method registry, task sets, the image data (``ntk_bridge.datasets``),
+   provenance, the settings' descriptions (``config``);
 2. tables -- task families, the results schema and statuses (``metrics``), statistics
    (``results``), figures drawn from tables (``figures``);
 3. kernels -- kernels, outer operators, outer solvers, the closed forms' outer problems (``outer``), closed
@@ -45,7 +45,7 @@ __all__ = ["UserError", "__version__", "FLOORS", "floor_of"]
 #: matches decides (``fewshot.command`` is a command, the rest of ``fewshot`` a wing). A module
 #: imports only from its floor or below.
 FLOORS = (
-    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "methods", "settings",
+    ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "settings", "axes", "methods",
                 "tasks", "datasets", "blocked", "convnets", "provenance", "config")),
     ("tables", ("families", "metrics", "results", "figures")),
     ("kernels", ("kernels", "layer_keys", "operators", "solvers", "outer", "closed_forms", "predictors",

@@ -27,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from ntk_bridge import build, convnets
+from ntk_bridge import axes, build, convnets
 from ntk_bridge import solvers as _solvers
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
@@ -171,9 +171,8 @@ def planned_tasks(config) -> PlannedTasks:
 
 def n_cells(grid) -> int:
     """Cells of a :class:`~ntk_bridge.config.GridConfig` (:func:`ntk_bridge.sweep.plan` makes one per
-    combination of every axis)."""
-    return (len(grid.depths) * len(grid.widths) * len(grid.inner_times) * len(grid.finetune_times)
-            * len(grid.outer_times) * len(grid.mtl_data) * len(grid.test_heads))
+    combination of the values of every axis: :func:`ntk_bridge.axes.n_cells`)."""
+    return axes.n_cells(grid)
 
 
 def estimate(config, tasks) -> dict:

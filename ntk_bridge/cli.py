@@ -18,8 +18,8 @@ import typer
 import ntk_bridge
 from ntk_bridge import build
 from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
-from ntk_bridge.config import SweepConfig, cli_option
-from ntk_bridge.errors import UserError
+from ntk_bridge.config import FiniteConfig, GridConfig, ModelConfig, NumericsConfig, SweepConfig, TaskConfig, cli_option
+from ntk_bridge.errors import UserError, require
 from ntk_bridge.fewshot.options import RENAMED as FEWSHOT_RENAMED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -168,12 +168,17 @@ def sweep(
     yes: bool = yes_option("sweep"),
 ):
     """Sweep depth / width / inner time; write tidy results, fitted rates, figures and a summary."""
-    options = dict(locals())
-    if workers < 0:
-        raise UserError("--workers must be >= 0")
-    if scheduler and workers:
-        raise UserError("give either --scheduler or --workers, not both")
-    config = SweepConfig.from_options(**options)
+    require(workers >= 0, "--workers must be >= 0")
+    require(not (scheduler and workers), "give either --scheduler or --workers, not both")
+    config = SweepConfig(  # each option to its field (tests/test_config.py sets every one)
+        grid=GridConfig.from_text(depths=depth, widths=width, inner_times=inner_time, finetune_times=finetune_time,
+                                  outer_times=outer_time, methods=methods, mtl_data=mtl_data, test_heads=test_head),
+        tasks=TaskConfig(family=tasks, train_tasks=train_tasks, support=support, query=query, test_tasks=test_tasks,
+                         dim=dim, task_seed=task_seed, data_dir=data_dir),
+        model=ModelConfig(arch=arch, readout=readout, param=param, activation=activation),
+        finite=FiniteConfig(seeds=seeds, finite_mode=finite_mode, outer_steps=outer_steps, finite_dtype=finite_dtype,
+                            linearized=linearized),
+        numerics=NumericsConfig(blas_threads=blas_threads, solver=solver))
     from ntk_bridge import budget, runtime
     from ntk_bridge.sweep import run_sweep
 
@@ -187,11 +192,10 @@ def sweep(
         executor = DaskExecutor(address=scheduler, n_workers=workers)
     out_console, err_console = _consoles()
     progress = _SweepProgress(err_console, before_start=_device_once(config.numerics.blas_threads))
-    command = _command_line(ctx)
     try:
         try:
-            df = run_sweep(config, out, executor=executor, progress=progress, figures=figures, command=command,
-                           release_memory=True, tasks=task_set)
+            df = run_sweep(config, out, executor=executor, progress=progress, figures=figures,
+                           command=_command_line(ctx), release_memory=True, tasks=task_set)
         finally:
             progress.stop()
     finally:
@@ -275,10 +279,8 @@ def verify(
 
     from ntk_bridge.verify.panel import FULL, QUICK, select
 
-    if workers < 0:
-        raise UserError("--workers must be >= 0")
-    if scheduler and workers:
-        raise UserError("give either --scheduler or --workers, not both")
+    require(workers >= 0, "--workers must be >= 0")
+    require(not (scheduler and workers), "give either --scheduler or --workers, not both")
     panel = QUICK if quick else FULL
     if tasks is not None:
         panel = select(panel, tasks)

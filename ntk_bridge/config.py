@@ -1,10 +1,13 @@
 """The configuration of a sweep: nested frozen dataclasses, the one source of truth.
 
 Every field that the command line sets carries its option in its metadata (:func:`option`): the
-flag, the help text, how the typed text is parsed and the default as typed. ``ntk-bridge sweep``
-builds its options from these (:func:`cli_option`) and its config with :meth:`SweepConfig.from_options`,
-validation errors name the option the user typed, and ``tests/test_config.py`` checks that every
-option of the command is a field here and every field with an option is on the command.
+flag, the help text, how the typed text is parsed and the default as typed. The grid's axes
+(:data:`ntk_bridge.axes.AXES`: depths, widths, the times, MTL data, test heads) make their fields of
+:class:`GridConfig` (:meth:`ntk_bridge.axes.Axis.option`: the flag and the parser are the axis's).
+``ntk-bridge sweep`` builds its options from these (:func:`cli_option`) and its config from them part
+by part, keyword by keyword (:meth:`GridConfig.from_text` parses the grid's texts); validation errors
+name the option the user typed, and ``tests/test_config.py`` checks that every option of the command
+is a field here, every field with an option is on the command, and every option reaches its field.
 
 A :class:`SweepConfig` is hashable and serialisable (:meth:`SweepConfig.to_dict`); the parts that
 determine a cell's numbers enter its cache key (:func:`ntk_bridge.sweep.cell_context`).
@@ -16,11 +19,13 @@ import math
 import os
 from typing import Iterator
 
+from ntk_bridge import axes
 from ntk_bridge import methods as registry
 from ntk_bridge import ranges, runtime
+from ntk_bridge.axes import MAX_DEPTH, MAX_WIDTH, MUP_WIDTH  # noqa: F401  (re-exported)
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.fields import PANELS, flag, option, parameter, typer_option  # noqa: F401  (re-exported)
-from ntk_bridge.settings import LEARNED, TEST_HEADS
+from ntk_bridge.settings import ALL, LEARNED, MTL_DATA_VALUES, QUERY, RESET
 
 __all__ = ["GridConfig", "TaskConfig", "ModelConfig", "FiniteConfig", "NumericsConfig", "SweepConfig", "option", "flag",
            "typer_option", "PANELS", "TASK_FAMILIES", "IMAGE_FAMILIES", "ARCHS", "READOUTS", "SOLVERS", "PARAMS",
@@ -34,23 +39,11 @@ IMAGE_FAMILIES = ("kanji", "omniglot")
 ARCHS, READOUTS, SOLVERS = ("fc", "conv", "resnet"), ("flatten", "gap"), ("auto", "dense", "cholesky", "cg")
 #: Parameterisations and activations of the fully connected network (:data:`ntk_bridge.kernels.PARAMS`).
 PARAMS, ACTIVATIONS = ("ntk", "mup"), ("relu", "linear")
-#: The ``--width`` token of the muP limit of the one-hidden-layer linear network.
-MUP_WIDTH = "mup"
 
 
 def finite_width(w) -> bool:
     """Whether a grid width is a finite network's (not ``inf``, the NTK limit, nor ``mup``, the muP limit)."""
     return not isinstance(w, str) and math.isfinite(w)
-
-
-#: Documented caps of the grid (a larger value is almost surely a typo, and would plan for minutes).
-MAX_DEPTH, MAX_WIDTH = 4096, 1 << 20
-
-
-def _outer_times(text: str) -> tuple[float, ...]:
-    if text.strip().lower() in ("auto", "inf"):
-        return (math.inf,)
-    return tuple(ranges.parse_floats(text, "--outer-time", positive=True))
 
 
 def _tuple(parser, option_name, *args):
@@ -59,37 +52,34 @@ def _tuple(parser, option_name, *args):
 
 @dataclasses.dataclass(frozen=True)
 class GridConfig:
-    """The grid: every combination of these is one cell (per depth)."""
+    """The grid: every combination of the values of its axes (every field but ``methods``;
+    :data:`ntk_bridge.axes.AXES`) is one cell."""
 
-    depths: tuple[int, ...] = option(
-        "--depth", "Depths (hidden layers): '2..32', '1..128:x2' (geometric), '1..10:3' (step), or '1,2,4,8'.",
-        tuple(range(2, 33)), "2..32", _tuple(ranges.parse_int_range, "--depth", 1, MAX_DEPTH))
-    widths: tuple[float, ...] = option(
-        "--width", "Widths: 'inf' (closed-form infinite-width predictors, the NTK limit), 'mup' (the muP limit of "
+    depths: tuple[int, ...] = axes.DEPTH.option(
+        "Depths (hidden layers): '2..32', '1..128:x2' (geometric), '1..10:3' (step), or '1,2,4,8'.",
+        tuple(range(2, 33)), "2..32")
+    widths: tuple[float, ...] = axes.WIDTH.option(
+        "Widths: 'inf' (closed-form infinite-width predictors, the NTK limit), 'mup' (the muP limit of "
         "the one-hidden-layer linear network: --depth 1 --activation linear) and/or finite widths trained by gradient "
-        "descent, e.g. '64..1024:x2'.", (math.inf,), "inf", lambda t: tuple(ranges.parse_widths(t, "--width", MAX_WIDTH)))
-    inner_times: tuple[float, ...] = option(
-        "--inner-time", "Inner-loop time lambda*tau of ANIL/MAML meta-training (comma list).", (0.01, 0.1, 1.0),
-        "0.01,0.1,1", _tuple(ranges.parse_floats, "--inner-time"))
-    finetune_times: tuple[float, ...] = option(
-        "--finetune-time", "Test-time fine-tuning time s_hat (comma list).", (1.0,), "1",
-        _tuple(ranges.parse_floats, "--finetune-time"))
-    outer_times: tuple[float, ...] = option(
-        "--outer-time", "Outer (meta-)training time eta*t; 'inf' (= 'auto') trains to convergence: closed forms at "
-        "t = inf, finite networks for --outer-steps steps of size 1/lambda_max.", (math.inf,), "auto", _outer_times)
+        "descent, e.g. '64..1024:x2'.", (math.inf,), "inf")
+    inner_times: tuple[float, ...] = axes.INNER_TIME.option(
+        "Inner-loop time lambda*tau of ANIL/MAML meta-training (comma list).", (0.01, 0.1, 1.0), "0.01,0.1,1")
+    finetune_times: tuple[float, ...] = axes.FINETUNE_TIME.option(
+        "Test-time fine-tuning time s_hat (comma list).", (1.0,), "1")
+    outer_times: tuple[float, ...] = axes.OUTER_TIME.option(
+        "Outer (meta-)training time eta*t; 'inf' (= 'auto') trains to convergence: closed forms at "
+        "t = inf, finite networks for --outer-steps steps of size 1/lambda_max.", (math.inf,), "auto")
     methods: tuple[str, ...] = option(
         "--methods", f"Comma list of methods among {', '.join(registry.SWEEPABLE)} (fomaml: finite widths only); the "
         "no-transfer baseline is always computed.", registry.DEFAULT_SWEEP, ",".join(registry.DEFAULT_SWEEP),
         _tuple(ranges.parse_choices, "--methods", registry.SWEEPABLE))
-    mtl_data: tuple[str, ...] = option(
-        "--mtl-data", "MTL training data, comma list of: 'all' (support+query merged, the paper's MTL), 'query' "
-        "(the same data as ANIL's outer loss).", ("all", "query"), "all,query",
-        _tuple(ranges.parse_choices, "--mtl-data", ("all", "query")))
-    test_heads: tuple[str, ...] = option(
-        "--test-head", "How ANIL's and MAML's test-time adaptation starts, comma list of: 'learned' (from the "
-        "meta-learned network), 'reset' (the head reset to its initial value, from the trained body, as MTL's "
-        "always is: the paper's protocol as reported).", (LEARNED,), LEARNED,
-        _tuple(ranges.parse_choices, "--test-head", TEST_HEADS))
+    mtl_data: tuple[str, ...] = axes.MTL_DATA.option(
+        f"MTL training data, comma list of: '{ALL}' (support+query merged, the paper's MTL), '{QUERY}' "
+        "(the same data as ANIL's outer loss).", MTL_DATA_VALUES, ",".join(MTL_DATA_VALUES))
+    test_heads: tuple[str, ...] = axes.TEST_HEAD.option(
+        f"How ANIL's and MAML's test-time adaptation starts, comma list of: '{LEARNED}' (from the "
+        f"meta-learned network), '{RESET}' (the head reset to its initial value, from the trained body, as MTL's "
+        "always is: the paper's protocol as reported).", (LEARNED,), LEARNED)
 
     def __post_init__(self):
         require(len(self.depths) > 0 and min(self.depths) >= 1, "--depth: depths must be >= 1")
@@ -99,9 +89,10 @@ class GridConfig:
                 "--width: widths must be >= 1 (or inf, mup)")
         require(all(w <= MAX_WIDTH or math.isinf(w) for w in numeric),
                 f"--width: widths above the maximum of {MAX_WIDTH}")
-        for name, values in (("--inner-time", self.inner_times), ("--finetune-time", self.finetune_times)):
-            require(not any(math.isnan(v) for v in values), f"{name}: a time is not a number")
-            require(len(values) > 0 and all(v >= 0 for v in values), f"{name}: times must be >= 0")
+        for axis in (axes.INNER_TIME, axes.FINETUNE_TIME):
+            values = axis.of(self)
+            require(not any(math.isnan(v) for v in values), f"{axis.flag}: a time is not a number")
+            require(len(values) > 0 and all(v >= 0 for v in values), f"{axis.flag}: times must be >= 0")
         require(len(self.outer_times) > 0 and all(v > 0 for v in self.outer_times), "--outer-time: times must be > 0")
         bad = [m for m in self.methods if m not in registry.SWEEPABLE]
         require(not bad, f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(registry.SWEEPABLE)}")
@@ -109,10 +100,21 @@ class GridConfig:
         require(not steps_only or any(w == MUP_WIDTH or finite_width(w) for w in self.widths),
                 f"--methods: {', '.join(steps_only)} has a closed form in discrete time only, so it needs a finite "
                 "--width (whose cells follow discrete steps)")
-        bad = [d for d in self.mtl_data if d not in ("all", "query")]
-        require(self.mtl_data and not bad, f"--mtl-data: use 'all' and/or 'query', got {', '.join(bad)}")
-        bad = [h for h in self.test_heads if h not in TEST_HEADS]
-        require(self.test_heads and not bad, f"--test-head: use 'learned' and/or 'reset', got {', '.join(bad)}")
+        for axis in (a for a in axes.AXES if a.values is not None):  # the enumerated axes
+            bad = [v for v in axis.of(self) if v not in axis.values]
+            require(axis.of(self) and not bad, f"{axis.flag}: use {' and/or '.join(map(repr, axis.values))}, "
+                    f"got {', '.join(bad)}")
+
+    @classmethod
+    def from_text(cls, **texts: str) -> "GridConfig":
+        """A grid from its options as typed, keyed by field name (``GridConfig.from_text(depths="2..32",
+        widths="inf", ...)``; a field not given keeps its default): each text is parsed by its field's
+        parser (its axis's, :meth:`ntk_bridge.axes.Axis.parse`), in the order of the fields, then validated."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(texts) - set(fields)
+        if unknown:
+            raise TypeError(f"unknown GridConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: f.metadata["parse"](texts[name]) for name, f in fields.items() if name in texts})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,17 +310,6 @@ class SweepConfig:
             for f in dataclasses.fields(klass):
                 if "flag" in f.metadata:
                     yield part, f
-
-    @classmethod
-    def from_options(cls, **typed) -> "SweepConfig":
-        """A config from the command line's option values (keyed by :func:`parameter` names): text
-        options are parsed by their field's parser; the result is validated."""
-        flat = {}
-        for _, f in cls.options():
-            value = typed[parameter(f)]
-            parse = f.metadata.get("parse")
-            flat[f.name] = parse(value) if parse is not None else value
-        return cls.of(**flat)
 
     def to_dict(self) -> dict:
         out = {}

@@ -32,13 +32,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
+from ntk_bridge.axes import AXES
 from ntk_bridge.errors import UserError
 
 __all__ = ["Method", "METHODS", "SETTINGS", "MTL", "ANIL", "MAML", "FOMAML", "BASELINE", "get", "names",
            "ordered", "SWEEPABLE", "DEFAULT_SWEEP"]
 
-#: Grid settings a method's predictions can depend on (the sweep's cell dimensions beside depth).
-SETTINGS = ("width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
+#: Grid settings a method's predictions can depend on (the sweep's cell dimensions beside depth): the
+#: columns of the axes marked ``method_setting`` (:data:`ntk_bridge.axes.AXES`), in their order.
+SETTINGS = tuple(axis.column for axis in AXES if axis.method_setting)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ntk_bridge import methods
+from ntk_bridge import axes, methods
 
 __all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "DEFINED", "status_of", "with_metrics_status",
            "with_mtl_status", "relative",
@@ -34,17 +34,12 @@ class Column:
     meaning: str
 
 
+#: The grid's axes as columns of ``results.csv``: depth first, then the others in the grid's order.
+_AXES_AS_COLUMNS = (axes.DEPTH, *(axis for axis in axes.AXES if axis is not axes.DEPTH))
+
 COLUMNS: tuple[Column, ...] = (
     Column("method", "str", "`mtl`, `anil`, `maml`, `fomaml`, `baseline` (head fine-tuned on an untrained body)"),
-    Column("depth", "int", "hidden layers `L`"),
-    Column("width", "float", "hidden width (`inf` = the closed form, the NTK limit; `mup` = the muP limit)"),
-    Column("inner_time", "float", "`lambda*tau` of the inner loop during meta-training"),
-    Column("finetune_time", "float", "`s_hat`, the test-time adaptation"),
-    Column("outer_time", "float", "`eta*t` of (meta-)training (`inf` = to convergence)"),
-    Column("mtl_data", "str", "MTL's training set: `all` or `query` (rows of other methods repeat per value, for "
-                              "pairing)"),
-    Column("test_head", "str", "how GBML's test-time adaptation starts: `learned` or `reset` (rows of MTL and the "
-                               "baseline repeat per value, for pairing)"),
+    *(Column(axis.column, axis.kind, axis.meaning) for axis in _AXES_AS_COLUMNS),
     Column("seed", "int", "network seed (finite widths; 0 for closed forms)"),
     Column("network", "str", "network index for finite widths (`ensemble` = ensemble mean); `mean` for closed forms"),
     Column("test_task", "int", "index of the unseen task"),

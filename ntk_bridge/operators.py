@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_bridge.errors import require
+from ntk_bridge.settings import QUERY
 from ntk_bridge.tasks import Layout
 
 __all__ = ["Dynamics", "Solve", "spectral_function", "eigh_apply", "merge", "inner_operator", "block", "own",
@@ -216,7 +217,7 @@ def mtl_index(layout: Layout, mtl_data: str):
     sl, N = layout.slices(), layout.n_train
     s = np.arange(sl["train_support"].start, sl["train_support"].stop).reshape(N, layout.n_support)
     q = np.arange(sl["train_query"].start, sl["train_query"].stop).reshape(N, layout.n_query)
-    idx = q if mtl_data == "query" else np.concatenate([s, q], axis=1)
+    idx = q if mtl_data == QUERY else np.concatenate([s, q], axis=1)
     task = np.repeat(np.arange(N), idx.shape[1])
     return idx.reshape(-1), task
 

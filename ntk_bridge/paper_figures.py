@@ -19,7 +19,7 @@ from ntk_bridge import build
 from ntk_bridge import figures as figs
 from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
-from ntk_bridge.settings import LEARNED
+from ntk_bridge.settings import ALL, LEARNED, QUERY
 
 __all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings", "feature_configs"]
 
@@ -40,7 +40,7 @@ def grids(quick: bool) -> Grids:
         depth = SweepConfig.of(depths=tuple(range(2, 33)), inner_times=(0.01, 0.1, 1.0))
         inner = SweepConfig.of(depths=(2, 8, 32), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 9), 6)))
         width = dict(depths=(1, 2), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
-                     mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
+                     mtl_data=(QUERY,), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                      outer_steps=100)
         return Grids(depth, inner, width, tuple(range(1, 65)), dict(quick=True), conv_configs(True),
                      conv_network_settings(True))
@@ -48,7 +48,7 @@ def grids(quick: bool) -> Grids:
     inner = SweepConfig.of(depths=(2, 8, 32, 128), inner_times=tuple(np.round(np.geomspace(1e-3, 10, 17), 6)))
     # widths to 512: width 1024 at depth 4 alone would take about 10 minutes of the 30 on 2 cores
     width = dict(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0), inner_times=(0.5,),
-                 mtl_data=("query",), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
+                 mtl_data=(QUERY,), train_tasks=4, test_tasks=4, support=4, query=6, dim=8, seeds=2,
                  outer_steps=100)
     return Grids(depth, inner, width, tuple(range(1, 257)), dict(quick=False), conv_configs(False),
                  conv_network_settings(False))
@@ -100,7 +100,7 @@ def conv_configs(quick: bool) -> dict[str, SweepConfig]:
     class), 7 x 7 pixels, closed forms of the fully connected, convolutional and residual networks
     (docs/theory.md §7). Quick: 10 training and 5 test episodes, depths to 8 (about a minute on 2
     cores); full: 25 and 15, depths to 12."""
-    sizes = dict(family="kanji", dim=49, support=5, query=15, mtl_data=("all",), inner_times=(0.1, 1.0),
+    sizes = dict(family="kanji", dim=49, support=5, query=15, mtl_data=(ALL,), inner_times=(0.1, 1.0),
                  test_heads=(LEARNED,), methods=(registry.ANIL.name, registry.MAML.name))
     if quick:
         sizes.update(train_tasks=10, test_tasks=5, depths=(1, 2, 3, 4, 6, 8))
@@ -181,7 +181,7 @@ def feature_configs(quick: bool) -> dict[str, SweepConfig]:
     # subspace): the linear network's NTK has rank d, and its infinite-time solves would need a ridge
     kanji = dict(family="kanji", dim=49, support=5, query=15, train_tasks=10 if quick else 25,
                  test_tasks=5 if quick else 15, outer_times=(1.0,))
-    common = dict(depths=(1,), inner_times=(0.5,), mtl_data=("all",), linearized=False)
+    common = dict(depths=(1,), inner_times=(0.5,), mtl_data=(ALL,), linearized=False)
     widths = (8.0, 32.0, 128.0) if quick else (8.0, 32.0, 128.0, 512.0, 2048.0)
     out = {"mup": SweepConfig.of(**kanji, **common, widths=widths + ("mup",), param="mup", activation="linear",
                                  methods=_FEATURE_NETWORKS, seeds=3),

@@ -15,20 +15,14 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
+from ntk_bridge.axes import AXES
 
 __all__ = ["ReportTable", "sweep_tables", "markdown", "summary_markdown", "DIMENSIONS", "fmt",
            "flagged_line"]
 
-#: Grid dimensions a table row can be keyed by (:data:`ntk_bridge.methods.SETTINGS`), with their
-#: column headers.
-DIMENSIONS = {
-    "width": "width",
-    "inner_time": "inner time",
-    "finetune_time": "finetune time",
-    "outer_time": "outer time",
-    "mtl_data": "MTL data",
-    "test_head": "test head",
-}
+#: Grid dimensions a table row can be keyed by (:data:`ntk_bridge.methods.SETTINGS`: the axes a method
+#: can depend on), with their column headers.
+DIMENSIONS = {axis.column: axis.header for axis in AXES if axis.method_setting}
 
 _DATA_NOTE = "MTL data: `all` = MTL trained on support and query of every training task (the paper's MTL), " \
              "`query` = on the queries only (ANIL's outer data)."

@@ -48,7 +48,8 @@ def fit_power_law(x, y) -> tuple[float, float, float, int]:
     return slope, slope - half, slope + half, n
 
 
-GROUP = ["method", "width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head"]
+#: The keys of a depth fit: the method and the settings a method can depend on (every axis but depth).
+GROUP = ["method", *registry.SETTINGS]
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +126,7 @@ def baseline_table(df: pd.DataFrame) -> pd.DataFrame:
         d = d[d["network"].astype(str).isin(["mean", "ensemble"])]
     if d["test_mse"].isna().all():
         return pd.DataFrame()
-    keys = ["width", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head"]
+    keys = list(registry.SETTINGS)
     med = d.groupby(keys + ["method", "depth"], dropna=False)["test_mse"].median().reset_index()
     rows = []
     for key, g in med.groupby(keys, dropna=False):
@@ -159,14 +160,14 @@ def finite_width_fits(df: pd.DataFrame) -> pd.DataFrame:
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     """A sweep's rows in ``results.csv`` order: by width (the muP limit, width ``mup``, after every
     numeric width), times, MTL data, test head, depth, method (registry order), network and test task."""
-    from ntk_bridge.config import MUP_WIDTH
+    from ntk_bridge.axes import AXES, MUP_WIDTH, WIDTH
 
     order = {m: i for i, m in enumerate(registry.METHODS)}
     limit = df["width"].astype(str) == MUP_WIDTH
     df = df.assign(_m=df["method"].map(order).fillna(99), _n=df["network"].astype(str), _l=limit,
                    _w=df["width"].where(~limit, math.inf).astype(float))
-    df = df.sort_values(["_w", "_l", "inner_time", "finetune_time", "outer_time", "mtl_data", "test_head", "depth",
-                         "_m", "_n", "test_task"], kind="stable")
+    by_axes = [axis.column for axis in AXES if axis is not WIDTH]  # the grid's loop order, depth last
+    df = df.sort_values(["_w", "_l", *by_axes, "_m", "_n", "test_task"], kind="stable")
     return df.drop(columns=["_m", "_n", "_w", "_l"]).reset_index(drop=True)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ntk_bridge import blocked
 from ntk_bridge.errors import require
+from ntk_bridge.settings import ALL
 from ntk_bridge.tasks import Layout
 
 if TYPE_CHECKING:
@@ -70,12 +71,12 @@ class System(NamedTuple):
 
 def outer_size(layout: Layout, mtl_data: str) -> int:
     """The largest outer system of a closed form: ``N n_q`` (meta-kernel) or ``|𝒟|`` (MTL)."""
-    return layout.n_train * (layout.n_query + (layout.n_support if mtl_data == "all" else 0))
+    return layout.n_train * (layout.n_query + (layout.n_support if mtl_data == ALL else 0))
 
 
 def _sizes(layout: Layout) -> tuple[int, int, int]:
     """``(N n_q, N (n' + n), the larger)``: the meta-kernel's and MTL's (all data) outer sizes."""
-    meta, mtl = layout.n_train * layout.n_query, outer_size(layout, "all")
+    meta, mtl = layout.n_train * layout.n_query, outer_size(layout, ALL)
     return meta, mtl, max(meta, mtl)
 
 

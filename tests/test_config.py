@@ -37,6 +37,45 @@ def test_every_option_of_the_command_is_a_config_field_and_back():
             assert typing.get_args(hints[name]) == choices, name
 
 
+def test_every_option_reaches_its_field(monkeypatch, tmp_path):
+    """``sweep`` with every option set to a value other than its default: the config it builds has
+    each of them in its field (an option dropped on the way would keep the default)."""
+    from ntk_bridge import budget
+
+    seen = []
+
+    def stop(config, **_):
+        seen.append(config)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(budget, "check_feasible", stop)
+    argv = ["sweep", "--depth", "3,5", "--width", "64,inf", "--inner-time", "0.5", "--finetune-time", "2,3",
+            "--outer-time", "5", "--methods", "mtl,maml", "--mtl-data", "query", "--test-head", "reset,learned",
+            "--tasks", "linear", "--train-tasks", "3", "--support", "2", "--query", "4", "--test-tasks", "6",
+            "--dim", "7", "--task-seed", "8", "--data-dir", str(tmp_path), "--arch", "fc", "--readout", "gap",
+            "--param", "mup", "--activation", "linear", "--seeds", "2", "--finite-mode", "raw", "--outer-steps", "9",
+            "--finite-dtype", "float32", "--no-linearized", "--blas-threads", "2", "--solver", "dense",
+            "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 2 and len(seen) == 1, result.output
+    expected = dict(depths=(3, 5), widths=(64.0, math.inf), inner_times=(0.5,), finetune_times=(2.0, 3.0),
+                    outer_times=(5.0,), methods=("mtl", "maml"), mtl_data=("query",), test_heads=("reset", "learned"),
+                    family="linear", train_tasks=3, support=2, query=4, test_tasks=6, dim=7, task_seed=8,
+                    data_dir=str(tmp_path), arch="fc", readout="gap", param="mup", activation="linear", seeds=2,
+                    finite_mode="raw", outer_steps=9, finite_dtype="float32", linearized=False, blas_threads=2,
+                    solver="dense")
+    config = seen[0]
+    for part, f in SweepConfig.options():  # every option set, none left at its default (but --arch: below)
+        value = getattr(getattr(config, part), f.name)
+        assert value == expected[f.name] and (value != f.default or f.name == "arch"), f.name
+    assert config == SweepConfig.of(**expected)
+    # --param mup and --activation linear are for --arch fc only: the other architecture on its own
+    argv = ["sweep", "--arch", "conv", "--tasks", "kanji", "--dim", "49", "--support", "5", "--query", "5",
+            "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(cli.app, argv).exit_code == 2 and len(seen) == 2
+    assert (seen[1].model.arch, seen[1].tasks.family, seen[1].tasks.dim) == ("conv", "kanji", 49)
+
+
 def test_defaults_match_and_flat_construction():
     assert SweepConfig.of() == SweepConfig()
     cfg = SweepConfig.of(depths=(1, 2), dim=8, family="linear", seeds=3, blas_threads=2)
@@ -96,5 +135,5 @@ def test_config_describes_and_builds_nothing():
             imported.update(names)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names if a.name.startswith("ntk_bridge"))
-    ground = {f"ntk_bridge.{m}" for m in ("errors", "fields", "methods", "ranges", "runtime", "settings")}
+    ground = {f"ntk_bridge.{m}" for m in ("axes", "errors", "fields", "methods", "ranges", "runtime", "settings")}
     assert imported and imported <= ground, sorted(imported - ground)

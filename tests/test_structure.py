@@ -203,3 +203,55 @@ def test_the_test_head_values_are_spelled_in_at_most_three_modules():
                       if any(isinstance(node, ast.Constant) and node.value in TEST_HEADS
                              for node in ast.walk(ast.parse(path.read_text()))))
     assert spelling == ["ntk_bridge/settings.py"], spelling
+
+
+def _spells_mtl_data(tree: ast.AST, values: tuple[str, ...]) -> list[int]:
+    """Lines where a module spells a value of ``--mtl-data`` as MTL's training set: compared with a
+    name (``mtl_data == "all"``, ``data == "query"``), given to an ``mtl_data`` keyword or field,
+    listed with the other value, or as a dictionary key."""
+    def literal(node):
+        return isinstance(node, ast.Constant) and node.value in values
+
+    def names(node):
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+            {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(literal(s) or (isinstance(s, ast.Tuple) and any(map(literal, s.elts))) for s in sides) and \
+                    any("data" in n for s in sides for n in names(s)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.keyword) and node.arg == "mtl_data" and any(map(literal, ast.walk(node.value))):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "mtl_data" \
+                and node.value is not None and any(map(literal, ast.walk(node.value))):
+            lines.append(node.lineno)
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and \
+                {e.value for e in node.elts if literal(e)} == set(values):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Dict) and any(literal(k) for k in node.keys if k is not None):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_mtl_data_values_are_spelled_in_settings_only():
+    """The values of ``--mtl-data`` are constants of :mod:`ntk_bridge.settings` (``ALL``, ``QUERY``);
+    the one module that still spells them is ``predictors.py`` (its ``PredictorConfig`` default and
+    validation). Docstrings and help texts do not count; nor does the task option ``query``."""
+    from ntk_bridge.settings import MTL_DATA_VALUES
+
+    spelling = {str(path.relative_to(ROOT)): _spells_mtl_data(ast.parse(path.read_text()), MTL_DATA_VALUES)
+                for path in sorted(PACKAGE.rglob("*.py"))}
+    spelling = {path: lines for path, lines in spelling.items() if lines}
+    assert set(spelling) == {"ntk_bridge/predictors.py"}, spelling
+
+
+def test_the_mtl_data_check_finds_what_it_looks_for():
+    values = ("all", "query")
+    for source in ('x = mtl_data == "all"', 'f(mtl_data=("query",))', 'm = ("all", "query")',
+                   'd = {"query": 1}', 'y = "q" if data == "query" else 0', 'class C:\n    mtl_data: str = "all"'):
+        assert _spells_mtl_data(ast.parse(source), values), source
+    for source in ('n = ("support", "query")', 'x = dict(depths="all")', 'from m import ALL\nx = mtl_data == ALL'):
+        assert not _spells_mtl_data(ast.parse(source), values), source

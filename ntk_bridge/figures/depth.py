@@ -10,6 +10,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge.figures.style import (BASELINE, COLORS, DATA_TITLES, GBML, GBML_FLOW, LABELS, LINESTYLES, MTL,
                                       STYLE, band, depth_axis, log_y, one_protocol, pyplot, save, summarise)
 from ntk_bridge.results import fit_power_law, ok_rows
+from ntk_bridge.settings import ALL, QUERY
 
 __all__ = ["gap_vs_depth_table", "plot_gap_vs_depth", "plot_test_error_vs_depth", "gap_vs_inner_time_table",
            "plot_gap_vs_inner_time", "plot_kernel_degeneracy"]
@@ -55,7 +56,7 @@ def _gap_panel(ax, t: pd.DataFrame, title: str):
 
 def _test_error_panel(ax, t: pd.DataFrame):
     times = sorted(t["inner_time"].unique())
-    datas = [m for m in ("query", "all") if m in set(t["mtl_data"])]
+    datas = [m for m in (QUERY, ALL) if m in set(t["mtl_data"])]
     if not times or t["test_mse_q50"].isna().all():
         ax.text(0.5, 0.5, "no test labels", ha="center", transform=ax.transAxes)
         return
@@ -85,7 +86,7 @@ def plot_gap_vs_depth(table: pd.DataFrame, path_prefix: str) -> list[str]:
     a 1/L guide; last panel: test MSE of every method and of the baseline (smallest inner time)."""
     table = one_protocol(table)
     plt = pyplot()
-    datas = [m for m in ("query", "all") if m in set(table["mtl_data"])]
+    datas = [m for m in (QUERY, ALL) if m in set(table["mtl_data"])]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(datas) + 1, figsize=(3.4 * (len(datas) + 1), 3.0), squeeze=False)
         for ax, m in zip(axes[0], datas):

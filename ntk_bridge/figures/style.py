@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
-from ntk_bridge.settings import LEARNED
+from ntk_bridge.settings import ALL, LEARNED, QUERY
 
 __all__ = ["STYLE", "COLORS", "LABELS", "MTL", "BASELINE", "GBML", "GBML_FLOW", "LINESTYLES", "save", "table_csv",
            "log_y", "depth_axis", "summarise", "band", "pyplot", "one_protocol"]
@@ -35,7 +35,7 @@ MTL, BASELINE = registry.MTL.name, registry.BASELINE.name
 #: Methods compared with MTL (their gap is drawn), and those with a closed form in continuous time.
 GBML = registry.names(role="gbml")
 GBML_FLOW = tuple(m for m in GBML if not registry.get(m).closed_form_needs_steps)
-DATA_TITLES = {"query": "gap to MTL trained on the queries", "all": "gap to MTL trained on all points"}
+DATA_TITLES = {QUERY: "gap to MTL trained on the queries", ALL: "gap to MTL trained on all points"}
 LINESTYLES = ["-", "--", ":", "-."]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ntk_bridge import methods as registry
 from ntk_bridge.finite.networks import adapt_all, adapt_head, apply, flat, read, represent, sq, unflat
+from ntk_bridge.settings import ALL
 from ntk_bridge.tasks import TaskSet
 
 __all__ = ["Data", "Steps", "Rates", "Trainer", "network_data", "MTL_TRAINER", "ANIL_TRAINER", "MAML_TRAINER",
@@ -77,7 +78,7 @@ def network_data(tasks: TaskSet, mtl_data: str, shift: np.ndarray) -> Data:
     ys = labels(tasks.train_support_y, "train_support", lay.n_train, lay.n_support)
     yq = labels(tasks.train_query_y, "train_query", lay.n_train, lay.n_query)
     yts = labels(tasks.test_support_y, "test_support", lay.n_test, lay.m_support)
-    if mtl_data == "all":
+    if mtl_data == ALL:
         xd = np.concatenate([tasks.train_support_x, tasks.train_query_x], axis=1)
         yd = np.concatenate([ys, yq], axis=2)
     else:

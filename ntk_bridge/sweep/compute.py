@@ -5,13 +5,13 @@ workers (:mod:`ntk_bridge.distributed`); only the client writes files.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Iterator
 
 import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge import build, metrics, runtime
+from ntk_bridge.axes import AXES
 from ntk_bridge.errors import require
 from ntk_bridge.sweep.plan import CELL_SETTINGS, Cell, Unit
 from ntk_bridge.tasks import TaskSet
@@ -52,11 +52,9 @@ def _infinite_rows(unit: Unit, tasks: TaskSet) -> Iterator[tuple[str, pd.DataFra
                                                           solver=solvers.get((cell.outer_time, cell.mtl_data),
                                                                              cfg.numerics.solver))[m]
                 res[m] = computed[memo]
-            constants = dict(depth=cell.depth, width=math.inf, inner_time=cell.inner_time,
-                             finetune_time=cell.finetune_time, outer_time=cell.outer_time, mtl_data=cell.mtl_data,
-                             test_head=cell.test_head, seed=0, dist_to_infinite_rel=0.0,
-                             dist_to_linearized_rel=float("nan"), tasks=tasks.name, task_seed=cell.task_seed,
-                             mode="mean", cell=key)
+            constants = dict({axis.column: getattr(cell, axis.column) for axis in AXES}, seed=0,
+                             dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"), tasks=tasks.name,
+                             task_seed=cell.task_seed, mode="mean", cell=key)
             yield key, metrics.prediction_rows(
                 {m: res[m].values[None] for m in reported},
                 {m: [metrics.status_of(res[m].diagnostics)] for m in reported},

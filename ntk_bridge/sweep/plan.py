@@ -1,6 +1,7 @@
 """The grid of a sweep: its cells, their cache keys and the units an executor runs.
 
-A *cell* is one grid point: ``(task_seed, width, depth, inner_time, finetune_time, outer_time, mtl_data,
+A *cell* is one grid point: the task seed and one value of every axis of the grid
+(:data:`ntk_bridge.axes.AXES`), ``(task_seed, width, depth, inner_time, finetune_time, outer_time, mtl_data,
 test_head)``; its key is a SHA-256 of everything that determines its rows (:func:`cell_context`). A *unit* is
 cells computed together (:func:`make_units`).
 """
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from typing import Sequence
 
 from ntk_bridge import methods as registry
 from ntk_bridge import build
+from ntk_bridge.axes import AXES
 from ntk_bridge import solvers as outer_solvers
 from ntk_bridge.provenance import CACHE_VERSION
 from ntk_bridge.config import MUP_WIDTH, SweepConfig, json_number
@@ -24,13 +27,16 @@ __all__ = ["Cell", "Unit", "plan", "make_units", "cell_context", "METHODS", "CEL
 
 #: Methods a sweep can be asked for (the no-transfer baseline is always computed as well).
 METHODS = registry.SWEEPABLE
-#: The settings of a cell that methods can depend on (:data:`ntk_bridge.methods.SETTINGS` but width).
-CELL_SETTINGS = ("inner_time", "finetune_time", "outer_time", "mtl_data", "test_head")
+#: The settings of a cell that its predictors take, the columns of the axes that set a
+#: :class:`~ntk_bridge.predictors.PredictorConfig` field (:data:`ntk_bridge.methods.SETTINGS` but width,
+#: which a unit holds constant).
+CELL_SETTINGS = tuple(axis.column for axis in AXES if axis.predictor is not None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One grid point of a sweep."""
+    """One grid point of a sweep: the task seed and one value of every axis (field: the axis's
+    ``column``). The fields, their order and their values are part of every cache key (:meth:`key`)."""
 
     task_seed: int
     width: float  # or the string 'mup' (the muP limit)
@@ -48,10 +54,8 @@ class Cell:
         """The cell's :class:`~ntk_bridge.predictors.PredictorConfig`."""
         from ntk_bridge.predictors import PredictorConfig
 
-        return PredictorConfig(inner_time=self.inner_time, finetune_time=self.finetune_time,
-                               outer_time=self.outer_time, mtl_data=self.mtl_data, test_head=self.test_head,
-                               rcond=rcond,
-                               **(steps or {}))
+        settings = {axis.predictor: getattr(self, axis.column) for axis in AXES if axis.predictor is not None}
+        return PredictorConfig(**settings, rcond=rcond, **(steps or {}))
 
     def key(self, context: dict) -> str:
         payload = dict(dataclasses.asdict(self), **context)
@@ -106,9 +110,9 @@ def plan(config: SweepConfig, tasks: TaskSet | None = None, solvers: tuple | Non
     """The task set, every cell of the grid and their cache keys (``solvers``: the resolved outer solvers)."""
     tasks = build.task_set(config) if tasks is None else tasks
     g = config.grid
-    cells = [Cell(config.tasks.task_seed, w if w == MUP_WIDTH else float(w), int(d), float(s), float(f), float(o), m, h)
-             for w in g.widths for s in g.inner_times for f in g.finetune_times
-             for o in g.outer_times for m in g.mtl_data for h in g.test_heads for d in g.depths]
+    # one cell per combination, the first axis outermost and depth innermost
+    cells = [Cell(task_seed=config.tasks.task_seed, **{axis.column: axis.cell(v) for axis, v in zip(AXES, point)})
+             for point in itertools.product(*(axis.of(g) for axis in AXES))]
     ctx = {finite: cell_context(config, tasks, finite=finite, solvers=solvers)
            for finite in {not c.infinite for c in cells}}
     return tasks, cells, [c.key(ctx[not c.infinite]) for c in cells]

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ntk_bridge import methods as registry
 from ntk_bridge.results import ok_rows
-from ntk_bridge.settings import LEARNED
+from ntk_bridge.settings import ALL, LEARNED
 
 __all__ = ["C7_RULE", "OUTER_TIME", "METHODS", "beyond_configs", "c7_rows", "beyond_claims"]
 
@@ -45,7 +45,7 @@ def beyond_configs(panel) -> dict[tuple[str, int, str], object]:
             for limit, width in (("mup", "mup"), ("ntk", math.inf)):
                 out[(family.name, seed, limit)] = SweepConfig.of(
                     family=family.name, task_seed=seed, depths=(1,), widths=(width,), activation="linear",
-                    methods=("mtl",) + METHODS, inner_times=(max(panel.inner_times),), mtl_data=("all",),
+                    methods=("mtl",) + METHODS, inner_times=(max(panel.inner_times),), mtl_data=(ALL,),
                     outer_times=(time,), linearized=False, **dict(family.sizes))
     return out
 
@@ -92,7 +92,7 @@ def c7_rows(frames: dict[tuple[str, int, str], pd.DataFrame]) -> list[dict]:
             useful = np.isfinite(blo) and blo > 0
             verdict = ("holds" if useful and np.isfinite(rhi) and rhi <= 1 else
                        "fails" if useful and np.isfinite(rlo) and rlo > 1 else "inconclusive")
-            rows.append(dict(claim="C7", tasks=str(mup["tasks"].iloc[0]), method=method, mtl_data="all", test_head=LEARNED,
+            rows.append(dict(claim="C7", tasks=str(mup["tasks"].iloc[0]), method=method, mtl_data=ALL, test_head=LEARNED,
                              inner_time=float(mup["inner_time"].iloc[0]), depths="1", estimate=r, ci95_low=rlo,
                              ci95_high=rhi, n=n,
                              quality=f"gap muP {ga.mean():.3g} vs NTK {gb.mean():.3g}; muP benefit {bm:.3g} "

@@ -13,7 +13,7 @@ import pandas as pd
 from ntk_bridge import build
 from ntk_bridge import methods as registry
 from ntk_bridge.config import SweepConfig
-from ntk_bridge.settings import LEARNED, TEST_HEADS
+from ntk_bridge.settings import LEARNED, MTL_DATA_VALUES, QUERY, TEST_HEADS
 
 __all__ = ["FAMILIES", "FULL", "QUICK", "Family", "Panel", "panel_for_file", "run_panel", "select", "with_archs",
            "sweeps", "panel_estimate"]
@@ -52,7 +52,7 @@ class Panel:
     seeds: tuple[int, ...]
     depths: tuple[int, ...]
     inner_times: tuple[float, ...]
-    mtl_data: tuple[str, ...] = ("all", "query")
+    mtl_data: tuple[str, ...] = MTL_DATA_VALUES
     test_heads: tuple[str, ...] = TEST_HEADS
     methods: tuple[str, ...] = registry.DEFAULT_SWEEP
     finite: tuple[tuple[str, object], ...] = ()
@@ -67,7 +67,7 @@ class Panel:
                     finite={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.finite})
 
 
-_SMALL_FINITE = dict(family="subspace", train_tasks=4, test_tasks=4, support=4, query=6, dim=8, mtl_data=("query",),
+_SMALL_FINITE = dict(family="subspace", train_tasks=4, test_tasks=4, support=4, query=6, dim=8, mtl_data=(QUERY,),
                      test_heads=(LEARNED,), inner_times=(0.5,), methods=(registry.MTL.name, registry.ANIL.name),
                      seeds=2, linearized=False)
 

@@ -14,7 +14,7 @@ from ntk_bridge import methods as registry
 from ntk_bridge.figures.style import COLORS, LABELS, STYLE, depth_axis, log_y, pyplot
 from ntk_bridge.report import fmt
 from ntk_bridge.verify.claims import RULES, benefit_table, gap_medians, verdict_matrix
-from ntk_bridge.settings import LEARNED
+from ntk_bridge.settings import ALL, LEARNED, QUERY
 
 __all__ = ["figures", "markdown_report", "html_report", "verdict_table"]
 
@@ -54,7 +54,7 @@ def _fig_gap(rows: pd.DataFrame, method: str) -> bytes:
             for i, ((data, head), c) in enumerate(g.groupby(["mtl_data", "test_head"])):
                 stats = c.groupby("depth")["gap_to_mtl_rel"].agg(["mean", "min", "max"])
                 style = ["-", "--", ":", "-."][i % 4]
-                ax.plot(stats.index, stats["mean"], style, marker="o", color=COLORS[method] if data == "query" else "#555",
+                ax.plot(stats.index, stats["mean"], style, marker="o", color=COLORS[method] if data == QUERY else "#555",
                         label=f"MTL on {data}, {head} head")
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=COLORS[method], alpha=0.1, linewidth=0)
             if len(g):
@@ -112,7 +112,7 @@ def _fig_benefit(rows: pd.DataFrame) -> bytes:
                     continue
                 c = c.sort_values("depth")
                 label = LABELS[method] + (f" ({data})" if registry.get(method).depends("mtl_data") else "")
-                style = "-." if data == "all" and registry.get(method).depends("mtl_data") else "-"
+                style = "-." if data == ALL and registry.get(method).depends("mtl_data") else "-"
                 ax.plot(c["depth"], c["benefit"], style, marker="o", color=COLORS[method], label=label)
                 ax.fill_between(c["depth"], c["ci95_low"], c["ci95_high"], color=COLORS[method], alpha=0.12, linewidth=0)
             ax.axhline(0, color="k", linewidth=0.8)
