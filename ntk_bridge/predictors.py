@@ -27,7 +27,7 @@ from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.outer import GBMLOuter, MTLOuter
 from ntk_bridge.tasks import Layout, TaskSet
-from ntk_bridge.settings import LEARNED, TEST_HEADS
+from ntk_bridge.settings import ALL, LEARNED, MTL_DATA_VALUES, TEST_HEADS
 
 __all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "predict",
            "predict_from_kernels"]
@@ -77,7 +77,7 @@ class PredictorConfig:
     finetune_steps: int | None = None
     outer_steps: int | None = None
     inner_l2: float | None = None
-    mtl_data: str = "all"
+    mtl_data: str = ALL
     mtl_heads: str = "shared"
     test_head: str = LEARNED
     rcond: float = 1e-10
@@ -86,7 +86,8 @@ class PredictorConfig:
         self.inner.validate("inner_time")
         self.finetune.validate("finetune_time")
         self.outer.validate("outer_time")
-        require(self.mtl_data in ("all", "query"), f"mtl_data must be 'all' or 'query', got {self.mtl_data!r}")
+        require(self.mtl_data in MTL_DATA_VALUES,
+                f"mtl_data must be one of {', '.join(map(repr, MTL_DATA_VALUES))}, got {self.mtl_data!r}")
         require(self.test_head in TEST_HEADS, f"test_head must be 'learned' or 'reset', got {self.test_head!r}")
         require(self.mtl_heads in ("shared", "independent"),
                 f"mtl_heads must be 'shared' or 'independent', got {self.mtl_heads!r}")

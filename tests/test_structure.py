@@ -238,14 +238,13 @@ def _spells_mtl_data(tree: ast.AST, values: tuple[str, ...]) -> list[int]:
 
 def test_the_mtl_data_values_are_spelled_in_settings_only():
     """The values of ``--mtl-data`` are constants of :mod:`ntk_bridge.settings` (``ALL``, ``QUERY``);
-    the one module that still spells them is ``predictors.py`` (its ``PredictorConfig`` default and
-    validation). Docstrings and help texts do not count; nor does the task option ``query``."""
+    no module spells them. Docstrings and help texts do not count; nor does the task option ``query``."""
     from ntk_bridge.settings import MTL_DATA_VALUES
 
     spelling = {str(path.relative_to(ROOT)): _spells_mtl_data(ast.parse(path.read_text()), MTL_DATA_VALUES)
                 for path in sorted(PACKAGE.rglob("*.py"))}
     spelling = {path: lines for path, lines in spelling.items() if lines}
-    assert set(spelling) == {"ntk_bridge/predictors.py"}, spelling
+    assert not spelling, spelling
 
 
 def test_the_mtl_data_check_finds_what_it_looks_for():
