@@ -16,7 +16,7 @@ Guarantees, and where they come from:
   key), as in-process runs do: the LAPACK routines behind jax's ``eigh`` and ``solve`` round
   differently with other thread counts. Every
   infinite-width cell is its own jitted call whatever other cells share its unit
-  (:func:`ntk_bridge.sweep.compute._infinite_rows`), so splitting units changes no bit either: on one machine
+  (:func:`ntk_bridge.sweep.compute.infinite_rows`), so splitting units changes no bit either: on one machine
   ``results.csv`` is byte-identical in all three modes. Across machines of other CPU types or core
   counts (XLA's and OpenBLAS's kernels and partitions) the last bits may differ, as they do between
   two in-process runs on those machines.

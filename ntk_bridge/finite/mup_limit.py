@@ -66,9 +66,9 @@ def mup_limit_run(tasks: TaskSet, config: PredictorConfig, methods: Sequence[str
     return run
 
 
-def limit_rows(config, cells, keys, tasks: TaskSet, arch, training):
-    """``(key, rows)`` of a sweep's muP-limit cells (width ``'mup'``; ``config`` a
-    :class:`~ntk_bridge.config.SweepConfig`): the limit trained under the discrete schedule the finite
+def limit_rows(cells, keys, tasks: TaskSet, arch, training, methods, rcond: float):
+    """``(key, rows)`` of a sweep's muP-limit cells (width ``'mup'``) for MTL, the baseline and ``methods``
+    (``rcond``: the ridge floor of the discretisation): the limit trained under the discrete schedule the finite
     networks of depth 1 follow (:func:`~ntk_bridge.finite.schedule.discretise` with the NTK of the same
     network), one row per method and test task in the :data:`ntk_bridge.metrics.COLUMNS` schema
     (``network = 'mean'``, ``mode = 'mean'``: the limit is deterministic and its initial output is 0).
@@ -79,11 +79,11 @@ def limit_rows(config, cells, keys, tasks: TaskSet, arch, training):
     from ntk_bridge.finite.schedule import discretise
     from ntk_bridge.kernels import kernels_by_depth
 
-    methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(config.grid.methods))
+    methods = registry.ordered((registry.MTL.name, registry.BASELINE.name) + tuple(methods))
     kernels = next(kernels_by_depth(tasks.all_points(), depths=[1], architecture=arch))
     M = tasks.layout.n_test
     for cell, key in zip(cells, keys):
-        dcfg = discretise(cell.predictor_config(config.numerics.rcond), kernels.ntk, tasks, training)
+        dcfg = discretise(cell.predictor_config(rcond), kernels.ntk, tasks, training)
         run = mup_limit_run(tasks, dcfg, methods, arch, training)
         extra = {m: dict(kernel_movement=np.repeat(run.kernel_movement[m], M)[None],
                          train_loss_rel=np.repeat(run.train_loss_rel[m], M)[None]) for m in methods}
