@@ -306,23 +306,64 @@ def predict(
         out = predict(tasks, depth=[2, 32], config=PredictorConfig(inner_time=0.1, mtl_data="query"))
         gap = out[32]["anil"].values - out[32]["mtl"].values       # [test tasks, queries, outputs]
     """
+    from ntk_bridge.runtime import enable_compilation_cache
+
+    enable_compilation_cache()  # as the command line: programs compiled once per machine, not per process
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(x) for x in depth]
-    ks, Theta, K = _kernels(tasks.all_points(), architecture, depths)
-    out = predict_from_kernels(Theta, K, tasks, config, methods, f0, solver)
+    methods = _check_methods(methods)
+    kkey, (ks, Theta, K) = _kernels(tasks.all_points(), architecture, depths)
+    if kkey is None or f0 is not None:
+        out = predict_from_kernels(Theta, K, tasks, config, methods, f0, solver)
+    else:
+        labels = _labels_key(tasks)
+        memo = {m: (kkey, labels, m, _relevant(config, m), str(solver)) for m in methods}
+        todo = [m for m in methods if memo[m] not in _LAST_PREDICTIONS]
+        if todo:
+            fresh = predict_from_kernels(Theta, K, tasks, config, todo, None, solver)
+            for m in todo:
+                _LAST_PREDICTIONS[memo[m]] = [entry[m] for entry in fresh]
+        out = [{m: _LAST_PREDICTIONS[memo[m]][b] for m in methods} for b in range(len(ks))]
     by_depth = {k.depth: o for k, o in zip(ks, out)}
     return by_depth[int(depth)] if np.ndim(depth) == 0 else {d: by_depth[d] for d in depths}
+
+
+def _labels_key(tasks: TaskSet) -> tuple:
+    """What, besides the kernels, the predictions read of a task set: its layout and its labels (by content)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for y in (tasks.train_support_y, tasks.train_query_y, tasks.test_support_y):
+        y = np.ascontiguousarray(y)
+        digest.update(str((y.shape, y.dtype)).encode())
+        digest.update(y.tobytes())
+    return tasks.layout, digest.hexdigest()
+
+
+def _relevant(config: PredictorConfig, method: str) -> PredictorConfig:
+    """``config`` with every setting ``method`` does not depend on (:mod:`ntk_bridge.methods`) at its
+    default: two configs with the same relevant part give the method the same predictions, bit for bit
+    (``tests/test_methods.py`` holds ``depends_on`` to that)."""
+    m, defaults = registry.get(method), PredictorConfig()
+    for setting, fields in SETTING_FIELDS.items():
+        if not m.depends(setting):
+            config = dataclasses.replace(config, **{f: getattr(defaults, f) for f in fields})
+    return config
 
 
 #: The kernels of the last :func:`predict` call: a user looping over configurations of one task set
 #: (inner times, MTL data, methods) pays the kernel pass once. One entry (the default grid's kernels
 #: of 31 depths take about 100 MB).
 _LAST_KERNELS: dict = {}
+#: The predictions made on those kernels, by ``(kernels, method, the part of the config the method
+#: depends on, solver)``: over the main job's six configurations MTL is computed twice (it does not
+#: depend on the inner time), the baseline once, as the sweep computes them. Emptied with the kernels.
+_LAST_PREDICTIONS: dict = {}
 
 
 def _kernels(points: np.ndarray, architecture, depths: list[int]):
-    """``(kernels, Theta [B, P, P], K [B, P, P])`` of ``depths`` over ``points``, reused when the
+    """``(key, (kernels, Theta [B, P, P], K [B, P, P]))`` of ``depths`` over ``points``, reused when the
     points (by content), the architecture (by value; custom layers by identity) and the depths are
-    those of the previous call."""
+    those of the previous call; ``key`` is ``None`` when they cannot be keyed (nothing is then reused)."""
     import hashlib
 
     from ntk_bridge.kernels import kernels_by_depth
@@ -335,12 +376,13 @@ def _kernels(points: np.ndarray, architecture, depths: list[int]):
     except TypeError:  # an architecture with unhashable fields: no reuse
         key = None
     if key is not None and key in _LAST_KERNELS:
-        return _LAST_KERNELS[key]
+        return key, _LAST_KERNELS[key]
     ks = list(kernels_by_depth(points, None, architecture=architecture, depths=depths))
     entry = (ks, np.stack([k.ntk for k in ks]), np.stack([k.readout for k in ks]))
     for a in entry[1:]:
         a.flags.writeable = False  # shared between calls: nobody may change them in place
     _LAST_KERNELS.clear()
+    _LAST_PREDICTIONS.clear()
     if key is not None:
         _LAST_KERNELS[key] = entry
-    return entry
+    return key, entry

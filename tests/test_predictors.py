@@ -175,3 +175,35 @@ def test_predict_reuses_the_kernel_pass_of_the_previous_call(monkeypatch):
     for d in (1, 2):
         assert np.array_equal(again[d]["anil"].values, fresh[d]["anil"].values)
         assert not np.array_equal(first[d]["anil"].values, again[d]["anil"].values)
+
+
+def test_predict_computes_each_method_once_per_setting_it_depends_on(monkeypatch):
+    """Over the main job's six configurations (three inner times x two MTL data) MTL is computed once per
+    MTL data, ANIL and MAML once per inner time, the baseline once, as the sweep computes them; every
+    prediction has the bits of a fresh call; other labels on the same points are computed anew."""
+    from ntk_bridge import predictors
+
+    tasks = subspace_tasks(seed=3, n_train=3, n_test=2, n_support=2, n_query=3, dim=4)
+    configs = [PredictorConfig(inner_time=s, mtl_data=m) for s in (0.01, 0.1, 1.0) for m in ("all", "query")]
+    methods = ("mtl", "anil", "maml", "baseline")
+    computed = []
+    real = predictors.predict_from_kernels
+    monkeypatch.setattr(predictors, "predict_from_kernels",
+                        lambda *a, **k: computed.extend((m, a[3].inner_time, a[3].mtl_data) for m in a[4])
+                        or real(*a, **k))
+    predictors._LAST_KERNELS.clear()
+    got = [predict(tasks, depth=[1, 2], config=c, methods=methods) for c in configs]
+    count = {m: sum(1 for c in computed if c[0] == m) for m in methods}
+    assert count == {"mtl": 2, "anil": 3, "maml": 3, "baseline": 1}
+    for c, out in zip(configs, got):
+        predictors._LAST_KERNELS.clear()  # a fresh pass, every method computed
+        fresh = predict(tasks, depth=[1, 2], config=c, methods=methods)
+        for d in (1, 2):
+            for m in methods:
+                assert np.array_equal(out[d][m].values, fresh[d][m].values), (c, d, m)
+                assert out[d][m].diagnostics == fresh[d][m].diagnostics
+    relabelled = dataclasses.replace(tasks, train_query_y=tasks.train_query_y + 1.0)
+    computed.clear()
+    moved = predict(relabelled, depth=[1, 2], config=configs[-1], methods=methods)
+    assert {c[0] for c in computed} == set(methods)
+    assert not np.array_equal(moved[2]["mtl"].values, got[-1][2]["mtl"].values)
