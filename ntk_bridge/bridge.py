@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ntk_bridge.errors import UserError
-from ntk_bridge.fewshot.on_tasks import CLOSED_FORM_KEYS, task_episodes
+from ntk_bridge.fewshot.on_tasks import CLOSED_FORM_KEYS, check_comparable, task_episodes
 
 __all__ = ["load_run_tasks", "verified_rows"]
 
@@ -60,7 +60,9 @@ def verified_rows(run: Path, tasks, task_seed: int) -> pd.DataFrame | None:
     """The rows of the cells a sweep's ``results.csv`` lists, read from its verified ``cells/``
     (:meth:`ntk_bridge.runs.RunFolder.read_cell`), or None without ``results.csv``. ``UserError``
     (one line) when ``results.csv`` says another task set or task seed than ``config.json``, when a
-    cell it lists is missing or damaged, or when a closed form does not cover every test task."""
+    cell it lists is missing or damaged, when a closed form does not cover every test task, or when
+    a compared closed form has not exactly one accuracy per test task
+    (:func:`~ntk_bridge.fewshot.on_tasks.check_comparable`): all before any network trains."""
     from ntk_bridge.runs import RunFolder
 
     if not (run / "results.csv").is_file():
@@ -90,7 +92,11 @@ def verified_rows(run: Path, tasks, task_seed: int) -> pd.DataFrame | None:
     test = set(range(tasks.test_support_x.shape[0]))
     keys = [k for k in CLOSED_FORM_KEYS + ["width", "outer_time"] if k in rows]
     for key, group in rows.groupby(keys, dropna=False, sort=False):
-        if set(group["test_task"].astype(int)) != test:
+        got = set(group["test_task"].astype(int))
+        if got != test:
+            others = f" and {len(got - test)} test task(s) it does not have" if got - test else ""
             raise UserError(f"--tasks-of: closed form {dict(zip(keys, key))} in {run} covers "
-                            f"{group['test_task'].nunique()} of the task set's {len(test)} test tasks")
+                            f"{len(got & test)} of the task set's {len(test)} test tasks{others}")
+    if len(rows):  # what the comparison after training reads, checked now
+        check_comparable(rows, len(test), str(run))
     return rows

@@ -89,6 +89,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:,.0f} days"
 
 
+#: ``3600`` -> ``'60 minutes'``: how every estimate is said (``fewshot`` says its own in these words).
+duration = _duration
+
+
 def npz_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
     """``{key: (shape, dtype)}`` of the arrays of a ``.npz`` file, read from each member's ``.npy``
     header (no data is read), or ``None`` when the file is not a readable archive of ``.npy``

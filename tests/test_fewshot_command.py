@@ -45,6 +45,7 @@ def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     assert "ProtoNet" in stdout and "R2D2" in stdout
     device = [line for line in stderr.splitlines() if line.startswith("device:")]
     assert len(device) == 1 and "cpu" in device[0] and "BLAS threads:" in device[0], stderr
+    assert "estimate: at most about" in stderr and "for 10 training runs" in stderr, stderr
 
 
 @pytest.mark.parametrize("args,match", [
@@ -124,9 +125,9 @@ def test_the_figure_settings_are_the_documented_command(tmp_path, capsys, monkey
     from ntk_bridge.fewshot.figure import figure_config
 
     seen = {}
-    monkeypatch.setattr(command, "_run", lambda config, spec, out: seen.update(config=config, spec=spec))
+    monkeypatch.setattr(command, "_run", lambda config, spec, out, **kwargs: seen.update(config=config, spec=spec))
     argv = ["--dataset", "kanji", "--ways", "5", "--shots", "1", "--methods", ",".join(METHOD_NAMES), "--train-seeds", "3",
-            "--out", str(tmp_path / "o")]
+            "--yes", "--out", str(tmp_path / "o")]  # estimated at about 3 hours to its step caps
     code, _, stderr = run(capsys, argv)
     assert code == 0, stderr
     assert (seen["config"], seen["spec"]) == figure_config(quick=False)
@@ -134,3 +135,150 @@ def test_the_figure_settings_are_the_documented_command(tmp_path, capsys, monkey
     code, _, stderr = run(capsys, ["--quick", "--out", str(tmp_path / "q")])
     assert code == 0, stderr
     assert (seen["config"], seen["spec"]) == (quick_config, quick_data)
+
+
+# --------------------------------------------------------------------------- time estimate and --yes
+def test_a_run_estimated_over_an_hour_needs_yes_and_nothing_trains_before(tmp_path, capsys, monkeypatch):
+    from ntk_bridge.fewshot import command, experiment
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a network trained before the estimate was checked")
+
+    monkeypatch.setattr(experiment, "train", forbidden)
+    huge = [*TINY, "--max-steps", "100000000", "--out", str(tmp_path / "huge")]
+    code, stdout, stderr = run(capsys, huge)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert "would take about" in lines[0] and "--yes" in lines[0] and "100,000,000 steps" in lines[0], lines
+    assert not (tmp_path / "huge" / "results.csv").exists() and "Traceback" not in stdout + stderr
+    started = []
+    monkeypatch.setattr(command, "_run", lambda config, spec, out, estimate=None: started.append(estimate))
+    code, _, stderr = run(capsys, [*huge, "--yes"])
+    assert code == 0 and len(started) == 1 and started[0].startswith("estimate: at most about"), stderr
+    assert "days" in started[0]
+    # a time cap bounds the estimate: the same step cap under --budget-minutes 1 starts without --yes
+    code, _, stderr = run(capsys, [*huge, "--budget-minutes", "1"])
+    assert code == 0 and len(started) == 2 and "minutes" in started[1], stderr
+
+
+def test_the_estimate_grows_with_every_size_and_a_time_cap_bounds_it():
+    import dataclasses
+
+    from ntk_bridge.fewshot.cost import dataset_estimate
+    from ntk_bridge.fewshot.experiment import FewShotConfig
+    from ntk_bridge.fewshot.models import ModelConfig
+
+    base = FewShotConfig(ways=5, shots=(1,), methods=(default_method_config("mtl"), default_method_config("anil")),
+                         max_steps=1000, test_episodes=100, val_episodes=20, checkpoints=10)
+    seconds = lambda config, side=28: dataset_estimate(config, (side, side, 1), 20)["seconds"]  # noqa: E731
+    s0 = seconds(base)
+    assert 0 < s0 < 3600
+    bigger = {
+        "seeds": dataclasses.replace(base, seeds=(0, 1, 2)),
+        "steps": dataclasses.replace(base, max_steps=5000),
+        "methods": dataclasses.replace(base, methods=(*base.methods, default_method_config("maml"))),
+        "shots": dataclasses.replace(base, shots=(1, 5)),
+        "ways": dataclasses.replace(base, ways=10),
+        "test episodes": dataclasses.replace(base, test_episodes=1000),
+        "channels": dataclasses.replace(base, model=ModelConfig("conv4", 64, 4)),
+        "meta batch": dataclasses.replace(base, methods=tuple(dataclasses.replace(m, meta_batch=32)
+                                                              for m in base.methods)),
+    }
+    for what, config in bigger.items():
+        assert seconds(config) > s0, what
+    assert seconds(base, side=84) > s0
+    three = seconds(bigger["seeds"]) - seconds(dataclasses.replace(base, seeds=(0, 1)))
+    assert three == pytest.approx(seconds(dataclasses.replace(base, seeds=(0, 1))) - s0)  # linear in the seeds
+    capped = dataclasses.replace(base, max_steps=None, budget_seconds=60.0)
+    endless = dataclasses.replace(base, max_steps=10 ** 9)
+    assert seconds(dataclasses.replace(endless, budget_seconds=60.0)) == pytest.approx(seconds(capped))
+    assert dataset_estimate(capped, (28, 28, 1), 20)["train_seconds"] == pytest.approx(2 * 60.0)  # 2 runs, each 60 s
+
+
+# --------------------------------------------------------------------------- resume after a failure
+RESUME = [*TINY, "--methods", "mtl,protonet", "--shots", "1", "--train-seeds", "2"]
+TIMING = ("seconds", "cpu_s", "eval_", "compile_", "step_cost")  # measured on the clock: the rest must be equal
+
+
+def _deterministic(table: pd.DataFrame) -> pd.DataFrame:
+    return table[[c for c in table.columns if not any(t in c for t in TIMING)]]
+
+
+def _counting_train(monkeypatch, fail_after: int | None = None):
+    from ntk_bridge.fewshot import experiment
+    from ntk_bridge.fewshot.train import train as real  # the trainer itself, not an earlier patch of it
+
+    calls = []
+
+    def counted(config, run, *args, **kwargs):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise KeyboardInterrupt  # Ctrl-C, or the process killed, in the middle of the comparison
+        calls.append((config.method, run.seed))
+        return real(config, run, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train", counted)
+    return calls
+
+
+def test_a_rerun_after_a_failure_trains_only_the_rest_and_gives_the_same_tables(tmp_path, capsys, monkeypatch):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    calls = _counting_train(monkeypatch)
+    code, _, stderr = run(capsys, [*RESUME, "--out", str(whole)])
+    assert code == 0 and len(calls) == 4, stderr
+    assert len(list((whole / "trained").glob("*.json"))) == 4  # one saved file per finished run
+
+    calls = _counting_train(monkeypatch, fail_after=3)  # dies in the fourth run
+    code, _, stderr = run(capsys, [*RESUME, "--out", str(resumed)])
+    assert code == 130 and "rerun the same command to resume" in stderr, stderr
+    assert len(list((resumed / "trained").glob("*.json"))) == 3 and not (resumed / "results.csv").exists()
+    assert not list((resumed / "trained").glob(".*"))  # no temporary file left behind
+
+    calls = _counting_train(monkeypatch)
+    code, _, stderr = run(capsys, [*RESUME, "--out", str(resumed)])
+    assert code == 0 and calls == [("protonet", 1)], stderr  # only the run that had not finished
+    for name in ("results.csv", "curves.csv"):
+        pd.testing.assert_frame_equal(_deterministic(pd.read_csv(resumed / name)),
+                                      _deterministic(pd.read_csv(whole / name)))
+    for name in ("episodes.csv", "summary.csv"):
+        a, b = pd.read_csv(resumed / name), pd.read_csv(whole / name)
+        pd.testing.assert_frame_equal(_deterministic(a), _deterministic(b))
+    assert json.loads((resumed / "config.json").read_text())["reused_runs"] == 3
+    assert "reused_runs" not in json.loads((whole / "config.json").read_text())  # a normal run's record as before
+
+    # everything finished: a rerun trains nothing and rewrites the same tables, byte for byte
+    before = {n: (resumed / n).read_bytes() for n in ("results.csv", "summary.csv", "curves.csv", "episodes.csv")}
+    calls = _counting_train(monkeypatch)
+    code, _, stderr = run(capsys, [*RESUME, "--out", str(resumed)])
+    assert code == 0 and calls == [], stderr
+    assert {n: (resumed / n).read_bytes() for n in before} == before
+
+    # a changed option is another run: only the runs it changes are trained again
+    calls = _counting_train(monkeypatch)
+    code, _, stderr = run(capsys, [*RESUME, "--set", "protonet.lr=0.002", "--out", str(resumed)])
+    assert code == 0 and calls == [("protonet", 0), ("protonet", 1)], stderr
+    calls = _counting_train(monkeypatch)
+    code, _, stderr = run(capsys, [*RESUME, "--max-steps", "5", "--out", str(resumed)])
+    assert code == 0 and len(calls) == 4, stderr
+
+
+def test_a_damaged_saved_run_is_trained_again_never_trusted(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = [*RESUME, "--train-seeds", "1", "--out", str(out)]
+    calls = _counting_train(monkeypatch)
+    assert run(capsys, argv)[0] == 0 and len(calls) == 2
+    first = pd.read_csv(out / "results.csv")
+    mtl, protonet = sorted((out / "trained").glob("mtl-*")) + sorted((out / "trained").glob("protonet-*"))
+    good = mtl.read_bytes()
+    for damage in (lambda b: b[: len(b) // 2],                                  # cut short
+                   lambda b: b"",                                               # empty
+                   lambda b: b.replace(b'"status": "ok"', b'"status": "nonfinite"', 1),  # altered after its checksum
+                   lambda b: b.replace(b'"accuracy": [', b'"accuracy": [1.0, '),  # an accuracy more than its row says
+                   lambda b: protonet.read_bytes()):                            # another run's file renamed over it
+        assert damage(good) != good
+        mtl.write_bytes(damage(good))
+        calls = _counting_train(monkeypatch)
+        code, _, stderr = run(capsys, argv)
+        assert code == 0 and calls == [("mtl", 0)], stderr
+        assert "damaged: trained again" in " ".join(stderr.split()), stderr
+        pd.testing.assert_frame_equal(_deterministic(pd.read_csv(out / "results.csv")), _deterministic(first))
+        assert mtl.read_bytes() != damage(good)  # saved again, whole

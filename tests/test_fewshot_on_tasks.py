@@ -278,3 +278,94 @@ def test_tasks_of_reads_the_closed_forms_from_the_verified_cells(conv_run, tmp_p
     code, _, stderr = _run(capsys, ["fewshot", "--tasks-of", str(missing), "--out", str(tmp_path / "m")])
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "missing or damaged" in lines[0], stderr
+
+
+def _no_training(monkeypatch):
+    from ntk_bridge.fewshot import experiment
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a network trained before the run folder was checked")
+
+    monkeypatch.setattr(experiment, "train", forbidden)
+
+
+def _edit_cells(run, edit):
+    """Rewrite every cell that ``results.csv`` lists as ``edit(rows)``, with a valid header (an edit the
+    cells' checksums cannot see: the folder was written so)."""
+    from ntk_bridge.runs import RunFolder
+
+    folder = RunFolder(run)
+    for key in dict.fromkeys(pd.read_csv(run / "results.csv")["cell"].astype(str)):
+        folder.write_cell(key, edit(folder.read_cell(key)))
+
+
+FEWSHOT_ON = ["--methods", "mtl", "--body", "mlp", "--channels", "8", "--blocks", "1", "--max-steps", "2",
+              "--checkpoints", "1", "--meta-batch", "2", "--val-tasks", "2"]
+
+
+@pytest.mark.parametrize("edit,match", [
+    ("other test tasks", "covers 3 of the task set's 4 test tasks and 1 test task(s) it does not have"),
+    ("fewer test tasks", "covers 3 of the task set's 4 test tasks"),
+    ("a test task twice", "each test episode needs at most one"),
+    ("a cell of another sweep", "each test episode needs at most one"),
+    ("a column lost", "lack the column(s) test_accuracy"),
+    ("another fingerprint", "differs from the one the sweep ran on"),
+    ("another task seed", "task seed(s) 1, but config.json says"),
+])
+def test_a_run_folder_whose_test_episodes_differ_is_refused_before_any_network_trains(edit, match, conv_run, tmp_path,
+                                                                                     capsys, monkeypatch):
+    run = _copy_run(conv_run, tmp_path / "edited")
+    if edit == "other test tasks":  # the rows of test tasks 1..4 where the task set has 0..3
+        _edit_cells(run, lambda rows: rows.assign(test_task=rows["test_task"] + 1))
+    elif edit == "fewer test tasks":
+        _edit_cells(run, lambda rows: rows[rows["test_task"] != 3])
+    elif edit == "a test task twice":  # every test task covered, test task 0 twice
+        _edit_cells(run, lambda rows: pd.concat([rows, rows[rows["test_task"] == 0]], ignore_index=True))
+    elif edit == "a cell of another sweep":  # results.csv lists a second copy of every cell (a shared --out)
+        from ntk_bridge.runs import RunFolder
+
+        results = pd.read_csv(run / "results.csv")
+        copies = []
+        for key, rows in results.groupby("cell", sort=False):
+            RunFolder(run).write_cell("x" + key[1:], RunFolder(run).read_cell(key).assign(cell="x" + key[1:]))
+            copies.append(rows.assign(cell="x" + key[1:]))
+        pd.concat([results, *copies]).to_csv(run / "results.csv", index=False)
+    elif edit == "a column lost":
+        _edit_cells(run, lambda rows: rows.drop(columns="test_accuracy"))
+    elif edit == "another fingerprint":
+        record = json.loads((run / "config.json").read_text())
+        record["tasks_fingerprint"] = "f" * 64
+        (run / "config.json").write_text(json.dumps(record))
+    elif edit == "another task seed":
+        pd.read_csv(run / "results.csv").assign(task_seed=1).to_csv(run / "results.csv", index=False)
+    _no_training(monkeypatch)
+    out = tmp_path / "nets"
+    code, stdout, stderr = _run(capsys, ["fewshot", "--tasks-of", str(run), *FEWSHOT_ON, "--out", str(out)])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], stderr
+    assert "Traceback" not in stdout + stderr and not (out / "trained").exists() and not (out / "results.csv").exists()
+
+
+def test_an_unedited_run_folder_passes_the_same_checks(conv_run, tmp_path, capsys, monkeypatch):
+    """The refusals above come from the edits: the copied folder itself is accepted and reaches training."""
+    _no_training(monkeypatch)
+    run = _copy_run(conv_run, tmp_path / "copy")
+    with pytest.raises(AssertionError, match="a network trained"):
+        main(["fewshot", "--tasks-of", str(run), *FEWSHOT_ON, "--out", str(tmp_path / "nets")])
+
+
+def test_tasks_of_a_run_estimated_over_an_hour_needs_yes(conv_run, tmp_path, capsys, monkeypatch):
+    """The estimate of a run on a task set's episodes (their own sizes) is checked before training."""
+    from ntk_bridge.fewshot import command
+
+    _no_training(monkeypatch)
+    argv = ["fewshot", "--tasks-of", str(conv_run), *FEWSHOT_ON, "--max-steps", "1000000000", "--out",
+            str(tmp_path / "nets")]
+    code, _, stderr = _run(capsys, argv)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "would take about" in lines[0] and "--yes" in lines[0], stderr
+    started = []
+    monkeypatch.setattr(command, "_run", lambda config, episodes, out, tasks_of=None, estimate=None:
+                        started.append(estimate))
+    code, _, stderr = _run(capsys, [*argv, "--yes"])
+    assert code == 0 and len(started) == 1 and "for 1 training run to its caps" in started[0], stderr

@@ -351,25 +351,33 @@ FEWSHOT = ["fewshot", "--dataset", "digits", "--ways", "3", "--shots", "1", "--m
            "--checkpoints", "2", "--meta-batch", "2", "--train-queries", "2"]
 
 
-def test_fewshot_on_a_full_disk_is_one_line_writes_atomically_and_the_rerun_completes(tmp_path, monkeypatch, capsys):
+def test_fewshot_on_a_full_disk_is_one_line_writes_atomically_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "fewshot"
     real = runs.atomic_write
     written = []
 
-    def full_after_two(path, data):
-        if len(written) >= 2:
+    def full_after_two_tables(path, data):
+        if len([w for w in written if not w.startswith("trained/")]) >= 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(os.path.basename(path))
+        written.append(os.path.relpath(path, out))
         real(path, data)
 
-    monkeypatch.setattr(runs, "atomic_write", full_after_two)
+    monkeypatch.setattr(runs, "atomic_write", full_after_two_tables)
     capsys.readouterr()
     assert main([*FEWSHOT, "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:") or "Traceback" in line]
     assert len(err) == 1 and "No space left on device" in err[0] and "rerun" in err[0], err
-    assert written == ["results.csv", "summary.csv"]  # the tables go through the atomic writer
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.csv"]  # whole files, no temporaries
+    # the finished training run, then the tables, each through the atomic writer
+    assert written[0].startswith("trained/mtl-1shot-seed0-") and written[1:] == ["results.csv", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.csv", "trained"]  # no temporaries
+    assert [p.name for p in (out / "trained").iterdir()] == [os.path.basename(written[0])]
     monkeypatch.setattr(runs, "atomic_write", real)
+    from ntk_bridge.fewshot import experiment
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the rerun trained a run that had finished before the disk was full")
+
+    monkeypatch.setattr(experiment, "train", forbidden)  # the rerun resumes: nothing is trained again
     assert main([*FEWSHOT, "--out", str(out)]) == 0
     for name in ("results.csv", "summary.csv", "curves.csv", "episodes.csv", "config.json", "accuracy_vs_time.png"):
         assert (out / name).is_file(), name

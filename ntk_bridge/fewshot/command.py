@@ -120,6 +120,7 @@ def fewshot_command(
     meta_batch: Optional[int] = fewshot_option("meta_batch"),
     set_: List[str] = fewshot_option("set_"),
     quick: bool = fewshot_option("quick"),
+    yes: bool = fewshot_option("yes"),
     out: Optional[Path] = fewshot_option("out"),
 ) -> None:
     """Train MTL, ANIL, MAML, R2D2 and ProtoNet to their plateaus; accuracy against training cost.
@@ -177,7 +178,10 @@ def fewshot_command(
             episodes, methods=tuple(method_configs), model=ModelConfig(body, channels, blocks, layer_norm, parameterization),
             seeds=tuple(range(seed, seed + train_seeds)), max_steps=max_steps, budget_seconds=60.0 * budget_minutes,
             clock=clock, checkpoints=checkpoints, plateau_patience=patience)
-        _run(config, episodes, out, tasks_of=(tasks_of, sweep, record))
+        from ntk_bridge.fewshot.cost import episodes_estimate
+
+        said = _check_long(config, episodes_estimate(config, episodes), yes)
+        _run(config, episodes, out, tasks_of=(tasks_of, sweep, record), estimate=said)
         return
     config = FewShotConfig(
         ways=ways, shots=shot_values, methods=tuple(method_configs),
@@ -192,12 +196,30 @@ def fewshot_command(
 
     size = image_size or NATIVE_SIZE[dataset]
     budget.check_memory(dataset_bytes(dataset, size, max_classes), f"--dataset {dataset} at {size} x {size} pixels")
+    from ntk_bridge.fewshot.cost import dataset_estimate
+
+    _, samples, image_channels = _DATASET_SIZES[dataset]
+    said = _check_long(config, dataset_estimate(config, (size, size, image_channels), samples), yes)
     out = out or Path("ntk_bridge_runs") / f"fewshot-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     check_out(out)
-    _run(config, spec, out)
+    _run(config, spec, out, estimate=said)
 
 
-def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
+def _check_long(config, est: dict, yes: bool) -> str:
+    """Refuse (one line) a run estimated (:mod:`ntk_bridge.fewshot.cost`) over an hour without
+    ``--yes``; else the line that says the estimate (printed once the data are loaded and checked)."""
+    from ntk_bridge import budget
+
+    caps = " and ".join(c for c in (config.max_steps and f"{config.max_steps:,} steps",
+                                    config.budget_seconds and f"{config.budget_seconds / 60:g} minutes") if c)
+    runs = f"{est['runs']} training run{'s' if est['runs'] != 1 else ''}"
+    budget.check_long(est["seconds"], f"this few-shot run ({runs} of up to {caps} each)", yes)
+    whose = "its" if est["runs"] == 1 else "their"
+    return (f"estimate: at most about {budget.duration(est['seconds'])} for {runs} to {whose} caps "
+            "(the plateau rule usually stops a run sooner)")
+
+
+def _run(config, spec, out: Path, tasks_of: tuple | None = None, estimate: str | None = None) -> None:
     from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -228,6 +250,8 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
         def loaded(self, data):
             # the data are read and match the options: every user error is behind us, training begins
             print(device_line(current_blas_threads()), file=sys.stderr, flush=True)
+            if estimate:
+                print(estimate, file=sys.stderr, flush=True)
             if tasks_of is not None:
                 err.print(f"[bold]{data.name}[/] tasks of {tasks_of[0]}: " + ", ".join(
                     f"{s} {e} episodes x {n} images" for s, (e, n) in data.summary().items())
@@ -250,6 +274,13 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None) -> None:
 
         def checkpoint(self, record):
             bar.update(self.task, val=f"{100 * record['val_accuracy']:.1f}%")
+
+        def reused(self, row):
+            bar.update(self.task, completed=1.0, val=f"{row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "
+                       "(finished before: reused)")
+
+        def damaged(self, name):
+            err.print(f"[yellow]{out / 'trained' / name} is damaged: trained again[/]")
 
         def run_end(self, row):
             bar.update(self.task, completed=1.0, val=f"{row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "

@@ -16,7 +16,9 @@ reported.
 :func:`run_fewshot` is the library entry point: it checks everything (options, the data source,
 the output folder) before rendering or loading data, runs the comparison and writes the run folder
 (``results.csv``, ``summary.csv``, ``curves.csv``, ``episodes.csv``, ``config.json``,
-``accuracy_vs_time.png`` / ``.pdf``).
+``accuracy_vs_time.png`` / ``.pdf``). Each training run is saved in the folder as it finishes
+(``trained/``, :mod:`ntk_bridge.fewshot.store`), so a rerun into the same folder trains only the
+runs that had not finished and writes the same tables.
 """
 from __future__ import annotations
 
@@ -136,6 +138,13 @@ class Progress:
 
     def run_end(self, row: dict) -> None: ...
 
+    def reused(self, row: dict) -> None:
+        """A finished run found in the run folder (saved by an earlier, interrupted run) and reused."""
+        self.run_end(row)
+
+    def damaged(self, name: str) -> None:
+        """A saved run that failed verification (it is trained again)."""
+
 
 def check_shapes(config: FewShotConfig, data: FewShotDataset | TaskEpisodes) -> None:
     """Raise :class:`UserError` unless every episode shape of ``config`` fits ``data``'s splits (or is
@@ -171,13 +180,31 @@ def _run_row(data: FewShotDataset, config: FewShotConfig, shots: int, seed: int,
     }
 
 
-def run_experiment(config: FewShotConfig, data: FewShotDataset | TaskEpisodes, progress: Progress | None = None
-                   ) -> ExperimentTables:
+def run_key(config: FewShotConfig, method: MethodConfig, shots: int, seed: int, data_digest: str) -> str:
+    """The key of one training run (:func:`ntk_bridge.fewshot.store.run_key`): everything that
+    determines its row, curve and test accuracies."""
+    from ntk_bridge.fewshot import store
+
+    return store.run_key(method=dataclasses.asdict(method), model=dataclasses.asdict(config.model),
+                         train=dataclasses.asdict(config.train_config(seed)), ways=config.ways, shots=int(shots),
+                         test_episodes=config.test_episodes, test_queries=config.test_queries, data=data_digest)
+
+
+def run_experiment(config: FewShotConfig, data: FewShotDataset | TaskEpisodes, progress: Progress | None = None,
+                   saved=None) -> ExperimentTables:
     """Train and test every (shots, seed, method) of ``config`` on ``data`` (see the module docstring):
     a dataset's splits, or a task set's episodes (:mod:`ntk_bridge.fewshot.on_tasks`: trained on
-    its training episodes, tested on its test episodes, the same for every seed)."""
+    its training episodes, tested on its test episodes, the same for every seed).
+
+    ``saved``: a :class:`~ntk_bridge.fewshot.store.TrainedRuns` of the run folder; each run found
+    there (and verified) is reused instead of trained, each run trained is saved there as it ends."""
     progress = progress or Progress()
     check_shapes(config, data)
+    digest = None
+    if saved is not None:
+        from ntk_bridge.fewshot.store import data_digest
+
+        digest = data_digest(data)
     rows, curves, per_episode = [], [], []
     on_tasks = isinstance(data, TaskEpisodes)
     test = None if on_tasks else data.splits["test"]
@@ -199,14 +226,26 @@ def run_experiment(config: FewShotConfig, data: FewShotDataset | TaskEpisodes, p
                                              "episode": np.arange(nn.size), "accuracy": nn}))
             for method in config.methods:
                 progress.run_start(method.method, shots, seed)
-                net, result = train(method, config.train_config(seed), config.model, source, config.ways, shots,
-                                    progress.step, progress.checkpoint)
-                tic = time.perf_counter()
-                acc = accuracies(episode_scorer(net, method), result.params, test_episodes(shots, seed))
-                test_seconds = time.perf_counter() - tic
-                row = _run_row(data, config, shots, seed, method, result, acc, test_seconds)
+                key = None if saved is None else run_key(config, method, shots, seed, digest)
+                damaged = len(saved.damaged) if saved is not None else 0
+                found = None if saved is None else saved.load(method.method, shots, seed, key)
+                if saved is not None and len(saved.damaged) > damaged:
+                    progress.damaged(saved.damaged[-1])
+                if found is not None:
+                    row, history, acc = found
+                    progress.reused(row)
+                else:
+                    net, result = train(method, config.train_config(seed), config.model, source, config.ways, shots,
+                                        progress.step, progress.checkpoint)
+                    tic = time.perf_counter()
+                    acc = accuracies(episode_scorer(net, method), result.params, test_episodes(shots, seed))
+                    test_seconds = time.perf_counter() - tic
+                    row = _run_row(data, config, shots, seed, method, result, acc, test_seconds)
+                    history = result.history
+                    if saved is not None:
+                        saved.save(method.method, shots, seed, key, row, history, acc)
                 rows.append(row)
-                curves.append(pd.DataFrame(result.history).assign(
+                curves.append(pd.DataFrame(history).assign(
                     dataset=data.name, method=method.method, ways=config.ways, shots=shots, seed=seed))
                 per_episode.append(pd.DataFrame({"method": method.method, "shots": shots, "seed": seed,
                                                  "episode": np.arange(acc.size), "accuracy": acc}))
@@ -263,7 +302,12 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
     check_shapes(config, dataset)
     progress.loaded(dataset)
     start_info = provenance()
-    tables = run_experiment(config, dataset, progress)
+    from ntk_bridge.fewshot.store import TrainedRuns
+    from ntk_bridge.runs import RunFolder
+
+    saved = TrainedRuns(out)
+    with RunFolder(out).writing("a finished training run"):  # a full disk: one line; the runs saved are whole
+        tables = run_experiment(config, dataset, progress, saved=saved)
     info = {
         "experiment": config.to_dict(),
         "dataset": ({"name": dataset.name, "tasks_fingerprint": dataset.fingerprint, "validation": dataset.validation,
@@ -276,6 +320,8 @@ def run_fewshot(config: FewShotConfig, data: DataSpec | FewShotDataset | TaskEpi
         "provenance": start_info,
         "load_average_end": os.getloadavg(),
         "wall_seconds": time.perf_counter() - started,
+        **({"reused_runs": len(saved.reused)} if saved.reused else {}),  # only when a rerun resumed
+        **({"damaged_runs": len(saved.damaged)} if saved.damaged else {}),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
         **(record or {}),
     }

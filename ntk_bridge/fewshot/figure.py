@@ -1,7 +1,7 @@
 """The committed few-shot figure: its run settings and the files it puts into ``figures/``.
 
 :func:`figure_config` gives the settings (full: the README's measurement, the same as
-``ntk-bridge fewshot --dataset kanji --ways 5 --shots 1 --methods mtl,anil,maml,r2d2,protonet --train-seeds 3``
+``ntk-bridge fewshot --dataset kanji --ways 5 --shots 1 --methods mtl,anil,maml,r2d2,protonet --train-seeds 3 --yes``
 with every other option at its default; quick: a smoke-sized run). Both use a step cap and no time
 cap, so a rerun takes the same steps and draws the same curves. :func:`make_fewshot_figure` runs
 :func:`~ntk_bridge.fewshot.experiment.run_fewshot` into a run folder (once; an existing

@@ -37,7 +37,7 @@ from ntk_bridge.datasets.episodes import Episodes
 from ntk_bridge.errors import UserError
 from ntk_bridge.fewshot.evaluate import BASELINE, mean_ci95
 
-__all__ = ["TaskEpisodes", "as_episodes", "task_episodes", "closed_form_comparison",
+__all__ = ["TaskEpisodes", "as_episodes", "task_episodes", "closed_form_comparison", "check_comparable",
            "write_closed_forms", "closed_form_table", "COMPARISON_COLUMNS", "CLOSED_FORM_KEYS"]
 
 
@@ -156,15 +156,53 @@ COMPARISON_COLUMNS = {
 CLOSED_FORM_KEYS = ["method", "depth", "inner_time", "finetune_time", "mtl_data", "test_head"]
 
 
+#: The columns of a sweep's rows that :func:`closed_form_comparison` reads.
+SWEEP_COLUMNS = CLOSED_FORM_KEYS + ["width", "test_task", "test_accuracy", "status"]
+
+
+def compared_closed_forms(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a sweep that :func:`closed_form_comparison` compares: infinite width (and infinite
+    outer time), with a test accuracy; the closed-form keys' missing values are ``"-"``."""
+    cf = sweep[(sweep["width"].astype(float) == np.inf) & sweep["test_accuracy"].notna()].copy()
+    if "outer_time" in cf:
+        cf = cf[cf["outer_time"].astype(float) == np.inf]
+    cf[CLOSED_FORM_KEYS] = cf[CLOSED_FORM_KEYS].astype(object).where(cf[CLOSED_FORM_KEYS].notna(), "-")
+    return cf
+
+
+def check_comparable(sweep: pd.DataFrame, test_episodes: int, where: str) -> None:
+    """Refuse (:class:`UserError`, one line) sweep rows that :func:`closed_form_comparison` could not
+    pair with networks tested on ``test_episodes`` episodes: a missing column, or a closed form
+    (all its rows ``ok``) with a test task outside ``0 .. test_episodes - 1`` or with two accuracies
+    for one test task (rows of two sweeps mixed, say).
+    Called before any network trains (:func:`ntk_bridge.bridge.verified_rows`), so the comparison
+    after training cannot fail."""
+    missing = [c for c in SWEEP_COLUMNS if c not in sweep]
+    if missing:
+        raise UserError(f"--tasks-of: the rows of {where} lack the column(s) {', '.join(missing)}")
+    try:
+        cf = compared_closed_forms(sweep)
+        tasks = cf["test_task"].astype(float)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--tasks-of: the rows of {where} are not a sweep's ({e})") from None
+    expected = [float(t) for t in range(int(test_episodes))]
+    for key, group in cf.assign(test_task=tasks).groupby(CLOSED_FORM_KEYS, sort=False):
+        if not (group["status"] == "ok").all():
+            continue  # left out of the comparison (its accuracies are not trusted)
+        got = list(group["test_task"])
+        if len(set(got)) != len(got) or not set(got) <= set(expected):
+            raise UserError(f"--tasks-of: closed form {dict(zip(CLOSED_FORM_KEYS, key))} in {where} has "
+                            f"{len(got)} test accuracies over {len(set(got))} distinct test tasks, "
+                            f"{len(set(got) - set(expected))} of them not among the task set's {len(expected)} test "
+                            "episodes: each test episode needs at most one")
+
+
 def closed_form_comparison(sweep: pd.DataFrame, episodes: pd.DataFrame, arch: str) -> pd.DataFrame:
     """Accuracies of every infinite-width closed form of a sweep (``results.csv`` rows, one per test
     task) beside every trained network's on the same test episodes (``episodes.csv`` of the few-shot
     run: one row per method, seed and episode), paired per episode (:data:`COMPARISON_COLUMNS`).
     Closed forms whose rows are not all ``ok`` are left out (their accuracies are not trusted)."""
-    cf = sweep[(sweep["width"].astype(float) == np.inf) & sweep["test_accuracy"].notna()].copy()
-    if "outer_time" in cf:
-        cf = cf[cf["outer_time"].astype(float) == np.inf]
-    cf[CLOSED_FORM_KEYS] = cf[CLOSED_FORM_KEYS].astype(object).where(cf[CLOSED_FORM_KEYS].notna(), "-")
+    cf = compared_closed_forms(sweep)
     nets = episodes.groupby(["method", "episode"])["accuracy"].mean().unstack("episode")
     seeds = episodes.groupby("method")["seed"].nunique()
     rows = []

@@ -98,7 +98,11 @@ class FewShotOptions:
     # execution and output
     quick: bool = option("--quick", "Smoke run: sets " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
                          + " (max_classes for kanji only).", False, panel="Execution")
-    out: str | None = option("--out", "Output folder (default ntk_bridge_runs/fewshot-DATASET-TIMESTAMP).", None,
+    yes: bool = option("--yes", "Start even when the few-shot run is estimated to take more than an hour (without it "
+                       "such a run is refused, with the estimate; the estimate counts every run to its caps).", False,
+                       panel="Execution")
+    out: str | None = option("--out", "Output folder (default ntk_bridge_runs/fewshot-DATASET-TIMESTAMP). Each finished "
+                             "training run is saved there (trained/): rerunning the same command into it resumes.", None,
                              panel="Output")
 
 
