@@ -56,8 +56,9 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     few-shot training and figures."""
 
 
-def user_errors(fn):
-    """Turn ``UserError`` into one line on stderr and exit code 2; Ctrl-C into a resume hint."""
+def user_errors(fn, saved: str = "finished cells are saved"):
+    """Turn ``UserError`` into one line on stderr and exit code 2; Ctrl-C into a resume hint saying what
+    is ``saved``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -67,7 +68,7 @@ def user_errors(fn):
             _print_error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
+            print(f"interrupted: {saved}; rerun the same command to resume.", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -342,7 +343,8 @@ def _register_fewshot() -> None:
     """The few-shot command; its module imports the few-shot stack only when the command runs."""
     from ntk_bridge.fewshot.command import fewshot_command
 
-    app.command("fewshot", epilog=epilog("fewshot"))(user_errors(fewshot_command))
+    app.command("fewshot", epilog=epilog("fewshot"))(
+        user_errors(fewshot_command, saved="finished training runs are saved (with the same --out)"))
 
 
 _register_fewshot()

@@ -12,8 +12,10 @@ prediction's :class:`Diagnostics`, never hidden (:func:`ntk_bridge.metrics.statu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import NamedTuple, Sequence
 
@@ -26,6 +28,7 @@ from ntk_bridge.errors import require
 from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.outer import GBMLOuter, MTLOuter
+from ntk_bridge.runtime import DEFAULT_BLAS_THREADS
 from ntk_bridge.tasks import Layout, TaskSet
 from ntk_bridge.settings import ALL, LEARNED, MTL_DATA_VALUES, TEST_HEADS
 
@@ -289,9 +292,18 @@ def predict(
     architecture=None,
     f0=None,
     solver: str = "dense",
+    blas_threads: int | None = DEFAULT_BLAS_THREADS,
 ) -> dict[str, Prediction] | dict[int, dict[str, Prediction]]:
     """Infinite-width predictions for one depth, or ``{depth: ...}`` for several depths, with the
     kernels of every depth computed in one pass (:func:`ntk_bridge.kernels.kernels_by_depth`).
+
+    Each depth is one :func:`predict_from_kernels` call, as in ``ntk-bridge sweep``, so the numbers are
+    the sweep's, bit for bit (a batch of depths in one vmapped call rounds differently, and on a CPU is
+    no faster). Calls on the same points and labels reuse the kernel pass and every prediction already
+    made for the part of ``config`` a method depends on; the persistent compilation cache is on
+    (``NTK_BRIDGE_JAX_CACHE=0`` turns it off). ``blas_threads``: the BLAS threads of the linear algebra,
+    by default the sweep's (:data:`ntk_bridge.runtime.DEFAULT_BLAS_THREADS`; results are exact for one
+    count), ``None`` to leave the libraries as they are.
 
     ``architecture`` (:class:`ntk_bridge.kernels.Architecture`) defaults to the fully connected network;
     a convolutional one needs ``tasks.image_shape`` (:meth:`ntk_bridge.kernels.Architecture.for_tasks`).
@@ -306,20 +318,24 @@ def predict(
         out = predict(tasks, depth=[2, 32], config=PredictorConfig(inner_time=0.1, mtl_data="query"))
         gap = out[32]["anil"].values - out[32]["mtl"].values       # [test tasks, queries, outputs]
     """
-    from ntk_bridge.runtime import enable_compilation_cache
+    from ntk_bridge import runtime
 
-    enable_compilation_cache()  # as the command line: programs compiled once per machine, not per process
+    runtime.enable_compilation_cache()  # as the command line: programs compiled once per machine, not per process
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(x) for x in depth]
     methods = _check_methods(methods)
     kkey, (ks, Theta, K) = _kernels(tasks.all_points(), architecture, depths)
+    threads = contextlib.nullcontext() if blas_threads is None else runtime.blas_threads(blas_threads)
     if kkey is None or f0 is not None:
-        out = predict_from_kernels(Theta, K, tasks, config, methods, f0, solver)
+        with threads:
+            out = [predict_from_kernels(Theta[b], K[b], tasks, config, methods, f0, solver) for b in range(len(ks))]
     else:
         labels = _labels_key(tasks)
-        memo = {m: (kkey, labels, m, _relevant(config, m), str(solver)) for m in methods}
+        memo = {m: (kkey, labels, m, _relevant(config, m), str(solver), blas_threads) for m in methods}
         todo = [m for m in methods if memo[m] not in _LAST_PREDICTIONS]
         if todo:
-            fresh = predict_from_kernels(Theta, K, tasks, config, todo, None, solver)
+            with threads:
+                fresh = [predict_from_kernels(Theta[b], K[b], tasks, config, todo, None, solver)
+                         for b in range(len(ks))]
             for m in todo:
                 _LAST_PREDICTIONS[memo[m]] = [entry[m] for entry in fresh]
         out = [{m: _LAST_PREDICTIONS[memo[m]][b] for m in methods} for b in range(len(ks))]
@@ -329,8 +345,6 @@ def predict(
 
 def _labels_key(tasks: TaskSet) -> tuple:
     """What, besides the kernels, the predictions read of a task set: its layout and its labels (by content)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for y in (tasks.train_support_y, tasks.train_query_y, tasks.test_support_y):
         y = np.ascontiguousarray(y)
@@ -354,9 +368,8 @@ def _relevant(config: PredictorConfig, method: str) -> PredictorConfig:
 #: (inner times, MTL data, methods) pays the kernel pass once. One entry (the default grid's kernels
 #: of 31 depths take about 100 MB).
 _LAST_KERNELS: dict = {}
-#: The predictions made on those kernels, by ``(kernels, method, the part of the config the method
-#: depends on, solver)``: over the main job's six configurations MTL is computed twice (it does not
-#: depend on the inner time), the baseline once, as the sweep computes them. Emptied with the kernels.
+#: The predictions made on those kernels, by ``(kernels, labels, method, the part of the config it depends
+#: on, solver, threads)``: the main job's six configurations compute MTL twice, the baseline once.
 _LAST_PREDICTIONS: dict = {}
 
 
@@ -364,8 +377,6 @@ def _kernels(points: np.ndarray, architecture, depths: list[int]):
     """``(key, (kernels, Theta [B, P, P], K [B, P, P]))`` of ``depths`` over ``points``, reused when the
     points (by content), the architecture (by value; custom layers by identity) and the depths are
     those of the previous call; ``key`` is ``None`` when they cannot be keyed (nothing is then reused)."""
-    import hashlib
-
     from ntk_bridge.kernels import kernels_by_depth
 
     points = np.ascontiguousarray(points)

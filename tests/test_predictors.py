@@ -194,7 +194,7 @@ def test_predict_computes_each_method_once_per_setting_it_depends_on(monkeypatch
     predictors._LAST_KERNELS.clear()
     got = [predict(tasks, depth=[1, 2], config=c, methods=methods) for c in configs]
     count = {m: sum(1 for c in computed if c[0] == m) for m in methods}
-    assert count == {"mtl": 2, "anil": 3, "maml": 3, "baseline": 1}
+    assert count == {"mtl": 2 * 2, "anil": 3 * 2, "maml": 3 * 2, "baseline": 1 * 2}  # x 2 depths
     for c, out in zip(configs, got):
         predictors._LAST_KERNELS.clear()  # a fresh pass, every method computed
         fresh = predict(tasks, depth=[1, 2], config=c, methods=methods)
@@ -202,6 +202,13 @@ def test_predict_computes_each_method_once_per_setting_it_depends_on(monkeypatch
             for m in methods:
                 assert np.array_equal(out[d][m].values, fresh[d][m].values), (c, d, m)
                 assert out[d][m].diagnostics == fresh[d][m].diagnostics
+    # the sweep's path: one kernel pass, one call per depth
+    from ntk_bridge.kernels import kernels_by_depth
+
+    for kern in kernels_by_depth(tasks.all_points(), depths=[1, 2]):
+        sweep = real(kern.ntk, kern.readout, tasks, configs[-1], methods)
+        for m in methods:
+            assert np.array_equal(sweep[m].values, got[-1][kern.depth][m].values), (kern.depth, m)
     relabelled = dataclasses.replace(tasks, train_query_y=tasks.train_query_y + 1.0)
     computed.clear()
     moved = predict(relabelled, depth=[1, 2], config=configs[-1], methods=methods)
