@@ -2,21 +2,18 @@
 
 The figure is drawn from a run folder's CSV files alone (``results.csv``, ``summary.csv``,
 ``curves.csv``; :func:`ntk_bridge.fewshot.experiment.run_fewshot` writes them). Method labels and
-colours come from :data:`ntk_bridge.fewshot.methods.METHODS`.
+colours come from :data:`ntk_bridge.fewshot.methods.METHODS`; the figure is saved as every figure of
+the house is (:func:`ntk_bridge.figures.style.save`: PNG and PDF, each written atomically).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ntk_bridge.fewshot.evaluate import BASELINE  # noqa: E402
-from ntk_bridge.fewshot.methods import METHODS  # noqa: E402
+from ntk_bridge.fewshot.evaluate import BASELINE
+from ntk_bridge.fewshot.methods import METHODS
+from ntk_bridge.figures.style import pyplot, save
 
 #: File name (without suffix) of the figure in a run folder.
 FIGURE = "accuracy_vs_time"
@@ -42,6 +39,7 @@ def plot_accuracy_vs_cost(out: Path | str, name: str = FIGURE) -> list[Path]:
     curves = pd.read_csv(out / "curves.csv")
     shot_values = sorted(summary["shots"].unique())
     ways = int(results["ways"].iloc[0])
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(shot_values), figsize=(5.6 * len(shot_values), 7.6), squeeze=False)
     for col, shots in enumerate(shot_values):
         top, bottom = axes[0, col], axes[1, col]
@@ -76,17 +74,7 @@ def plot_accuracy_vs_cost(out: Path | str, name: str = FIGURE) -> list[Path]:
         top.legend(fontsize=7, loc="lower right")
         bottom.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    from ntk_bridge.runs import atomic_write
-
-    try:
-        for path in paths:  # atomically: a reader sees the old figure or the new one
-            buf = io.BytesIO()
-            fig.savefig(buf, format=path.suffix[1:], dpi=130)
-            atomic_write(str(path), buf.getvalue())
-    finally:
-        plt.close(fig)
-    return paths
+    return [Path(p) for p in save(fig, str(out / name), dpi=130)]
 
 
 def _fmt(value: float, spec: str, ci: float | None = None) -> str:

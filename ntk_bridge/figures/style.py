@@ -63,9 +63,10 @@ def table_csv(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, float_format="%.6g")
 
 
-def save(fig, path_prefix: str, table: pd.DataFrame | None = None) -> list[str]:
+def save(fig, path_prefix: str, table: pd.DataFrame | None = None, dpi: float | None = None) -> list[str]:
     """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``, each file written
-    atomically; returns the paths."""
+    atomically (a reader sees the old file or the new one), at ``dpi`` (the figure's own by default);
+    the figure is closed, also on an error; returns the paths."""
     plt = pyplot()
     import io
 
@@ -73,12 +74,14 @@ def save(fig, path_prefix: str, table: pd.DataFrame | None = None) -> list[str]:
 
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     paths = [f"{path_prefix}.png", f"{path_prefix}.pdf"]
-    for p in paths:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=p.rsplit(".", 1)[1], bbox_inches="tight",
-                    metadata={"CreationDate": None} if p.endswith(".pdf") else None)
-        atomic_write(p, buf.getvalue())
-    plt.close(fig)
+    try:
+        for p in paths:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=p.rsplit(".", 1)[1], bbox_inches="tight", dpi=dpi,
+                        metadata={"CreationDate": None} if p.endswith(".pdf") else None)
+            atomic_write(p, buf.getvalue())
+    finally:
+        plt.close(fig)
     if table is not None:
         atomic_write(f"{path_prefix}.csv", table_csv(table))
         paths.append(f"{path_prefix}.csv")
