@@ -142,4 +142,4 @@ for L, o in res.items():
 
 # %% [markdown]
 # The product `gap * L` levels off: the `1/L` law, at this small inner time. The test suite proves
-# the same closed forms equal gradient descent on linearised networks to 1e-8 (`tests/test_linearized.py`).
+# the same closed forms equal gradient descent on linearised networks to 1e-8 (`tests/finite/test_linearized.py`).

@@ -2,7 +2,7 @@
 (closed forms with a finite conv / resnet network's empirical kernels == gradient descent on its
 linearisation), analytic vs Monte Carlo kernels, the one-pass and blocked kernels vs ``kernel_fn``.
 
-The training loops are written the plain way, as in ``tests/test_linearized.py``: parameters as
+The training loops are written the plain way, as in ``tests/finite/test_linearized.py``: parameters as
 pytrees, ``jax.grad`` of the sum-of-squares loss, inner loops unrolled and differentiated (second
 order); nothing is shared with ``ntk_bridge.predictors`` but the configuration of times and steps.
 """

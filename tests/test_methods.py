@@ -4,7 +4,7 @@
 against :class:`~ntk_bridge.solvers.Dense`, and ``auto``'s choices on a table of sizes; each method's
 finite trainer (:data:`ntk_bridge.finite.objectives.TRAINERS`), trained on the linearised network, against
 its discrete closed form with the network's empirical kernels (rung 2; gradient flow against the
-continuous closed forms: ``tests/test_linearized.py``)."""
+continuous closed forms: ``tests/finite/test_linearized.py``)."""
 import dataclasses
 import math
 
@@ -60,7 +60,7 @@ def test_closed_form_equals_the_naive_reference(problem, method):
     elif method in ("anil", "maml"):
         want = reference.gbml(Th, K if method == "anil" else Th, tasks, inner, fine, outer, f0, K=K)[0]
     else:
-        pytest.skip(f"{method}: no naive reference (its linearised trainer: tests/test_finite.py)")
+        pytest.skip(f"{method}: no naive reference (its linearised trainer: tests/finite/test_finite.py)")
     assert rel(got, want) < 1e-10
 
 

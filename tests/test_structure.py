@@ -108,7 +108,7 @@ def test_every_reference_to_the_theory_resolves():
     sections = _sections()
     assert {"1", "2", "3", "3.1", "3.2", "3.3", "3.4", "4", "5", "6"} <= sections
     missing = []
-    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "notebooks").glob("*.py"),
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "notebooks").glob("*.py"),
              ROOT / "README.md", *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs").glob("*.md")]
     for path in files:
         text = path.read_text()
@@ -254,3 +254,14 @@ def test_the_mtl_data_check_finds_what_it_looks_for():
         assert _spells_mtl_data(ast.parse(source), values), source
     for source in ('n = ("support", "query")', 'x = dict(depths="all")', 'from m import ALL\nx = mtl_data == ALL'):
         assert not _spells_mtl_data(ast.parse(source), values), source
+
+
+def test_the_tests_mirror_the_package():
+    """One folder of tests per subpackage (``tests/finite/`` for ``ntk_bridge/finite/``, ...), the
+    modules' tests beside them at the top; every test file's name is unique (pytest imports them by name)."""
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert folders == packages, (folders, packages)
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+

@@ -2,7 +2,7 @@
 
 Every field carries its option in its metadata (:func:`ntk_bridge.config.option`: flag, help,
 default as typed, help panel), as the sweep's configuration does; ``ntk-bridge fewshot`` builds its
-options from these (:func:`fewshot_option`), and ``tests/test_fewshot_command.py`` checks that every
+options from these (:func:`fewshot_option`), and ``tests/fewshot/test_fewshot_command.py`` checks that every
 option of the command is a field here and every field is on the command.
 
 A flag means one thing in every command: the few-shot network's body is ``--body``, ``--channels``
