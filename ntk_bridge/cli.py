@@ -193,19 +193,20 @@ def sweep(
         executor = DaskExecutor(address=scheduler, n_workers=workers)
     out_console, err_console = _consoles()
     progress = _SweepProgress(err_console, before_start=_device_once(config.numerics.blas_threads))
+    tables: list = []
     try:
         try:
             df = run_sweep(config, out, executor=executor, progress=progress, figures=figures,
-                           command=_command_line(ctx), release_memory=True, tasks=task_set)
+                           command=_command_line(ctx), release_memory=True, tasks=task_set, report=tables.extend)
         finally:
             progress.stop()
     finally:
         if executor is not None:
             executor.close()
 
-    from ntk_bridge.report import flagged_line, sweep_tables
+    from ntk_bridge.report import flagged_line
 
-    print_tables(out_console, sweep_tables(df))
+    print_tables(out_console, tables)  # summary.md's, built once
     line = flagged_line(df)
     if line:
         out_console.print(f"[yellow]{line}[/]")

@@ -188,8 +188,9 @@ def markdown(table: ReportTable) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(df: pd.DataFrame, command: str | None, config: dict) -> str:
-    """The run's ``summary.md``: every report table, and the flagged rows."""
+def summary_markdown(df: pd.DataFrame, command: str | None, config: dict, tables: list | None = None) -> str:
+    """The run's ``summary.md``: every report table (``tables``, else :func:`sweep_tables` of ``df``), and
+    the flagged rows."""
     parts = ["# ntk-bridge sweep summary", ""]
     if command:
         parts += [f"Command: `{command}`", ""]
@@ -197,8 +198,7 @@ def summary_markdown(df: pd.DataFrame, command: str | None, config: dict) -> str
     line = flagged_line(df)
     if line:
         parts.append(line)
-    tables = sweep_tables(df)
-    for t in tables:
+    for t in sweep_tables(df) if tables is None else tables:
         parts += ["", markdown(t)]
     if not len(df):
         parts += ["", "No rows."]

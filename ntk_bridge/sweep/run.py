@@ -50,7 +50,7 @@ class Progress:
 
 def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,
               figures: bool = True, command: str | None = None, release_memory: bool = False,
-              tasks: TaskSet | None = None) -> pd.DataFrame:
+              tasks: TaskSet | None = None, report=None) -> pd.DataFrame:
     """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
 
     Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``, ``config.json``,
@@ -68,9 +68,14 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
         (``benchmarks/README.md``).
       tasks: the task set of ``config`` when the caller has built it already
         (:func:`ntk_bridge.build.task_set`), else it is built here.
+      report: called once with the report tables of ``summary.md`` (:func:`ntk_bridge.report.sweep_tables`)
+        when they are written: the command line prints them without building them again.
     """
     job = SweepJob(config, run_dir, figures=figures, command=command, tasks=tasks)
-    return _run_together([job], executor, progress or Progress(), release_memory)[0]
+    sweep = _run_together([job], executor, progress or Progress(), release_memory)[0]
+    if report is not None:
+        report(sweep.tables)
+    return sweep.results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +104,8 @@ def run_sweeps(jobs: Sequence[SweepJob], executor=None, progress: Progress | Non
     if len(set(dirs)) != len(dirs):
         raise UserError("two sweeps of one run cannot share a run folder")
     if executor is None:
-        return [_run_together([job], None, progress)[0] for job in jobs]
-    return _run_together(list(jobs), executor, progress)
+        return [_run_together([job], None, progress)[0].results for job in jobs]
+    return [s.results for s in _run_together(list(jobs), executor, progress)]
 
 
 @dataclasses.dataclass
@@ -116,6 +121,8 @@ class _Sweep:
     started: float
     done: dict = dataclasses.field(default_factory=dict)
     damaged: list = dataclasses.field(default_factory=list)
+    results: pd.DataFrame | None = None  # once written: the results table and its report tables
+    tables: list | None = None
 
     @property
     def pending(self) -> list:
@@ -140,7 +147,7 @@ def _prepare(job: SweepJob, progress: Progress) -> _Sweep:
 
 
 def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False
-                  ) -> list[pd.DataFrame]:
+                  ) -> list[_Sweep]:
     """Plan every sweep of ``jobs``, hold their folders' locks, compute their pending cells in one stream
     and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several."""
     sweeps = [_prepare(job, progress) for job in jobs]
@@ -164,18 +171,19 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
                 import jax
 
                 jax.clear_caches()
-        return [_write(s) for s in sweeps]
+        for s in sweeps:
+            _write(s)
+        return sweeps
 
 
-def _write(s: _Sweep) -> pd.DataFrame:
-    df = results_table([s.done[k] for k in dict.fromkeys(s.keys) if k in s.done])
+def _write(s: _Sweep) -> None:
+    s.results = df = results_table([s.done[k] for k in dict.fromkeys(s.keys) if k in s.done])
     try:
-        write_run(s.folder, df, s.job.config, s.job.command, s.started, s.job.figures, len(s.damaged),
-                  s.tasks.fingerprint())
+        s.tables = write_run(s.folder, df, s.job.config, s.job.command, s.started, s.job.figures, len(s.damaged),
+                             s.tasks.fingerprint())
     except OSError as exc:
         raise UserError(f"cannot write the results into {s.job.run_dir} ({exc.strerror or exc}); every cell is saved "
                         "in cells/: free some space and rerun the same command") from None
-    return df
 
 
 def _compute(sweeps: list[_Sweep], executor, progress: Progress) -> None:

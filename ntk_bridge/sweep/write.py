@@ -31,11 +31,13 @@ def _draw(folder, name: str, table: pd.DataFrame, plot) -> bool:
 
 
 def write_run(folder, df: pd.DataFrame, config, command: str | None = None, started: float | None = None,
-              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None) -> None:
+              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None) -> list:
     """``results.csv``, ``config.json``, ``summary.md`` and (``figures``) the figures of a finished
     sweep into ``folder`` (:class:`ntk_bridge.runs.RunFolder`), each written atomically;
-    ``tasks_fingerprint`` (the task set's) goes into ``config.json``."""
+    ``tasks_fingerprint`` (the task set's) goes into ``config.json``. Returns the report tables of
+    ``summary.md`` (:func:`ntk_bridge.report.sweep_tables`), built once, for whoever prints them."""
     from ntk_bridge.provenance import provenance
+    from ntk_bridge.report import sweep_tables
 
     folder.write_table("results.csv", df)
     record = dict(config=config.to_dict(), command=command, **provenance(), damaged_cells_recomputed=damaged,
@@ -45,9 +47,10 @@ def write_run(folder, df: pd.DataFrame, config, command: str | None = None, star
     if started is not None:
         record["seconds"] = round(time.time() - started, 2)
     folder.write_json("config.json", record)
-    folder.write_text("summary.md", summary_markdown(df, command, config.to_dict()))
+    tables = sweep_tables(df)
+    folder.write_text("summary.md", summary_markdown(df, command, config.to_dict(), tables))
     if not figures or not len(df):
-        return
+        return tables
     from ntk_bridge import figures as figs
     from ntk_bridge.results import ok_rows
 
@@ -65,3 +68,4 @@ def write_run(folder, df: pd.DataFrame, config, command: str | None = None, star
         gap = figs.finite_gap_vs_depth_table(finite)
         if len(gap) and gap["depth"].nunique() > 1:
             _draw(folder, "finite_gap_vs_depth", gap, figs.plot_finite_gap_vs_depth)
+    return tables
