@@ -23,6 +23,23 @@ def key(request):
     return jax.random.PRNGKey(seed)
 
 
+#: The tiny sweep several test files share: subspace tasks (3 training, 2 test, 3 + 4 points, dimension 5,
+#: seed 0), depths 1..3, inner times 0.1 and 1, MTL on all data: six cells.
+TINY_SWEEP = dict(depths=(1, 2, 3), inner_times=(0.1, 1.0), mtl_data=("all",), train_tasks=3, test_tasks=2, support=3,
+                  query=4, dim=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """``(config, run folder, results.csv text)`` of :data:`TINY_SWEEP` run in-process, once per test
+    process; tests read its folder and never write into it."""
+    from ntk_bridge.sweep import SweepConfig, run_sweep
+
+    config = SweepConfig.of(**TINY_SWEEP)
+    run = str(tmp_path_factory.mktemp("tiny_sweep"))
+    return config, run, run_sweep(config, run, figures=False).to_csv(index=False)
+
+
 @pytest.fixture
 def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()) % (2**31))

@@ -42,9 +42,11 @@ class Notes(sw.Progress):
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
-    run = tmp_path_factory.mktemp("fresh")
-    return sw.run_sweep(sw.SweepConfig.of(**SMALL), str(run), figures=False).to_csv(index=False)
+def fresh(tiny_sweep):
+    """The results of SMALL, an uninterrupted in-process run (the suite's shared tiny sweep)."""
+    config, _, csv = tiny_sweep
+    assert config == sw.SweepConfig.of(**SMALL)
+    return csv
 
 
 # -- damaged cache ------------------------------------------------------------------------------

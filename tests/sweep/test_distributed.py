@@ -64,10 +64,16 @@ def executor(cluster):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The in-process run of CONFIG: (run folder, results table as CSV text)."""
-    run = str(tmp_path_factory.mktemp("inprocess"))
-    return run, run_sweep(CONFIG, run).to_csv(index=False)
+def reference(tiny_sweep, tmp_path_factory):
+    """The in-process run of CONFIG (the suite's shared tiny sweep), copied: (run folder, results table as
+    CSV text)."""
+    import shutil
+
+    config, run, csv = tiny_sweep
+    assert config == CONFIG
+    copy = str(tmp_path_factory.mktemp("inprocess") / "run")
+    shutil.copytree(run, copy)
+    return copy, csv
 
 
 def assert_same_run(run, reference, config=CONFIG):
