@@ -17,6 +17,10 @@ from ntk_bridge.kernels import Architecture, kernels_all_depths, kernels_by_dept
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import TaskSet, on_sphere
 
+# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
+# fixtures (the conv and resnet kernels and the panel with architectures) are built once
+pytestmark = pytest.mark.xdist_group("conv")
+
 TOL = 1e-8
 OUTER_STEPS, INNER_STEPS, FINETUNE_STEPS = 12, 1, 2
 SHAPE = (4, 4, 1)
