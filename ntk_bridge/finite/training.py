@@ -225,8 +225,11 @@ def train_networks(
     for method in methods:
         out, finite[method], diverged[method] = run(False, method)
         body_t, head_t = out.final
-        movement[method] = kernel_movement(net, params_run, list(body_t) + [head_t],
-                                           jnp.asarray(test_points, dtype), diverged[method])
+        if TRAINERS[method].init is None:  # untrained (the baseline): the kernel is the initial one
+            movement[method] = np.where(diverged[method], np.nan, 0.0)
+        else:
+            movement[method] = kernel_movement(net, params_run, list(body_t) + [head_t],
+                                               jnp.asarray(test_points, dtype), diverged[method])
         history[method] = np.asarray(out.history, np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.asarray(out.loss_final, np.float64) / np.asarray(out.loss_initial, np.float64)
