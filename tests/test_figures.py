@@ -80,3 +80,39 @@ def test_every_figure_has_its_grid_and_one_signature(quick):
         assert len(g.conv["fc"].grid.depths) < len(grids(False).conv["fc"].grid.depths)
     for name, fn in FIGURES.items():
         assert list(inspect.signature(fn).parameters) == ["g", "run_root", "out"], name
+
+
+def test_finite_regimes_table_is_quartiles_of_individual_networks_and_plots(tmp_path, rng):
+    from ntk_bridge.figures.regimes import finite_regimes_table, plot_finite_regimes_vs_width
+    from ntk_bridge.results import width_exponents
+
+    cols = ("gap_to_mtl_rel", "kernel_movement", "dist_to_infinite_rel", "test_mse")
+
+    def rows(param):
+        out = []
+        for L in (1, 2):
+            for w, nets in ((64.0, ("0", "1", "ensemble")), (256.0, ("0", "1", "ensemble")), (math.inf, ("mean",))):
+                for net in nets:
+                    for t in range(3):
+                        out.append(dict(method="anil", depth=L, width=w, network=net, seed=0, test_task=t, status="ok",
+                                        **{c: float(rng.uniform(0.1, 1)) for c in cols}))
+        return pd.DataFrame(out)
+
+    frames = {"ntk": rows("ntk"), "mup": rows("mup")}
+    frames["mup"].loc[0, "status"] = "diverged"  # flagged rows never reach the table
+    table = finite_regimes_table(frames)
+    for param, df in frames.items():
+        ok = df[(df["status"] == "ok") & ~df["network"].isin(["ensemble", "mean"])]
+        for (L, w), g in ok.groupby(["depth", "width"]):
+            row = table[(table["param"] == param) & (table["source"] == "finite") & (table["depth"] == L)
+                        & (table["width"] == w)]
+            for c in cols:
+                assert row[f"{c}_q50"].iloc[0] == pytest.approx(g[c].median())
+        fit = width_exponents(df, metric="kernel_movement", by=("depth",))
+        got = table[(table["param"] == param) & (table["source"] == "finite")].groupby("depth")[
+            "kernel_movement_exponent"].first()
+        assert np.allclose(got.sort_index().to_numpy(), fit.sort_values("depth")["exponent"].to_numpy())
+        lim = table[(table["param"] == param) & (table["source"] == "ntk_limit")]
+        assert set(lim["width"]) == {math.inf} and len(lim) == 2
+    paths = plot_finite_regimes_vs_width(table, str(tmp_path / "regimes"), "ANIL")
+    assert all(p.endswith(ext) for p, ext in zip(paths, (".png", ".pdf", ".csv")))

@@ -232,3 +232,24 @@ def test_mup_training_curves_are_the_same_at_every_width_and_ntk_kernels_freeze(
     slope_ntk = fit_power_law(np.repeat([32, 2048], 4), np.concatenate([ntk[32], ntk[2048]]))[0]
     slope_mup = fit_power_law(np.repeat(widths, S), np.concatenate([runs[w].kernel_movement["anil"] for w in widths]))[0]
     assert slope_ntk < -0.25 and abs(slope_mup) < 0.1, (slope_ntk, slope_mup)
+
+
+@pytest.mark.slow
+def test_mup_relu_networks_are_measured_against_the_ntk_closed_form():
+    """Without a muP limit (ReLU, depth 2) a muP network's ``dist_to_infinite_rel`` is its distance to the NTK
+    closed form of the same steps, recomputed here from the trained network and the closed form."""
+    from ntk_bridge.finite import finite_cell, infinite_predictions
+    from ntk_bridge.finite.schedule import discretise
+    from ntk_bridge.kernels import kernels_by_depth
+
+    tasks = subspace_tasks(seed=1, **TASKS)
+    arch = Architecture(param="mup")
+    rows = finite_cell(tasks, 2, 64, SCHEDULE, ("anil",), seed=1, n_networks=2, architecture=arch, training=FAST)
+    net = rows[(rows["method"] == "anil") & (rows["network"] == 0)]
+    assert set(rows["status"]) == {"ok"} and np.all(np.isfinite(rows["dist_to_infinite_rel"]))
+    kernels = next(kernels_by_depth(tasks.all_points(), depths=[2], architecture=arch))
+    cfg = discretise(SCHEDULE, kernels.ntk, tasks, FAST)
+    run = train_networks(tasks, 2, 64, cfg, ("anil",), seed=1, n_networks=2,
+                         architecture=dataclasses.replace(arch, width=64), training=FAST)
+    inf, _ = infinite_predictions(kernels, tasks, cfg, ("anil",), "centred", run.f0)
+    np.testing.assert_allclose(net["dist_to_infinite_rel"], relative(run.finite["anil"][0], inf["anil"][0]), rtol=1e-8)
