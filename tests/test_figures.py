@@ -116,3 +116,33 @@ def test_finite_regimes_table_is_quartiles_of_individual_networks_and_plots(tmp_
         assert set(lim["width"]) == {math.inf} and len(lim) == 2
     paths = plot_finite_regimes_vs_width(table, str(tmp_path / "regimes"), "ANIL")
     assert all(p.endswith(ext) for p, ext in zip(paths, (".png", ".pdf", ".csv")))
+
+
+def test_closeness_by_schedule_takes_each_schedule_s_rows(rng):
+    from ntk_bridge.figures.feature import closeness_by_schedule
+
+    rows = []
+    for width in ("mup", "inf"):
+        for t in range(5):
+            rows.append(dict(method="baseline", width=width, inner_time=np.nan, outer_time=np.nan, test_task=t,
+                             status="ok", test_mse=1.0, gap_to_mtl_rel=0.0, test_accuracy=np.nan))
+            for ot in (1.0, 5.0):
+                rows.append(dict(method="mtl", width=width, inner_time=np.nan, outer_time=ot, test_task=t, status="ok",
+                                 test_mse=0.5, gap_to_mtl_rel=0.0, test_accuracy=np.nan))
+                for lt in (0.1, 1.0):
+                    bad = width == "mup" and ot == 5.0 and lt == 0.1
+                    rows.append(dict(method="anil", width=width, inner_time=lt, outer_time=ot, test_task=t,
+                                     status="diverged" if bad else "ok", test_mse=float(rng.uniform(0.1, 0.9)),
+                                     gap_to_mtl_rel=float(rng.uniform(0.1, 0.9)), test_accuracy=np.nan))
+    df = pd.DataFrame(rows)
+    table = closeness_by_schedule(df).set_index(["inner_time", "outer_time"])
+    assert len(table) == 4
+    for (lt, ot), row in table.iterrows():
+        for width, col in (("mup", "gap_mup"), ("inf", "gap_ntk")):
+            g = df[(df["method"] == "anil") & (df["width"] == width) & (df["inner_time"] == lt) & (df["outer_time"] == ot)]
+            if (g["status"] == "ok").all():
+                assert row[col] == pytest.approx(g["gap_to_mtl_rel"].median())
+                assert row[col.replace("gap", "benefit")] == pytest.approx(np.median(1 - g["test_mse"]))
+            else:
+                assert np.isnan(row[col]) and row["mup_status"] == "diverged"
+        assert row["mtl_benefit_mup"] == pytest.approx(0.5)
