@@ -218,8 +218,8 @@ def regimes_configs(quick: bool) -> dict[str, SweepConfig]:
     parameterisation (``{param: SweepConfig}``) with the NTK closed form (``width inf``), MTL and ANIL on
     ``subspace`` (the width figure's small tasks: 4 training and 4 test tasks, 4 + 6 points, ``d = 8``; MTL on
     the queries, ``lambda*tau = 0.5``, 100 outer steps), 2 networks per width. Full: depths 1..4, widths
-    64..1024 (9.6 and 5.9 minutes measured with the two sweeps side by side on 2 cores); quick: depths 1, 2, widths 64, 256,
-    one network, 30 outer steps."""
+    64..1024 (9.6 and 5.9 minutes measured with the two sweeps side by side on 2 cores); quick: depths 1, 2,
+    widths 64, 256, one network, 30 outer steps."""
     sizes = dict(family="subspace", dim=8, train_tasks=4, test_tasks=4, support=4, query=6, inner_times=(0.5,),
                  mtl_data=(QUERY,), methods=(registry.MTL.name, registry.ANIL.name), linearized=False)
     if quick:

@@ -139,7 +139,8 @@ def test_closeness_by_schedule_takes_each_schedule_s_rows(rng):
     assert len(table) == 4
     for (lt, ot), row in table.iterrows():
         for width, col in (("mup", "gap_mup"), ("inf", "gap_ntk")):
-            g = df[(df["method"] == "anil") & (df["width"] == width) & (df["inner_time"] == lt) & (df["outer_time"] == ot)]
+            g = df[(df["method"] == "anil") & (df["width"] == width) & (df["inner_time"] == lt)
+                   & (df["outer_time"] == ot)]
             if (g["status"] == "ok").all():
                 assert row[col] == pytest.approx(g["gap_to_mtl_rel"].median())
                 assert row[col.replace("gap", "benefit")] == pytest.approx(np.median(1 - g["test_mse"]))

@@ -3,7 +3,6 @@ contraction equals neural-tangents' own empirical NTK of the whole batch, and th
 what a finite cell's kernel movement and training hold (against a measured peak)."""
 import dataclasses
 import os
-import resource
 import subprocess
 import sys
 
@@ -72,10 +71,12 @@ def test_budget_estimate_of_a_finite_cell_bounds_its_measured_peak(tmp_path):
                             inner_times=(0.5,), outer_steps=20, seeds=1, linearized=False)
     estimate = budget.estimate(config, budget.planned_tasks(config))["memory_bytes"]
     env = dict(os.environ, NTK_BRIDGE_CACHE=str(tmp_path / "cache"))
-    code = ("import resource, sys; from ntk_bridge.cli import main; code = main(sys.argv[1:]); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    # the peak of this process image: VmHWM (ru_maxrss would keep the forking pytest process's size across exec)
+    code = ("import sys; from ntk_bridge.cli import main; code = main(sys.argv[1:]); "
+            "print('PEAK', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]); "
+            "sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code, "sweep", *SWEEP, "--out", str(tmp_path / "run")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    peak = 1024 * int(done.stdout.split("PEAK")[-1].split()[0])  # ru_maxrss is in KiB on Linux
+    peak = 1024 * int(done.stdout.split("PEAK")[-1].split()[0])  # VmHWM is in KiB
     assert peak <= estimate <= 2 * peak, (peak, estimate)

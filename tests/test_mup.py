@@ -230,7 +230,8 @@ def test_mup_training_curves_are_the_same_at_every_width_and_ntk_kernels_freeze(
     # the same settings in the NTK parameterisation: the kernel stops moving as the width grows
     ntk = {w: _finite(tasks, w, "ntk", ("anil",), n_networks=4).kernel_movement["anil"] for w in (32, 2048)}
     slope_ntk = fit_power_law(np.repeat([32, 2048], 4), np.concatenate([ntk[32], ntk[2048]]))[0]
-    slope_mup = fit_power_law(np.repeat(widths, S), np.concatenate([runs[w].kernel_movement["anil"] for w in widths]))[0]
+    movement = np.concatenate([runs[w].kernel_movement["anil"] for w in widths])
+    slope_mup = fit_power_law(np.repeat(widths, S), movement)[0]
     assert slope_ntk < -0.25 and abs(slope_mup) < 0.1, (slope_ntk, slope_mup)
 
 

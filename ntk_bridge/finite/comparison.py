@@ -146,14 +146,14 @@ def finite_cell(
     schema: networks ``0..S-1`` and ``'ensemble'`` (the mean of the networks' predictions, compared
     with the mean of their closed forms, i.e. the closed form at the mean ``f0``). ``inner_time``,
     ``finetune_time``, ``outer_time`` are the config's (an infinite outer time stays ``inf``);
-    ``outer_time_used`` and the ``*_steps`` columns are the discrete schedule followed. Gaps are
-    against MTL and the baseline of the same network; ``dist_to_infinite_rel`` against the closed
-    form of the same method and network (muP networks: against their muP limit where it is computable, the
-    one-hidden-layer linear network, else against the NTK closed form); ``dist_to_linearized_rel`` against the network's trained
-    linearised twin, ``linearized_to_infinite_rel`` the twin's distance to the closed form (the width
-    error alone); ``infinite_gap_to_mtl_rel`` the closed forms' own gap; ``train_loss_rel`` final /
-    initial training loss (NaN for the baseline). ``status``: ``'diverged'`` (metrics empty),
-    ``'linearized_diverged'``, the closed form's status, or MTL's as ``mtl_<status>``.
+    ``outer_time_used`` and the ``*_steps`` columns are the discrete schedule followed. Gaps are against MTL and the
+    baseline of the same network; ``dist_to_infinite_rel`` against the closed form of the same method and
+    network (muP networks: against their muP limit where it is computable, the one-hidden-layer linear network,
+    else against the NTK closed form); ``dist_to_linearized_rel`` against the network's trained linearised twin,
+    ``linearized_to_infinite_rel`` the twin's distance to the closed form (the width error alone);
+    ``infinite_gap_to_mtl_rel`` the closed forms' own gap; ``train_loss_rel`` final / initial training loss (NaN
+    for the baseline). ``status``: ``'diverged'`` (metrics empty), ``'linearized_diverged'``, the closed form's
+    status, or MTL's as ``mtl_<status>``.
     """
     methods = check_methods(methods)
     require(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")

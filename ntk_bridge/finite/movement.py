@@ -5,15 +5,15 @@ empirical tangent kernel (over every trainable parameter, traced over the output
 between initialisation and the end of training. In the NTK parameterisation it falls like
 ``n^{-1/2}`` with the width ``n`` (the kernel regime); in muP it stays of order one (features move).
 
-The kernels come from ``neural_tangents.empirical_ntk_fn`` by Jacobian contraction (implementation 1)
-with ``vmap_axes=0``: the networks treat every input on its own, so each point's Jacobian
-``[k, parameters]`` is formed alone. Without it the Jacobian of the whole batch carries the zero
-cross-point blocks, ``[P k, P, n]`` cotangents, and the NTK-vector-product implementation holds about as
-much: both grow like ``P^2 k n`` (a sweep's cell of the linear muP network on kanji episodes, ``P = 300`` test
-points, ``k = 5``, peaked at 1.3, 2.2 and 4.0 GB at widths 128, 256 and 512, and at about 15 GB at 2048;
-blocked and per point, 0.52, 0.71, 0.91 and 0.92 GB at 128 to 1024). The kernel is assembled from blocks of :func:`block_size` points, so
-no Jacobian block exceeds :data:`JACOBIAN_BYTES`; :func:`movement_bytes` is the peak the memory budget
-(:mod:`ntk_bridge.budget`) counts for it.
+The kernels come from ``neural_tangents.empirical_ntk_fn`` by Jacobian contraction (implementation 1) with
+``vmap_axes=0``: the networks treat every input on its own, so each point's Jacobian ``[k, parameters]`` is
+formed alone. Without it the Jacobian of the whole batch carries the zero cross-point blocks, ``[P k, P, n]``
+cotangents, and the NTK-vector-product implementation holds about as much: both grow like ``P^2 k n`` (a sweep's
+cell of the linear muP network on kanji episodes, ``P = 300`` test points, ``k = 5``, peaked at 1.3, 2.2 and 4.0
+GB at widths 128, 256 and 512, and at about 15 GB at 2048; blocked and per point, 0.52, 0.71, 0.91, 0.92 and
+0.93 GB at 128 to 2048). The kernel is assembled from blocks of :func:`block_size` points, so no Jacobian block
+exceeds :data:`JACOBIAN_BYTES`; :func:`movement_bytes` is the peak the memory budget (:mod:`ntk_bridge.budget`)
+counts for it.
 """
 from __future__ import annotations
 
