@@ -61,8 +61,8 @@ SWEEP = ["--tasks", "subspace", "--dim", "49", "--train-tasks", "4", "--test-tas
 def test_budget_estimate_of_a_finite_cell_bounds_its_measured_peak(tmp_path):
     """A finite muP cell with 300 test points at width 512 (about 8 s): the estimate is at least the measured peak
     resident memory of the sweep's process and at most twice it. Before the kernel movement formed its Jacobians
-    per point and in blocks the same sweep peaked at 0.77 GB (4.0 GB on kanji episodes with 5 outputs) against an
-    estimate of 0.6 GB; it now peaks at about 0.47 GB."""
+    per point and in blocks the same sweep peaked at 0.73 GiB (3.8 GiB on kanji episodes with 5 outputs) against an
+    estimate of 0.58 GiB; it now peaks at about 0.45 GiB."""
     from ntk_bridge import budget
     from ntk_bridge.sweep import SweepConfig
 

@@ -9,9 +9,9 @@ The kernels come from ``neural_tangents.empirical_ntk_fn`` by Jacobian contracti
 ``vmap_axes=0``: the networks treat every input on its own, so each point's Jacobian ``[k, parameters]`` is
 formed alone. Without it the Jacobian of the whole batch carries the zero cross-point blocks, ``[P k, P, n]``
 cotangents, and the NTK-vector-product implementation holds about as much: both grow like ``P^2 k n`` (a sweep's
-cell of the linear muP network on kanji episodes, ``P = 300`` test points, ``k = 5``, peaked at 1.3, 2.2 and 4.0
-GB at widths 128, 256 and 512, and at about 15 GB at 2048; blocked and per point, 0.52, 0.71, 0.91, 0.92 and
-0.93 GB at 128 to 2048). The kernel is assembled from blocks of :func:`block_size` points, so no Jacobian block
+cell of the linear muP network on kanji episodes, ``P = 300`` test points, ``k = 5``, peaked at 1.2, 2.1 and 3.8
+GiB at widths 128, 256 and 512, and at about 15 GB at 2048; blocked and per point, 0.50, 0.68, 0.87, 0.88 and
+0.89 GiB at 128 to 2048). The kernel is assembled from blocks of :func:`block_size` points, so no Jacobian block
 exceeds :data:`JACOBIAN_BYTES`; :func:`movement_bytes` is the peak the memory budget (:mod:`ntk_bridge.budget`)
 counts for it.
 """
