@@ -52,6 +52,8 @@ INPUT_COPIES = 8
 SECONDS_PER_FLOP = 5e-10
 #: Samples per class of the rendered kanji; classes of the image families (:mod:`ntk_bridge.families`).
 _IMAGE_CLASSES = {"kanji": (300, 20), "omniglot": (1623, 20)}
+#: Ways of the image families' episodes (:func:`ntk_bridge.families.kanji_tasks`: their outputs).
+IMAGE_WAYS = 5
 
 
 def available_memory() -> int | None:
@@ -128,6 +130,7 @@ class PlannedTasks:
       image_shape: ``(H, W, C)`` of image tasks, else ``None``.
       source_bytes: memory to build or read the task set (a file's arrays as float64; an image
         family's classes downsampled to ``sqrt(dim) x sqrt(dim)`` floats).
+      n_outputs: outputs ``k`` of the networks (the targets' last axis; the ways of image episodes).
     """
 
     name: str
@@ -135,6 +138,7 @@ class PlannedTasks:
     dim: int
     image_shape: tuple[int, ...] | None = None
     source_bytes: int = 0
+    n_outputs: int = 1
 
 
 def _file_tasks(path: str) -> PlannedTasks:
@@ -154,7 +158,8 @@ def _file_tasks(path: str) -> PlannedTasks:
         except (OSError, ValueError, TypeError):
             image = None
     layout = Layout(x[0][0], x[0][1], x[1][1], x[2][0], x[2][1], x[3][1])
-    return PlannedTasks(stem, layout, int(x[0][2]), image, source)
+    y = shapes["train_support_y"][0]
+    return PlannedTasks(stem, layout, int(x[0][2]), image, source, int(y[-1]) if len(y) == 3 else 1)
 
 
 def planned_tasks(config) -> PlannedTasks:
@@ -165,12 +170,12 @@ def planned_tasks(config) -> PlannedTasks:
         return _file_tasks(t.family)
     layout = Layout(int(t.train_tasks), int(t.support), int(t.query), int(t.test_tasks), int(t.support),
                     int(t.query))
-    image, source = None, 0
+    image, source, outputs = None, 0, 1
     if t.family in _IMAGE_CLASSES:
         side = math.isqrt(int(t.dim))
         classes, samples = _IMAGE_CLASSES[t.family]
-        image, source = (side, side, 1), 2 * 8 * classes * samples * int(t.dim)
-    return PlannedTasks(t.family, layout, int(t.dim), image, source)
+        image, source, outputs = (side, side, 1), 2 * 8 * classes * samples * int(t.dim), IMAGE_WAYS
+    return PlannedTasks(t.family, layout, int(t.dim), image, source, outputs)
 
 
 def n_cells(grid) -> int:
@@ -189,8 +194,11 @@ def estimate(config, tasks) -> dict:
     (:func:`ntk_bridge.solvers.solve_estimate`: the dense path holds a few copies of its training
     kernels, ``N n_q`` and ``N (n' + n)`` square, and takes ``2e-3 + 3e-9 n^3`` seconds), the data
     source (:attr:`PlannedTasks.source_bytes`), finite networks about 20 copies of their parameters
-    and, per network, outer step and training point, 6 multiply-adds per parameter
-    (:data:`SECONDS_PER_FLOP`), plus 400 MB of libraries (measured on a 2-core machine).
+    (a fully connected network of depth ``L`` and width ``n``: ``n d + (L - 1) n^2 + n k``) and, per
+    network, outer step and training point, 6 multiply-adds per parameter (:data:`SECONDS_PER_FLOP`), and
+    the kernel movement of every trained network (:func:`ntk_bridge.finite.movement.movement_bytes` on the
+    test points, blocks of its Jacobian; two empirical kernels of ``P_test^2 k`` multiply-adds per
+    parameter), plus 400 MB of libraries (measured on a 2-core machine).
     """
     lay, grid = tasks.layout, config.grid
     if lay is None:
@@ -206,12 +214,18 @@ def estimate(config, tasks) -> dict:
     seconds = pass_seconds + 2e-9 * P * P * d + cells * (len(grid.methods) + 1) * solve_seconds
     finite = [w for w in grid.widths if finite_width(w)]
     if finite:
-        per_layer = 9 if config.model.arch != "fc" else 1
-        params = [per_layer * w * w * max(grid.depths) + w * d for w in finite]
-        memory += 8 * 20 * int(max(params))
-        trainings = (cells // len(grid.widths)) * (len(grid.methods) + 1) * int(config.finite.seeds) * \
-            (2 if config.finite.linearized else 1) * int(config.finite.outer_steps)
+        from ntk_bridge.finite.movement import movement_bytes
+
+        k, L, test_points = int(getattr(tasks, "n_outputs", 1)), max(grid.depths), lay.sizes[2] + lay.sizes[3]
+        if config.model.arch == "fc":
+            params = [int(w) * (d + (L - 1) * int(w) + k) for w in finite]
+        else:
+            params = [int(9 * w * w * L + w * d) for w in finite]
+        memory += 8 * 20 * int(max(params)) + max(movement_bytes(test_points, k, p) for p in params)
+        networks = (cells // len(grid.widths)) * (len(grid.methods) + 1) * int(config.finite.seeds)
+        trainings = networks * (2 if config.finite.linearized else 1) * int(config.finite.outer_steps)
         seconds += trainings * sum(1e-4 + SECONDS_PER_FLOP * 6 * p * (lay.sizes[0] + lay.sizes[1]) for p in params)
+        seconds += networks * sum(2 * SECONDS_PER_FLOP * test_points ** 2 * k * p for p in params)
     return dict(points=P, memory_bytes=int(memory), seconds=float(seconds), cells=cells)
 
 

@@ -224,7 +224,7 @@ def figures_command(
     only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
                                                   "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
                                                   "finite_gap_vs_depth, fewshot, conv_gap_vs_depth, "
-                                                  "feature_learning_vs_width.",
+                                                  "feature_learning_vs_width, finite_regimes_vs_width.",
                                   rich_help_panel="Grid"),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps "
                                                   "(default runs/figures/quick or runs/figures/full).",

@@ -21,7 +21,8 @@ from ntk_bridge import methods as registry
 from ntk_bridge.sweep import SweepConfig, run_sweep
 from ntk_bridge.settings import ALL, LEARNED, QUERY
 
-__all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings", "feature_configs"]
+__all__ = ["FIGURES", "make_figures", "grids", "conv_configs", "conv_network_settings", "feature_configs",
+           "regimes_configs"]
 
 @dataclasses.dataclass(frozen=True)
 class Grids:
@@ -212,6 +213,32 @@ def _fig_feature_learning_vs_width(g: Grids, run_root: str, out: str) -> list[st
     return plot_feature_learning_vs_width(table, os.path.join(out, "feature_learning_vs_width"), "kanji 5-way")
 
 
+def regimes_configs(quick: bool) -> dict[str, SweepConfig]:
+    """The sweeps behind ``finite_regimes_vs_width``: finite ReLU networks in the NTK and the muP
+    parameterisation (``{param: SweepConfig}``) with the NTK closed form (``width inf``), MTL and ANIL on
+    ``subspace`` (the width figure's small tasks: 4 training and 4 test tasks, 4 + 6 points, ``d = 8``; MTL on
+    the queries, ``lambda*tau = 0.5``, 100 outer steps), 2 networks per width. Full: depths 1..4, widths
+    64..1024 (9.6 and 5.9 minutes measured with the two sweeps side by side on 2 cores); quick: depths 1, 2,
+    widths 64, 256, one network, 30 outer steps."""
+    sizes = dict(family="subspace", dim=8, train_tasks=4, test_tasks=4, support=4, query=6, inner_times=(0.5,),
+                 mtl_data=(QUERY,), methods=(registry.MTL.name, registry.ANIL.name), linearized=False)
+    if quick:
+        sizes.update(depths=(1, 2), widths=(64.0, 256.0, math.inf), seeds=1, outer_steps=30)
+    else:
+        sizes.update(depths=(1, 2, 3, 4), widths=(64.0, 128.0, 256.0, 512.0, 1024.0, math.inf), seeds=2,
+                     outer_steps=100)
+    return {param: SweepConfig.of(param=param, **sizes) for param in ("ntk", "mup")}
+
+
+def _fig_finite_regimes_vs_width(g: Grids, run_root: str, out: str) -> list[str]:
+    from ntk_bridge.figures.regimes import finite_regimes_table, plot_finite_regimes_vs_width
+
+    frames = {param: run_sweep(cfg, os.path.join(run_root, f"finite_regimes_vs_width_{param}"), figures=False)
+              for param, cfg in regimes_configs(g.fewshot["quick"]).items()}
+    return plot_finite_regimes_vs_width(finite_regimes_table(frames), os.path.join(out, "finite_regimes_vs_width"),
+                                        "ANIL")
+
+
 FIGURES: dict[str, Callable] = {
     "gap_vs_depth": _fig_gap_vs_depth,
     "gap_vs_inner_time": _fig_gap_vs_inner_time,
@@ -221,6 +248,7 @@ FIGURES: dict[str, Callable] = {
     "fewshot": _fig_fewshot,
     "conv_gap_vs_depth": _fig_conv_gap_vs_depth,
     "feature_learning_vs_width": _fig_feature_learning_vs_width,
+    "finite_regimes_vs_width": _fig_finite_regimes_vs_width,
 }
 
 

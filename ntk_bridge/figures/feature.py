@@ -11,7 +11,7 @@ import pandas as pd
 from ntk_bridge.figures.style import COLORS, LABELS, STYLE, pyplot, save
 from ntk_bridge.results import ok_rows
 
-__all__ = ["LIMITS", "accuracy_vs_width_table", "closeness_table", "feature_learning_table",
+__all__ = ["LIMITS", "accuracy_vs_width_table", "closeness_table", "closeness_by_schedule", "feature_learning_table",
            "plot_feature_learning_vs_width"]
 
 #: The limits drawn as lines: ``(source, label, line style)``.
@@ -76,6 +76,37 @@ def closeness_table(pairs: dict[str, tuple[pd.DataFrame, pd.DataFrame]], methods
                                  kernel_movement=float(g["kernel_movement"].mean()) if "kernel_movement" in g else
                                  math.nan))
     return pd.DataFrame(rows)
+
+
+def closeness_by_schedule(rows: pd.DataFrame, method: str = "anil") -> pd.DataFrame:
+    """One sweep's rows of the muP limit (``width mup``) and the NTK limit (``width inf``) of the linear network
+    over several inner and outer times -> per ``(inner_time, outer_time)`` of ``method``: its median gap to MTL
+    and the transfer benefits of ``method`` and MTL in each limit (:func:`closeness_table`, MTL at the same outer
+    time, the baseline shared), and the statuses of the muP limit's ``method`` rows (a diverged limit leaves its
+    numbers empty)."""
+    import warnings
+
+    limit = rows["width"].astype(str) == "mup"
+    out = []
+    for (lt, ot), _ in rows[rows["method"] == method].groupby(["inner_time", "outer_time"]):
+        def part(mask):
+            d = rows[mask]
+            return d[(d["method"] == "baseline") | (d["method"] == "mtl") & (d["outer_time"] == ot)
+                     | (d["method"] == method) & (d["outer_time"] == ot) & (d["inner_time"] == lt)]
+
+        with warnings.catch_warnings():  # a diverged limit: medians of no rows are NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t = closeness_table({"": (part(limit), part(~limit))}, (method,)).set_index(["source", "method"])
+        status = rows[limit & (rows["method"] == method) & (rows["inner_time"] == lt) & (rows["outer_time"] == ot)]
+        out.append(dict(inner_time=lt, outer_time=ot,
+                        gap_mup=t.loc[("mup_limit", method), "gap_to_mtl_rel"],
+                        gap_ntk=t.loc[("ntk_linear", method), "gap_to_mtl_rel"],
+                        benefit_mup=t.loc[("mup_limit", method), "transfer_benefit"],
+                        benefit_ntk=t.loc[("ntk_linear", method), "transfer_benefit"],
+                        mtl_benefit_mup=t.loc[("mup_limit", "mtl"), "transfer_benefit"],
+                        mtl_benefit_ntk=t.loc[("ntk_linear", "mtl"), "transfer_benefit"],
+                        mup_status=",".join(sorted(set(status["status"])))))
+    return pd.DataFrame(out)
 
 
 def feature_learning_table(accuracy: pd.DataFrame, closeness: pd.DataFrame) -> pd.DataFrame:

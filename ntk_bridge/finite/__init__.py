@@ -25,7 +25,7 @@ Example::
 from ntk_bridge.finite.comparison import finite_cell, infinite_predictions
 from ntk_bridge.finite.networks import init_networks
 from ntk_bridge.finite.schedule import MODES, TrainingConfig, discretise
-from ntk_bridge.finite.training import FINITE_METHODS, FiniteRun, train_networks
+from ntk_bridge.finite.training import FINITE_METHODS, FiniteRun, release_programs, train_networks
 
 __all__ = ["FINITE_METHODS", "MODES", "TrainingConfig", "FiniteRun", "discretise", "init_networks",
-           "train_networks", "infinite_predictions", "finite_cell"]
+           "train_networks", "infinite_predictions", "finite_cell", "release_programs"]

@@ -56,8 +56,8 @@ def infinite_predictions(kernels: DepthKernels, tasks: TaskSet, config: Predicto
 
 def mup_reference(tasks: TaskSet, depth: int, arch: Architecture, cfg: PredictorConfig, methods: Sequence[str],
                   training: TrainingConfig, S: int):
-    """What finite muP networks are measured against: the muP limit
-    (:func:`ntk_bridge.finite.mup_limit.mup_limit_run`) where it is computable, else NaN (no limit here).
+    """The muP limit (:func:`ntk_bridge.finite.mup_limit.mup_limit_run`) of finite muP networks where it is
+    computable, else NaN (no limit here; :func:`finite_cell` then measures them against the NTK closed form).
     Returns ``({method: [S, M, m_q, k]}, {method: status})`` like :func:`infinite_predictions`."""
     from ntk_bridge.finite.mup_limit import has_limit, mup_limit_run
 
@@ -146,13 +146,14 @@ def finite_cell(
     schema: networks ``0..S-1`` and ``'ensemble'`` (the mean of the networks' predictions, compared
     with the mean of their closed forms, i.e. the closed form at the mean ``f0``). ``inner_time``,
     ``finetune_time``, ``outer_time`` are the config's (an infinite outer time stays ``inf``);
-    ``outer_time_used`` and the ``*_steps`` columns are the discrete schedule followed. Gaps are
-    against MTL and the baseline of the same network; ``dist_to_infinite_rel`` against the closed
-    form of the same method and network; ``dist_to_linearized_rel`` against the network's trained
-    linearised twin, ``linearized_to_infinite_rel`` the twin's distance to the closed form (the width
-    error alone); ``infinite_gap_to_mtl_rel`` the closed forms' own gap; ``train_loss_rel`` final /
-    initial training loss (NaN for the baseline). ``status``: ``'diverged'`` (metrics empty),
-    ``'linearized_diverged'``, the closed form's status, or MTL's as ``mtl_<status>``.
+    ``outer_time_used`` and the ``*_steps`` columns are the discrete schedule followed. Gaps are against MTL and the
+    baseline of the same network; ``dist_to_infinite_rel`` against the closed form of the same method and
+    network (muP networks: against their muP limit where it is computable, the one-hidden-layer linear network,
+    else against the NTK closed form); ``dist_to_linearized_rel`` against the network's trained linearised twin,
+    ``linearized_to_infinite_rel`` the twin's distance to the closed form (the width error alone);
+    ``infinite_gap_to_mtl_rel`` the closed forms' own gap; ``train_loss_rel`` final / initial training loss (NaN
+    for the baseline). ``status``: ``'diverged'`` (metrics empty), ``'linearized_diverged'``, the closed form's
+    status, or MTL's as ``mtl_<status>``.
     """
     methods = check_methods(methods)
     require(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -165,7 +166,9 @@ def finite_cell(
     needed = tuple(dict.fromkeys((mtl, base) + methods))
     run = _train_shared(cache, tasks, depth, width, cfg, needed, int(seed), int(n_networks), mode, arch, training)
     S, M = int(n_networks), tasks.layout.n_test
-    if arch.param == "mup":
+    from ntk_bridge.finite.mup_limit import has_limit
+
+    if arch.param == "mup" and has_limit(depth, arch):
         infinite, inf_status = mup_reference(tasks, depth, arch, cfg, needed, training, S)
     else:
         infinite, inf_status = infinite_predictions(kernels, tasks, cfg, needed, mode, run.f0)

@@ -80,3 +80,70 @@ def test_every_figure_has_its_grid_and_one_signature(quick):
         assert len(g.conv["fc"].grid.depths) < len(grids(False).conv["fc"].grid.depths)
     for name, fn in FIGURES.items():
         assert list(inspect.signature(fn).parameters) == ["g", "run_root", "out"], name
+
+
+def test_finite_regimes_table_is_quartiles_of_individual_networks_and_plots(tmp_path, rng):
+    from ntk_bridge.figures.regimes import finite_regimes_table, plot_finite_regimes_vs_width
+    from ntk_bridge.results import width_exponents
+
+    cols = ("gap_to_mtl_rel", "kernel_movement", "dist_to_infinite_rel", "test_mse")
+
+    def rows(param):
+        out = []
+        for L in (1, 2):
+            for w, nets in ((64.0, ("0", "1", "ensemble")), (256.0, ("0", "1", "ensemble")), (math.inf, ("mean",))):
+                for net in nets:
+                    for t in range(3):
+                        out.append(dict(method="anil", depth=L, width=w, network=net, seed=0, test_task=t, status="ok",
+                                        **{c: float(rng.uniform(0.1, 1)) for c in cols}))
+        return pd.DataFrame(out)
+
+    frames = {"ntk": rows("ntk"), "mup": rows("mup")}
+    frames["mup"].loc[0, "status"] = "diverged"  # flagged rows never reach the table
+    table = finite_regimes_table(frames)
+    for param, df in frames.items():
+        ok = df[(df["status"] == "ok") & ~df["network"].isin(["ensemble", "mean"])]
+        for (L, w), g in ok.groupby(["depth", "width"]):
+            row = table[(table["param"] == param) & (table["source"] == "finite") & (table["depth"] == L)
+                        & (table["width"] == w)]
+            for c in cols:
+                assert row[f"{c}_q50"].iloc[0] == pytest.approx(g[c].median())
+        fit = width_exponents(df, metric="kernel_movement", by=("depth",))
+        got = table[(table["param"] == param) & (table["source"] == "finite")].groupby("depth")[
+            "kernel_movement_exponent"].first()
+        assert np.allclose(got.sort_index().to_numpy(), fit.sort_values("depth")["exponent"].to_numpy())
+        lim = table[(table["param"] == param) & (table["source"] == "ntk_limit")]
+        assert set(lim["width"]) == {math.inf} and len(lim) == 2
+    paths = plot_finite_regimes_vs_width(table, str(tmp_path / "regimes"), "ANIL")
+    assert all(p.endswith(ext) for p, ext in zip(paths, (".png", ".pdf", ".csv")))
+
+
+def test_closeness_by_schedule_takes_each_schedule_s_rows(rng):
+    from ntk_bridge.figures.feature import closeness_by_schedule
+
+    rows = []
+    for width in ("mup", "inf"):
+        for t in range(5):
+            rows.append(dict(method="baseline", width=width, inner_time=np.nan, outer_time=np.nan, test_task=t,
+                             status="ok", test_mse=1.0, gap_to_mtl_rel=0.0, test_accuracy=np.nan))
+            for ot in (1.0, 5.0):
+                rows.append(dict(method="mtl", width=width, inner_time=np.nan, outer_time=ot, test_task=t, status="ok",
+                                 test_mse=0.5, gap_to_mtl_rel=0.0, test_accuracy=np.nan))
+                for lt in (0.1, 1.0):
+                    bad = width == "mup" and ot == 5.0 and lt == 0.1
+                    rows.append(dict(method="anil", width=width, inner_time=lt, outer_time=ot, test_task=t,
+                                     status="diverged" if bad else "ok", test_mse=float(rng.uniform(0.1, 0.9)),
+                                     gap_to_mtl_rel=float(rng.uniform(0.1, 0.9)), test_accuracy=np.nan))
+    df = pd.DataFrame(rows)
+    table = closeness_by_schedule(df).set_index(["inner_time", "outer_time"])
+    assert len(table) == 4
+    for (lt, ot), row in table.iterrows():
+        for width, col in (("mup", "gap_mup"), ("inf", "gap_ntk")):
+            g = df[(df["method"] == "anil") & (df["width"] == width) & (df["inner_time"] == lt)
+                   & (df["outer_time"] == ot)]
+            if (g["status"] == "ok").all():
+                assert row[col] == pytest.approx(g["gap_to_mtl_rel"].median())
+                assert row[col.replace("gap", "benefit")] == pytest.approx(np.median(1 - g["test_mse"]))
+            else:
+                assert np.isnan(row[col]) and row["mup_status"] == "diverged"
+        assert row["mtl_benefit_mup"] == pytest.approx(0.5)
