@@ -17,9 +17,6 @@ from ntk_bridge.kernels import Architecture, kernels_all_depths, kernels_by_dept
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.tasks import TaskSet, on_sphere
 
-# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
-# fixtures (the conv and resnet kernels and the panel with architectures) are built once
-pytestmark = pytest.mark.xdist_group("conv")
 
 TOL = 1e-8
 OUTER_STEPS, INNER_STEPS, FINETUNE_STEPS = 12, 1, 2
@@ -56,7 +53,8 @@ def gram(f, params, X):
     return J @ J.T
 
 
-@pytest.fixture(scope="module", params=["conv", "resnet"])
+# the residual network's twin of the conv check runs with the slow tests (.ci/run runs both)
+@pytest.fixture(scope="module", params=["conv", pytest.param("resnet", marks=pytest.mark.slow)])
 def setup(request):
     tasks = image_tasks(seed=3)
     arch = Architecture.for_tasks(tasks, request.param, width=6)

@@ -133,7 +133,10 @@ def test_auto_chooses_as_the_table_says(n_train, cfg, memory, choice):
 
 
 # -- rung 2 over the registry: each finite trainer, linearised, equals its discrete closed form ------------
-@pytest.mark.parametrize("mode, test_head", [("raw", "learned"), ("centred", "learned"), ("centred", "reset")])
+# one mode in the fast suite, the raw networks and the reset head with the slow tests (.ci/run runs both)
+@pytest.mark.parametrize("mode, test_head", [pytest.param("raw", "learned", marks=pytest.mark.slow),
+                                             ("centred", "learned"),
+                                             pytest.param("centred", "reset", marks=pytest.mark.slow)])
 def test_each_trainer_on_the_linearised_network_equals_its_discrete_closed_form(mode, test_head):
     trained = registry.names(finite=True)
     assert set(trained) == set(registry.names(closed_form=True))  # every trainer has a closed form to meet

@@ -22,9 +22,6 @@ from ntk_bridge.fewshot.on_tasks import closed_form_comparison, task_episodes
 from ntk_bridge.fewshot.train import FixedSource, TrainConfig, train
 from ntk_bridge.tasks import TaskSet, on_sphere
 
-# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
-# fixtures (the sweep run folders and trained networks) are built once
-pytestmark = pytest.mark.xdist_group("fewshot_on_tasks")
 
 SIZES = dict(n_train=6, n_test=4, n_support=3, n_query=6, dim=16, ways=3)  # 3-way 1-shot, 2 queries per class
 

@@ -17,9 +17,6 @@ from ntk_bridge.kernels import Architecture
 from ntk_bridge.predictors import PredictorConfig, predict_from_kernels
 from ntk_bridge.families import subspace_tasks
 
-# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
-# fixtures (the trained linearised networks) are built once
-pytestmark = pytest.mark.xdist_group("linearized")
 
 TOL = 1e-8
 OUTER_STEPS, INNER_STEPS, FINETUNE_STEPS = 25, 4, 3

@@ -27,9 +27,6 @@ from ntk_bridge.provenance import numerics_versions  # noqa: E402
 from ntk_bridge.runs import RunFolder  # noqa: E402
 from ntk_bridge.sweep import Progress, SweepConfig, iter_unit, make_units, plan, run_sweep  # noqa: E402
 
-# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
-# fixtures (one LocalCluster and the in-process reference) are built once
-pytestmark = pytest.mark.xdist_group("distributed")
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -16,9 +16,6 @@ from ntk_bridge.verify import Family, Panel, run_verify
 from ntk_bridge.verify.claims import (OVERALL, RULES, VERDICTS, benefit_table, claims_table, gap_medians, overall,
                                      verdict_matrix)
 
-# one test process runs this module (--dist loadgroup, pyproject.toml): its module-scoped
-# fixtures (the tiny panel's run (tiny_run) and the shaped rows) are built once
-pytestmark = pytest.mark.xdist_group("verify")
 
 DEPTHS = [1, 2, 4, 8, 16]
 TIMES = [0.01, 0.1, 1.0]
