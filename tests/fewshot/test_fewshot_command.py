@@ -22,6 +22,7 @@ def run(capsys, argv):
     return code, out, err
 
 
+@pytest.mark.slow  # 17 s end to end; the rerun test below runs the command through the fast suite
 def test_fewshot_writes_tables_figure_and_provenance(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = run(capsys, [*TINY, "--shots", "2", "--train-seeds", "2", "--out", str(out),
