@@ -41,7 +41,7 @@ import pandas as pd
 
 from ntk_bridge.errors import UserError
 
-__all__ = ["atomic_write", "RunFolder", "CELL_FORMAT"]
+__all__ = ["atomic_write", "verified_body", "RunFolder", "CELL_FORMAT"]
 
 #: Version of the cell file format (the first line of every cell file).
 CELL_FORMAT = 1
@@ -70,6 +70,19 @@ def atomic_write(path: str, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def verified_body(blob: bytes, header: re.Pattern, version: int, digest_group: int):
+    """``(match, body)`` of a self-verifying file: ``header`` matches its first line, whose group 1 is the
+    format ``version`` and group ``digest_group`` the SHA-256 (hex) of the ``body`` after it; ``None`` when
+    either does not hold (a file cut short, altered, empty or of another format)."""
+    match = header.match(blob)
+    if match is None or int(match.group(1)) != version:
+        return None
+    body = blob[match.end():]
+    if hashlib.sha256(body).hexdigest() != match.group(digest_group).decode():
+        return None
+    return match, body
 
 
 def _csv_bytes(df: pd.DataFrame) -> bytes:
@@ -147,12 +160,10 @@ class RunFolder:
             return None
         except OSError:
             return None
-        match = _HEADER.match(blob)
-        if match is None or int(match.group(1)) != CELL_FORMAT:
+        verified = verified_body(blob, _HEADER, CELL_FORMAT, 3)
+        if verified is None:
             return None
-        body = blob[match.end():]
-        if hashlib.sha256(body).hexdigest() != match.group(3).decode():
-            return None
+        match, body = verified
         try:
             df = pd.read_csv(io.BytesIO(body), keep_default_na=True)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError):

@@ -102,12 +102,12 @@ class TrainedRuns:
 
     @staticmethod
     def _verified(blob: bytes, method: str, shots: int, seed: int, key: str):
-        match = _HEADER.match(blob)
-        if match is None or int(match.group(1)) != FORMAT:
+        from ntk_bridge.runs import verified_body
+
+        verified = verified_body(blob, _HEADER, FORMAT, 2)
+        if verified is None:
             return None
-        body = blob[match.end():]
-        if hashlib.sha256(body).hexdigest() != match.group(2).decode():
-            return None
+        body = verified[1]
         try:
             saved = json.loads(body)
             row, history, acc = saved["row"], saved["history"], np.asarray(saved["accuracy"], np.float64)
