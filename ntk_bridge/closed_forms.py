@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from ntk_bridge.errors import require
-from ntk_bridge.operators import Solve, adapt_test, block, inner_operator, own
-from ntk_bridge.outer import GBMLOuter, MTLOuter, adapted
+from ntk_bridge.operators import Solve, block, inner_operator, own
+from ntk_bridge.outer import GBMLOuter, MTLOuter, adapted, finetuned
 from ntk_bridge.tasks import Layout
 from ntk_bridge.settings import RESET
 
@@ -66,19 +66,12 @@ class Times(NamedTuple):
     outer: jax.Array
 
 
-
-def _finetune_head(K, g_ts, g_tq, d: Data, layout: Layout, cfg, times):
-    """``g(X) + K(X, X') T_hat_K (Y' - g(X'))`` per test task."""
-    Ahat, info = adapt_test(K, layout, cfg.finetune, times.finetune, cfg.rcond)
-    return adapted(Ahat, g_ts, g_tq, d.yts), info
-
-
 def mtl(Theta, K, d: Data, layout: Layout, cfg, times):
     """MTL (docs/theory.md §3.3): the body trained with ``Theta_MTL`` on 𝒟, the head reset to ``w0``
     and fine-tuned with ``K`` on the test support (:class:`ntk_bridge.outer.MTLOuter`)."""
     if cfg.mtl_heads == "independent":
         # A fresh test head is independent of the trained heads: the body's change is invisible.
-        return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
+        return finetuned(K, d.f0ts, d.f0tq, d.yts, layout, cfg, times)
     return MTLOuter(Theta, K, d, layout, cfg, times).dense()
 
 
@@ -96,7 +89,7 @@ def maml(Theta, K, d: Data, layout: Layout, cfg, times):
 
 def baseline(Theta, K, d: Data, layout: Layout, cfg, times):
     """The no-transfer baseline (docs/theory.md §3.4): a head fine-tuned on the untrained body."""
-    return _finetune_head(K, d.f0ts, d.f0tq, d, layout, cfg, times)
+    return finetuned(K, d.f0ts, d.f0tq, d.yts, layout, cfg, times)
 
 
 def fomaml(Theta, K, d: Data, layout: Layout, cfg, times):

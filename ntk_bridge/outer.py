@@ -34,7 +34,7 @@ from ntk_bridge.settings import RESET
 from ntk_bridge.solvers import Solver, System, parse
 from ntk_bridge.tasks import Layout
 
-__all__ = ["FORM_BLOCK_ELEMENTS", "adapted", "Outer", "GBMLOuter", "MTLOuter"]
+__all__ = ["FORM_BLOCK_ELEMENTS", "adapted", "finetuned", "Outer", "GBMLOuter", "MTLOuter"]
 
 #: Elements of the temporaries of one block of tasks when a meta-kernel system is formed (256 MB).
 FORM_BLOCK_ELEMENTS = 1 << 25
@@ -45,6 +45,13 @@ def adapted(A, f_support, f_query, y_support):
     ``F0`` on the training queries (``A``) and test queries (``A_hat``), and test-time fine-tuning
     from a trained body's outputs."""
     return f_query + A @ (y_support - f_support)
+
+
+def finetuned(K, g_ts, g_tq, yts, layout: Layout, cfg, times, numpy: bool = False):
+    """A head fine-tuned with the readout kernel ``K`` on each test support from the outputs ``g``:
+    ``g(X) + K(X, X') T_hat_K (Y' - g(X'))``; returns ``(values, Solve)`` (MTL, the baseline)."""
+    Ahat, info = adapt_test(K, layout, cfg.finetune, times.finetune, cfg.rcond)
+    return adapted(np.asarray(Ahat) if numpy else Ahat, g_ts, g_tq, yts), info
 
 
 class Outer:
@@ -282,8 +289,8 @@ class MTLOuter(Outer):
             span, w = self._span()[0], self._scatter(alpha)
             test = slice(sl["test_support"].start, layout.n_points)
             g_ts, g_tq = self._trained_body(self._split_test(Theta[test, span] @ w - K[test, span] @ w))
-        Ahat, info = adapt_test(K, layout, self.cfg.finetune, self.times.finetune, self.cfg.rcond)
-        return adapted(np.asarray(Ahat) if self.numpy else Ahat, g_ts, g_tq, self.d.yts), [info]
+        values, info = finetuned(K, g_ts, g_tq, self.d.yts, layout, self.cfg, self.times, self.numpy)
+        return values, [info]
 
 
 def _own_blocks(G, rows: slice, cols: slice, tasks: int) -> np.ndarray:

@@ -155,12 +155,7 @@ def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:
     """The static part of a config for one method: times are passed traced, so one compilation
     serves them all, and settings the method does not read are reset to their defaults, so that
     one compilation serves every value of them."""
-    m, defaults = registry.get(method), PredictorConfig()
-    cfg = dataclasses.replace(cfg, inner_time=0.0, finetune_time=0.0, outer_time=0.0)
-    for setting, fields in SETTING_FIELDS.items():
-        if not m.depends(setting):
-            cfg = dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in fields if not f.endswith("_time")})
-    return cfg
+    return dataclasses.replace(_relevant(cfg, method), inner_time=0.0, finetune_time=0.0, outer_time=0.0)
 
 
 def _check_methods(methods: Sequence[str]) -> tuple:
