@@ -34,7 +34,7 @@ from ntk_bridge.tasks import IMAGE_KEY, REQUIRED_KEYS, Layout
 from ntk_bridge.config import finite_width
 
 __all__ = ["MAX_CELLS", "LONG_SECONDS", "available_memory", "npz_shapes", "PlannedTasks", "planned_tasks",
-           "estimate", "check_feasible", "check_long", "check_memory", "size_text", "n_cells", "MAX_CONV_SIDE"]
+           "estimate", "check_feasible", "check_long", "check_memory", "size_text", "n_cells", "MAX_CONV_SIDE", "duration"]
 
 #: Largest number of cells one sweep may plan (a documented cap: a longer grid is almost surely a typo).
 MAX_CELLS = 200_000
@@ -81,7 +81,8 @@ def size_text(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``3600`` -> ``'60 minutes'``: how every estimate is said (``fewshot`` says its own in these words)."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -89,10 +90,6 @@ def _duration(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} hours"
     return f"{seconds / 86400:,.0f} days"
-
-
-#: ``3600`` -> ``'60 minutes'``: how every estimate is said (``fewshot`` says its own in these words).
-duration = _duration
 
 
 def npz_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
@@ -240,7 +237,7 @@ def check_memory(need: int, what: str, memory: int | None = None) -> None:
 def check_long(seconds: float, what: str, yes: bool) -> None:
     """``UserError`` (one line) when ``seconds`` exceed :data:`LONG_SECONDS` and the user did not say ``--yes``."""
     if not yes and seconds > LONG_SECONDS:
-        raise UserError(f"{what} would take about {_duration(seconds)} (an estimate): pass --yes to start it "
+        raise UserError(f"{what} would take about {duration(seconds)} (an estimate): pass --yes to start it "
                         "anyway, or make it smaller")
 
 
