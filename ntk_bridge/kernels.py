@@ -38,7 +38,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from ntk_bridge import convnets
+from ntk_bridge import convnets, runtime
 from ntk_bridge.errors import require
 from ntk_bridge.layer_keys import custom_layers_key
 
@@ -314,20 +314,20 @@ def kernels_by_depth(
 def _one_pass(x1, x2, arch: Architecture, wanted: list[int]) -> Iterator[DepthKernels]:
     import jax.numpy as jnp
 
-    wanted_set = set(wanted)
+    wanted_set, shapes = set(wanted), {}  # every layer's shapes worked out once (runtime.shapes_once)
     stem = arch.stem()
     _, _, hidden_kernel = arch.hidden_block()
     _, _, readout_kernel = arch.readout()
     first = hidden_kernel if stem is None else stem[2]
     inputs = (jnp.asarray(arch.as_input(x1)), None if x2 is None else jnp.asarray(arch.as_input(x2)))
-    kernel = first(*inputs, **convnets.input_requirements(arch))
+    with runtime.shapes_once(shapes):
+        kernel = first(*inputs, **convnets.input_requirements(arch))
     for depth in range(1, wanted[-1] + 1):
-        if depth > 1 or stem is not None:
-            kernel = hidden_kernel(kernel)
-        if depth in wanted_set:
-            out = readout_kernel(kernel)
-            yield DepthKernels(depth, np.asarray(out.ntk, dtype=np.float64),
-                               np.asarray(out.nngp, dtype=np.float64))
+        with runtime.shapes_once(shapes):
+            kernel = hidden_kernel(kernel) if depth > 1 or stem is not None else kernel
+            out = readout_kernel(kernel) if depth in wanted_set else None
+        if out is not None:
+            yield DepthKernels(depth, np.asarray(out.ntk, dtype=np.float64), np.asarray(out.nngp, dtype=np.float64))
 
 
 def _blocked_pass(x1, x2, arch: Architecture, wanted: list[int], memory_bytes: int,

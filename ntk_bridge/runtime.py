@@ -18,6 +18,16 @@ place:
   and a few-shot step, and that ``neural_tangents.experimental.empirical_ntk_fn_tf`` still resolves.
   (``importlib.util.LazyLoader`` cannot do this: the import system reads ``__spec__`` of a module
   it finds in ``sys.modules``, and a lazy module loads on that access.)
+* **Shapes worked out once per layer.** Every eager call of a neural-tangents layer's ``kernel_fn``
+  works out the shapes of its finite network by tracing it (``_set_shapes``, ``jax.eval_shape`` of
+  the layer's ``init_fn`` and ``apply_fn``), about three quarters of a one-pass kernel computation's
+  time. The shapes depend only on the layer and on the input kernel's shapes and dtype, which are the
+  same at every depth of a pass. Inside :func:`shapes_once` (the kernel pass,
+  :func:`ntk_bridge.kernels.kernels_by_depth`) they are worked out once per layer and input shape and
+  then reused; nothing numerical is touched (the kernels are bit-identical, ``tests/test_kernels.py``).
+  It replaces ``neural_tangents._src.stax.requirements._set_shapes`` with a wrapper that consults a
+  memo of the current thread's pass and otherwise calls the original: the second place where
+  ntk_bridge reaches into neural-tangents (pinned to 0.6.5), checked by ``tests/test_runtime.py``.
 * **BLAS threads.** JAX's CPU ``eigh`` and ``solve`` call scipy's LAPACK, whose OpenBLAS rounds
   differently with different thread counts. :func:`blas_threads` fixes the count (threadpoolctl)
   for a block of work; sweeps record it in ``config.json`` and in every cell's cache key.
@@ -30,9 +40,10 @@ import contextlib
 import importlib.util
 import os
 import sys
+import threading
 import types
 
-__all__ = ["prepare", "defer_neural_tangents_experimental", "cache_dir", "enable_compilation_cache",
+__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "cache_dir", "enable_compilation_cache",
            "blas_threads", "current_blas_threads", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
@@ -86,6 +97,45 @@ def defer_neural_tangents_experimental() -> None:
 
     stub.__getattr__ = __getattr__
     sys.modules[_EXPERIMENTAL] = stub
+
+
+_SHAPES = threading.local()
+
+
+@contextlib.contextmanager
+def shapes_once(memo: dict | None = None):
+    """Within the block, each neural-tangents layer works out its output shapes once per input shape
+    and dtype in this thread (see the module docstring), keeping them in ``memo`` (pass the same dict
+    to several blocks to share it); the kernels are unchanged."""
+    from neural_tangents._src.stax import requirements
+    from neural_tangents._src.utils.kernel import Kernel
+
+    original = requirements._set_shapes
+    if not getattr(original, "_ntk_bridge_memo", False):
+        def set_shapes(init_fn, apply_fn, in_kernel, out_kernel, **kwargs):
+            shapes, key = getattr(_SHAPES, "memo", None), None
+            if shapes is not None and isinstance(in_kernel, Kernel) and isinstance(out_kernel, Kernel):
+                key = (init_fn, apply_fn, in_kernel.shape1, in_kernel.shape2, in_kernel.nngp.dtype,
+                       tuple(sorted(kwargs.items())))
+                try:
+                    known = shapes.get(key)
+                except TypeError:  # an unhashable keyword argument
+                    known = key = None
+                if known is not None:
+                    return out_kernel.replace(shape1=known[0], shape2=known[1])
+            out = original(init_fn, apply_fn, in_kernel, out_kernel, **kwargs)
+            if key is not None:
+                shapes[key] = (out.shape1, out.shape2)
+            return out
+
+        set_shapes._ntk_bridge_memo = True
+        requirements._set_shapes = set_shapes
+    outer = getattr(_SHAPES, "memo", None)
+    _SHAPES.memo = {} if memo is None else memo
+    try:
+        yield
+    finally:
+        _SHAPES.memo = outer
 
 
 def _enable_x64() -> None:

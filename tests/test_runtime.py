@@ -109,3 +109,40 @@ def test_compilation_cache_is_filled_and_reused(tmp_path):
     off = run_python(code.replace("folder = runtime", "os.environ['NTK_BRIDGE_JAX_CACHE'] = '0'; folder = runtime")
                      .replace("len(os.listdir(folder))", "0"), tmp_path)
     assert off["folder"] is None
+
+
+def test_shapes_once_works_out_each_layers_shapes_once_and_changes_nothing(monkeypatch):
+    """Inside ``shapes_once`` a layer traces its finite network for the first input shape only; the kernels,
+    their shapes and everything outside the block are as neural-tangents computes them."""
+    import numpy as np
+    from neural_tangents import stax
+    from neural_tangents._src.stax import requirements
+
+    traced = []
+    propagate = requirements._propagate_shape
+    monkeypatch.setattr(requirements, "_propagate_shape", lambda *a, **k: traced.append(1) or propagate(*a, **k))
+    _, _, block = stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1), stax.Relu())
+    x = np.random.default_rng(0).normal(size=(5, 3))
+
+    def pass_(n):
+        kernels = [block(x, None)]
+        for _ in range(n):
+            kernels.append(block(kernels[-1]))
+        return kernels
+
+    plain = pass_(4)
+    assert len(traced) == 2 * 3 * 5  # two shapes, three layers (the block, Dense, Relu), five calls
+    traced.clear()
+    memo = {}
+    with runtime.shapes_once(memo):
+        once = pass_(4)
+    # two shapes for each of: the block, Dense and Relu on the inputs [5, 3] (Relu's input is [5, 8]), then the
+    # block and Dense on a [5, 8] kernel; Relu's [5, 8] is known already
+    assert len(traced) == 2 * 5
+    for a, b in zip(plain, once):
+        assert (a.shape1, a.shape2) == (b.shape1, b.shape2)
+        np.testing.assert_array_equal(a.ntk, b.ntk)
+        np.testing.assert_array_equal(a.nngp, b.nngp)
+    traced.clear()
+    pass_(1)
+    assert len(traced) == 2 * 3 * 2  # outside the block: traced on every call again
