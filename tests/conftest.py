@@ -53,3 +53,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(getattr(item, "fspath", "")).endswith(".ipynb"):
             item.add_marker(slow)
+
+
+def _write_omniglot(root, alphabets_bg=2, alphabets_ev=4, characters=3, drawers=4):
+    """A tiny Omniglot: 105x105 binary PNGs, ink black (0) on white; character c has a bar at row 10*c."""
+    from PIL import Image
+
+    for half, n_alpha in (("images_background", alphabets_bg), ("images_evaluation", alphabets_ev)):
+        for a in range(n_alpha):
+            for c in range(characters):
+                folder = root / half / f"Alphabet_{a}" / f"character{c + 1:02d}"
+                folder.mkdir(parents=True)
+                for d in range(drawers):
+                    pixels = np.full((105, 105), 255, np.uint8)
+                    pixels[10 * c + 5 : 10 * c + 15, 10:95] = 0
+                    Image.fromarray(pixels).convert("1").save(folder / f"{c:04d}_{d + 1:02d}.png")
+
+
+@pytest.fixture
+def write_omniglot():
+    """``write(root, alphabets_bg=2, alphabets_ev=4, characters=3, drawers=4)`` writes a tiny Omniglot in the
+    official layout under ``root`` (character ``c`` is a bar at row ``10 c``)."""
+    return _write_omniglot

@@ -9,21 +9,8 @@ from ntk_bridge.datasets import loaders as data
 from ntk_bridge.errors import UserError
 
 
-def _write_omniglot(root, alphabets_bg=2, alphabets_ev=4, characters=3, drawers=4):
-    """A tiny Omniglot: 105x105 binary PNGs, ink black (0) on white; character c has a bar at row 10*c."""
-    for half, n_alpha in (("images_background", alphabets_bg), ("images_evaluation", alphabets_ev)):
-        for a in range(n_alpha):
-            for c in range(characters):
-                folder = root / half / f"Alphabet_{a}" / f"character{c + 1:02d}"
-                folder.mkdir(parents=True)
-                for d in range(drawers):
-                    pixels = np.full((105, 105), 255, np.uint8)
-                    pixels[10 * c + 5 : 10 * c + 15, 10:95] = 0
-                    Image.fromarray(pixels).convert("1").save(folder / f"{c:04d}_{d + 1:02d}.png")
-
-
-def test_omniglot_layout_shapes_inversion_and_disjoint_splits(tmp_path):
-    _write_omniglot(tmp_path)
+def test_omniglot_layout_shapes_inversion_and_disjoint_splits(tmp_path, write_omniglot):
+    write_omniglot(tmp_path)
     ds = data.load_omniglot(tmp_path, image_size=28, seed=0)
     assert ds.splits["train"].shape == (2 * 3, 4, 28, 28, 1)
     assert ds.splits["val"].shape[0] + ds.splits["test"].shape[0] == 4 * 3
@@ -36,8 +23,8 @@ def test_omniglot_layout_shapes_inversion_and_disjoint_splits(tmp_path):
     assert not (alphabets["val"] & alphabets["test"])
 
 
-def test_omniglot_accepts_torchvision_nesting_and_load_dataset(tmp_path):
-    _write_omniglot(tmp_path / "omniglot-py")
+def test_omniglot_accepts_torchvision_nesting_and_load_dataset(tmp_path, write_omniglot):
+    write_omniglot(tmp_path / "omniglot-py")
     ds = data.load_dataset("omniglot", tmp_path, image_size=14)
     assert ds.image_shape == (14, 14, 1)
 

@@ -172,6 +172,27 @@ def test_bad_mup_input_is_one_line_exit_2(capsys, tmp_path, args, word):
     assert not out.exists()
 
 
+def test_a_users_omniglot_runs_in_the_mup_limit_beside_a_finite_mup_network(tmp_path, write_omniglot):
+    """``--tasks omniglot --data-dir`` (a copy in the official layout) through the feature-learning path:
+    the muP limit and a finite muP network of MTL and ANIL, 5-way 1-shot episodes with 3 queries per class."""
+    import pandas as pd
+
+    write_omniglot(tmp_path / "omniglot", drawers=8)
+    out = tmp_path / "run"
+    code = main(["sweep", "--tasks", "omniglot", "--data-dir", str(tmp_path / "omniglot"), "--dim", "16",
+                 "--support", "5", "--query", "15", "--train-tasks", "2", "--test-tasks", "2", "--depth", "1",
+                 "--activation", "linear", "--param", "mup", "--width", "16,mup", "--methods", "mtl,anil",
+                 "--inner-time", "0.5", "--outer-time", "1", "--mtl-data", "all", "--seeds", "1", "--no-linearized",
+                 "--no-figures", "--out", str(out)])
+    assert code == 0
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["tasks"]) == {"omniglot"} and set(df["status"]) == {"ok"}
+    assert set(df["width"].astype(str)) == {"16", "mup"} and set(df["param"]) == {"mup"}
+    assert df["test_accuracy"].between(0, 1).all() and df["kernel_movement"].notna().any()
+    finite = df[df["width"].astype(str) == "16"]
+    assert (finite["dist_to_infinite_rel"] > 0).all()  # measured against the muP limit
+
+
 def test_default_architecture_description_is_unchanged():
     """Cache keys of earlier runs stay valid: new fields enter the description only when set."""
     d = Architecture().describe()
