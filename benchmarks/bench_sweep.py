@@ -67,7 +67,8 @@ def child(out_dir: str) -> None:
     import ntk_bridge.figures as figures
     import ntk_bridge.kernels as kernels
     import ntk_bridge.metrics as metrics
-    import ntk_bridge.predictors as predictors
+    import ntk_bridge.predictors as predictors  # noqa: F401
+    import ntk_bridge.runtime as runtime
     import ntk_bridge.runs as runs
     import ntk_bridge.sweep.run as sweep_run
     import ntk_bridge.sweep.write as sweep_write
@@ -124,7 +125,8 @@ def child(out_dir: str) -> None:
 
     wrap(sweep_run, "plan", "plan: tasks, fingerprint, cell keys")
     wrap_gen(kernels, "kernels_by_depth", "kernel pass (eager neural-tangents)")
-    wrap(predictors, "predict_from_kernels", "predictors (jitted calls)")
+    # the predictor calls of a depth run on a few threads (runtime.concurrently): timed as one stage
+    wrap(runtime, "concurrently", "predictors (jitted calls, side by side)")
     wrap(metrics, "prediction_rows", "metric rows")
     wrap(runs.RunFolder, "write_cell", "write cell files")
     wrap(runs.RunFolder, "read_cells", "read and verify cell files")

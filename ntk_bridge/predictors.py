@@ -28,7 +28,7 @@ from ntk_bridge.errors import require
 from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
 from ntk_bridge.outer import GBMLOuter, MTLOuter
-from ntk_bridge.runtime import DEFAULT_BLAS_THREADS
+from ntk_bridge.runtime import DEFAULT_BLAS_THREADS, concurrently
 from ntk_bridge.tasks import Layout, TaskSet
 from ntk_bridge.settings import ALL, LEARNED, MTL_DATA_VALUES, TEST_HEADS
 
@@ -225,8 +225,8 @@ def predict_from_kernels(
     outer = solvers.choose(solver, layout, configs)
     by_structure = [m for m in methods if outer.structured and _has_structured_form(registry.get(m), configs[0])]
     jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps and m not in by_structure]
-    raw = jax.device_get({m: _predict_batched(Theta, K, data, times, layout, _static_config(configs[0], m), m)
-                          for m in jitted})
+    raw = jax.device_get(concurrently({m: functools.partial(_predict_batched, Theta, K, data, times, layout,
+                                                            _static_config(configs[0], m), m) for m in jitted}))
     residuals = {}
     for m in by_structure:
         raw[m], residuals[m] = _predict_structured(Theta, K, data, times, layout, configs, registry.get(m), outer)

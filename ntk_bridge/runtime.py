@@ -28,6 +28,9 @@ place:
   It replaces ``neural_tangents._src.stax.requirements._set_shapes`` with a wrapper that consults a
   memo of the current thread's pass and otherwise calls the original: the second place where
   ntk_bridge reaches into neural-tangents (pinned to 0.6.5), checked by ``tests/test_runtime.py``.
+* **Programs compiled side by side.** :func:`concurrently` makes the jitted calls of several methods
+  on a few threads: JAX traces under the GIL but XLA compiles and runs without it, so the first call
+  of each program (the compilation, most of a cold main job's predictor time) uses every core.
 * **BLAS threads.** JAX's CPU ``eigh`` and ``solve`` call scipy's LAPACK, whose OpenBLAS rounds
   differently with different thread counts. :func:`blas_threads` fixes the count (threadpoolctl)
   for a block of work; sweeps record it in ``config.json`` and in every cell's cache key.
@@ -43,7 +46,7 @@ import sys
 import threading
 import types
 
-__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "cache_dir", "enable_compilation_cache",
+__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "cache_dir", "enable_compilation_cache",
            "blas_threads", "current_blas_threads", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
@@ -136,6 +139,27 @@ def shapes_once(memo: dict | None = None):
         yield
     finally:
         _SHAPES.memo = outer
+
+
+_POOL: list = []
+
+
+def concurrently(calls: dict) -> dict:
+    """``{name: call()}`` for ``calls`` (``{name: function of no arguments}``), the calls made on up to as
+    many threads as this process may use cores when there are several (see the module docstring); an
+    exception of a call is raised here. In the calling thread alone under ``jax.disable_jit()``, a setting
+    of that thread which the others would not see."""
+    jax = sys.modules.get("jax")
+    if (len(calls) < 2 or (jax is not None and jax.config.jax_disable_jit)
+            or threading.current_thread().name.startswith("ntk_bridge")):  # never wait on the pool from inside it
+        return {name: call() for name, call in calls.items()}
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                            else os.cpu_count() or 1), thread_name_prefix="ntk_bridge"))
+    futures = {name: _POOL[0].submit(call) for name, call in calls.items()}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def _enable_x64() -> None:

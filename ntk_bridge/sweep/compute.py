@@ -5,6 +5,7 @@ workers (:mod:`ntk_bridge.distributed`); only the client writes files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -31,7 +32,8 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
     happened to be pending (resume, Dask). On CPU this is also no slower than vmapping over depths (``benchmarks/``).
     A method is computed once for all the cells of a depth that agree on the settings it depends on
     (:mod:`ntk_bridge.methods`: ANIL not on MTL's training set, MTL not on the inner time or the test-head protocol,
-    the baseline on neither); its numbers are the same bits as when computed per cell.
+    the baseline on neither); its numbers are the same bits as when computed per cell. A depth's calls are made
+    side by side (:func:`ntk_bridge.runtime.concurrently`): at the first depth they are the compilations.
     """
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.predictors import predict_from_kernels
@@ -41,17 +43,18 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
     for c, k in zip(cells, keys):
         by_depth.setdefault(c.depth, []).append((c, k))
     for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=architecture):
-        computed: dict[tuple, object] = {}
+        calls, uses = {}, []  # {memo: the call computing it}, [(cell, key, {method: memo})]
         for cell, key in by_depth[kern.depth]:
-            res = {}
-            for m in reported:
-                memo = (m,) + tuple(getattr(cell, setting) for setting in CELL_SETTINGS if registry.get(m).depends(setting))
-                if memo not in computed:
-                    computed[memo] = predict_from_kernels(kern.ntk, kern.readout, tasks,
-                                                          cell.predictor_config(rcond), (m,),
-                                                          solver=solvers.get((cell.outer_time, cell.mtl_data),
-                                                                             solver))[m]
-                res[m] = computed[memo]
+            memos = {m: (m,) + tuple(getattr(cell, setting) for setting in CELL_SETTINGS
+                                     if registry.get(m).depends(setting)) for m in reported}
+            for m, memo in memos.items():
+                calls.setdefault(memo, functools.partial(
+                    predict_from_kernels, kern.ntk, kern.readout, tasks, cell.predictor_config(rcond), (m,),
+                    solver=solvers.get((cell.outer_time, cell.mtl_data), solver)))
+            uses.append((cell, key, memos))
+        computed = runtime.concurrently(calls)  # the first depth's calls compile side by side
+        for cell, key, memos in uses:
+            res = {m: computed[memo][m] for m, memo in memos.items()}
             constants = dict({axis.column: getattr(cell, axis.column) for axis in AXES}, seed=0,
                              dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"), tasks=tasks.name,
                              task_seed=cell.task_seed, mode="mean", cell=key)
