@@ -196,8 +196,8 @@ def sweep(
     tables: list = []
     try:
         try:
-            df = run_sweep(config, out, executor=executor, progress=progress, figures=figures,
-                           command=_command_line(ctx), release_memory=True, tasks=task_set, report=tables.extend)
+            df = run_sweep(config, out, executor, progress, figures, _command_line(ctx), release_memory=True,
+                           tasks=task_set, report=tables.extend, draw_aside=True)
         finally:
             progress.stop()
     finally:

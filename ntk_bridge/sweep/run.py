@@ -50,7 +50,7 @@ class Progress:
 
 def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,
               figures: bool = True, command: str | None = None, release_memory: bool = False,
-              tasks: TaskSet | None = None, report=None) -> pd.DataFrame:
+              tasks: TaskSet | None = None, report=None, draw_aside: bool = False) -> pd.DataFrame:
     """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
 
     Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``, ``config.json``,
@@ -70,9 +70,12 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
         (:func:`ntk_bridge.build.task_set`), else it is built here.
       report: called once with the report tables of ``summary.md`` (:func:`ntk_bridge.report.sweep_tables`)
         when they are written: the command line prints them without building them again.
+      draw_aside: draw the figures in a second process started before the cells are computed
+        (:class:`ntk_bridge.figures.drawer.Drawer`) when they are estimated to take at least
+        :data:`DRAW_ASIDE_SECONDS`: the command line does this; the files are the same.
     """
     job = SweepJob(config, run_dir, figures=figures, command=command, tasks=tasks)
-    sweep = _run_together([job], executor, progress or Progress(), release_memory)[0]
+    sweep = _run_together([job], executor, progress or Progress(), release_memory, draw_aside)[0]
     if report is not None:
         report(sweep.tables)
     return sweep.results
@@ -119,6 +122,7 @@ class _Sweep:
     cells: list
     keys: list
     started: float
+    seconds: float = 0.0  # the estimated time of its cells (:func:`ntk_bridge.budget.check_feasible`)
     done: dict = dataclasses.field(default_factory=dict)
     damaged: list = dataclasses.field(default_factory=list)
     results: pd.DataFrame | None = None  # once written: the results table and its report tables
@@ -143,14 +147,21 @@ def _prepare(job: SweepJob, progress: Progress) -> _Sweep:
                       f"{est['points']:,} points)")
     folder = RunFolder(job.run_dir)
     folder.check_writable()
-    return _Sweep(job, folder, tasks, solvers, cells, keys, started)
+    return _Sweep(job, folder, tasks, solvers, cells, keys, started, est["seconds"])
 
 
-def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False
-                  ) -> list[_Sweep]:
+#: Estimated seconds of computation from which a sweep's figures are drawn in a second process
+#: (:class:`ntk_bridge.figures.drawer.Drawer`, ``draw_aside``): its start, about a second on another core, hides
+#: behind the cells; below it a tiny sweep would only pay for the start.
+DRAW_ASIDE_SECONDS = 3.0
+
+
+def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False,
+                  draw_aside: bool = False) -> list[_Sweep]:
     """Plan every sweep of ``jobs``, hold their folders' locks, compute their pending cells in one stream
     and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several."""
     sweeps = [_prepare(job, progress) for job in jobs]
+    drawer = None
     with contextlib.ExitStack() as stack:
         for s in sweeps:
             stack.enter_context(s.folder.lock(
@@ -164,6 +175,10 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
         progress.start(sum(len(set(s.keys)) for s in sweeps), sum(len(s.done) for s in sweeps),
                        sum(len(s.damaged) for s in sweeps))
         if any(s.pending for s in sweeps):
+            if draw_aside and any(s.job.figures for s in sweeps) and sum(s.seconds for s in sweeps) >= DRAW_ASIDE_SECONDS:
+                from ntk_bridge.figures.drawer import Drawer
+
+                drawer = stack.enter_context(Drawer())
             _compute(sweeps, executor, progress)
             for s in sweeps:
                 s.done.update(s.folder.read_cells(k for _, k in s.pending)[0])
@@ -172,15 +187,15 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
 
                 jax.clear_caches()
         for s in sweeps:
-            _write(s)
+            _write(s, drawer)
         return sweeps
 
 
-def _write(s: _Sweep) -> None:
+def _write(s: _Sweep, drawer=None) -> None:
     s.results = df = results_table([s.done[k] for k in dict.fromkeys(s.keys) if k in s.done])
     try:
         s.tables = write_run(s.folder, df, s.job.config, s.job.command, s.started, s.job.figures, len(s.damaged),
-                             s.tasks.fingerprint())
+                             s.tasks.fingerprint(), drawer)
     except OSError as exc:
         raise UserError(f"cannot write the results into {s.job.run_dir} ({exc.strerror or exc}); every cell is saved "
                         "in cells/: free some space and rerun the same command") from None

@@ -15,9 +15,10 @@ from ntk_bridge.report import numeric_widths, summary_markdown
 __all__ = ["write_run"]
 
 
-def _draw(folder, name: str, table: pd.DataFrame, plot) -> bool:
+def _draw(folder, name: str, table: pd.DataFrame, plot, drawer=None) -> bool:
     """Draw ``table`` with ``plot`` as ``<name>.png/.pdf/.csv`` unless those files exist and the
-    CSV already holds exactly this table (a rerun with nothing new). Returns whether it drew."""
+    CSV already holds exactly this table (a rerun with nothing new); by ``drawer``
+    (:class:`ntk_bridge.figures.drawer.Drawer`) when given. Returns whether it drew (or handed it over)."""
     from ntk_bridge.figures import table_csv
 
     prefix = folder.file(name)
@@ -26,19 +27,51 @@ def _draw(folder, name: str, table: pd.DataFrame, plot) -> bool:
         with open(paths[2], encoding="utf-8") as fh:
             if fh.read() == table_csv(table):
                 return False
-    plot(table, prefix)
+    if drawer is not None:
+        drawer.draw(plot, table, prefix)
+    else:
+        plot(table, prefix)
     return True
 
 
+def _figures(df: pd.DataFrame) -> list:
+    """``[(name, table, plot)]``: the figures of a sweep's results table."""
+    from ntk_bridge import figures as figs
+    from ntk_bridge.results import ok_rows
+
+    out = []
+    ok = ok_rows(numeric_widths(df))
+    infinite = ok[ok["width"] == math.inf]
+    if infinite["depth"].nunique() > 1:
+        table = figs.gap_vs_depth_table(infinite)
+        if len(table):
+            out.append(("gap_vs_depth", table, figs.plot_gap_vs_depth))
+    finite = ok[ok["width"] < math.inf]
+    if len(finite):
+        table = figs.distance_vs_width_table(finite)
+        if len(table) and table["width"].nunique() > 1:
+            out.append(("distance_vs_width", table, figs.plot_distance_vs_width))
+        gap = figs.finite_gap_vs_depth_table(finite)
+        if len(gap) and gap["depth"].nunique() > 1:
+            out.append(("finite_gap_vs_depth", gap, figs.plot_finite_gap_vs_depth))
+    return out
+
+
 def write_run(folder, df: pd.DataFrame, config, command: str | None = None, started: float | None = None,
-              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None) -> list:
+              figures: bool = True, damaged: int = 0, tasks_fingerprint: str | None = None, drawer=None) -> list:
     """``results.csv``, ``config.json``, ``summary.md`` and (``figures``) the figures of a finished
     sweep into ``folder`` (:class:`ntk_bridge.runs.RunFolder`), each written atomically;
-    ``tasks_fingerprint`` (the task set's) goes into ``config.json``. Returns the report tables of
-    ``summary.md`` (:func:`ntk_bridge.report.sweep_tables`), built once, for whoever prints them."""
+    ``tasks_fingerprint`` (the task set's) goes into ``config.json``; ``drawer``
+    (:class:`ntk_bridge.figures.drawer.Drawer`): draw the figures there, while the other files are written.
+    Returns the report tables of ``summary.md`` (:func:`ntk_bridge.report.sweep_tables`), built once, for
+    whoever prints them."""
     from ntk_bridge.provenance import provenance
     from ntk_bridge.report import sweep_tables
 
+    drawings = _figures(df) if figures and len(df) else []
+    if drawer is not None:
+        for name, table, plot in drawings:
+            _draw(folder, name, table, plot, drawer)
     folder.write_table("results.csv", df)
     record = dict(config=config.to_dict(), command=command, **provenance(), damaged_cells_recomputed=damaged,
                   rows=len(df))
@@ -49,23 +82,9 @@ def write_run(folder, df: pd.DataFrame, config, command: str | None = None, star
     folder.write_json("config.json", record)
     tables = sweep_tables(df)
     folder.write_text("summary.md", summary_markdown(df, command, config.to_dict(), tables))
-    if not figures or not len(df):
-        return tables
-    from ntk_bridge import figures as figs
-    from ntk_bridge.results import ok_rows
-
-    ok = ok_rows(numeric_widths(df))
-    infinite = ok[ok["width"] == math.inf]
-    if infinite["depth"].nunique() > 1:
-        table = figs.gap_vs_depth_table(infinite)
-        if len(table):
-            _draw(folder, "gap_vs_depth", table, figs.plot_gap_vs_depth)
-    finite = ok[ok["width"] < math.inf]
-    if len(finite):
-        table = figs.distance_vs_width_table(finite)
-        if len(table) and table["width"].nunique() > 1:
-            _draw(folder, "distance_vs_width", table, figs.plot_distance_vs_width)
-        gap = figs.finite_gap_vs_depth_table(finite)
-        if len(gap) and gap["depth"].nunique() > 1:
-            _draw(folder, "finite_gap_vs_depth", gap, figs.plot_finite_gap_vs_depth)
+    if drawer is not None:
+        drawer.wait()
+    else:
+        for name, table, plot in drawings:
+            _draw(folder, name, table, plot)
     return tables
