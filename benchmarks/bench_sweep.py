@@ -11,7 +11,10 @@ Scenarios, each a fresh process under ``/usr/bin/time`` (wall seconds, max RSS):
 * ``cold``: ``ntk-bridge sweep --depth 2..32`` into a fresh ``--out`` with an empty JAX compilation
   cache (``XDG_CACHE_HOME`` pointed at a fresh folder): a new user's first run;
 * ``warm``: the same into a fresh ``--out`` with the compilation cache of the cold run;
-* ``cached``: the same command again into the ``warm`` run's folder (every cell cached).
+* ``cached``: the same command again into the ``warm`` run's folder (every cell cached);
+* ``floor`` (current code only): ``floor.py``, what the main job cannot avoid (Python and JAX's start, the
+  kernels of every depth in one pass, the closed forms' dense linear algebra), with the warm compilation
+  cache; the main job's cold and warm times are reported over it.
 
 With ``--baseline REV`` the same scenarios run on the code of commit ``REV`` (a ``git worktree`` in a
 temporary folder, run with this interpreter and ``PYTHONPATH``), interleaved with the current code
@@ -195,6 +198,10 @@ def scenarios(version: str, pythonpath: str | None, tmp: str, r: int) -> list[di
         print(f"  {version:9s} {name:10s} {res['wall_s']:6.2f} s  {res['max_rss_mib']:6.0f} MiB"
               + ("  (TensorFlow log lines)" if res["tensorflow_lines"] else ""), flush=True)
     rows[-1]["results_csv"] = os.path.join(out, "results.csv")
+    if version == "current":  # the floor (floor.py), with the warm compilation cache of this repeat
+        res = timed([sys.executable, os.path.join(HERE, "floor.py"), "--depth", SWEEP[-1]], env)
+        rows.append(dict(version=version, scenario="floor", repeat=r, **res))
+        print(f"  {version:9s} {'floor':10s} {res['wall_s']:6.2f} s  {res['max_rss_mib']:6.0f} MiB", flush=True)
     return rows
 
 
@@ -211,15 +218,24 @@ def instrumented(tmp: str, r: int) -> dict:
 
 def compare(a: str, b: str) -> str:
     """``'identical'`` when two results.csv agree byte for byte outside the ``cell`` (cache key)
-    column, else the number of differing rows."""
+    column, else the number of differing rows. Columns that only one of them has (added by later code) are
+    named, and must be empty on every row for the two to count as identical."""
     import pandas as pd
 
     x, y = pd.read_csv(a, dtype=str, keep_default_na=False), pd.read_csv(b, dtype=str, keep_default_na=False)
-    if list(x.columns) != list(y.columns) or len(x) != len(y):
-        return f"different shapes {x.shape} vs {y.shape}"
-    cols = [c for c in x.columns if c != "cell"]
+    if len(x) != len(y):
+        return f"different row counts {len(x)} vs {len(y)}"
+    shared = [c for c in x.columns if c in y.columns]
+    extra = [c for c in list(x.columns) + list(y.columns) if c not in shared]
+    if list(x[shared].columns) != list(y[shared].columns):
+        return "the shared columns come in a different order"
+    filled = [c for c in extra if ((x[c] if c in x else y[c]) != "").any()]
+    if filled:
+        return f"columns of one version only, not empty: {', '.join(filled)}"
+    cols = [c for c in shared if c != "cell"]
     diff = int((x[cols] != y[cols]).any(axis=1).sum())
-    return "identical" if diff == 0 else f"{diff} of {len(x)} rows differ"
+    note = f" (columns of one version only, empty on every row: {', '.join(extra)})" if extra else ""
+    return ("identical" if diff == 0 else f"{diff} of {len(x)} rows differ") + note
 
 
 def main(argv=None):
@@ -257,7 +273,7 @@ def main(argv=None):
                 results = {}
                 for version, path in order:
                     got = scenarios(version.split()[0], path, tmp, r)
-                    results[version] = got[-1]["results_csv"]
+                    results[version] = next(g["results_csv"] for g in got if "results_csv" in g)
                     rows.extend(dict(g, version=version) for g in got)
                 if len(results) == 2:
                     checks.append(compare(*results.values()))
@@ -275,13 +291,19 @@ def main(argv=None):
                 subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
     summary = []
     for version, _ in versions:
-        for scenario in ("help", "bad input", "cold", "warm", "cached"):
+        for scenario in ("help", "bad input", "cold", "warm", "cached", "floor"):
             sel = [x for x in rows if x["version"] == version and x["scenario"] == scenario]
+            if not sel:
+                continue
             summary.append(dict(version=version, scenario=scenario, runs=len(sel),
                                 wall_s_median=C.median([x["wall_s"] for x in sel]),
                                 wall_s_min=min(x["wall_s"] for x in sel), wall_s_max=max(x["wall_s"] for x in sel),
                                 max_rss_mib_median=C.median([x["max_rss_mib"] for x in sel]),
                                 tensorflow_lines=any(x["tensorflow_lines"] for x in sel)))
+    floor = [x for x in summary if x["version"] == "current" and x["scenario"] == "floor"][0]["wall_s_median"]
+    for scenario in ("cold", "warm"):
+        main = [x for x in summary if x["version"] == "current" and x["scenario"] == scenario][0]["wall_s_median"]
+        summary.append(dict(version=f"ratio current / floor", scenario=scenario, wall_s_median=main / floor))
     if len(versions) == 2:
         for scenario in ("help", "bad input", "cold", "warm", "cached"):
             a, b = [s for s in summary if s["scenario"] == scenario]
