@@ -306,7 +306,7 @@ def main(argv=None):
         summary.append(dict(version=f"ratio current / floor", scenario=scenario, wall_s_median=main / floor))
     if len(versions) == 2:
         for scenario in ("help", "bad input", "cold", "warm", "cached"):
-            a, b = [s for s in summary if s["scenario"] == scenario]
+            a, b = [s for s in summary if s["scenario"] == scenario and s["version"] in dict(versions)]
             summary.append(dict(version="ratio baseline / current", scenario=scenario,
                                 wall_s_median=b["wall_s_median"] / a["wall_s_median"],
                                 max_rss_mib_median=b["max_rss_mib_median"] / a["max_rss_mib_median"]))
