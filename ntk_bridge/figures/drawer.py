@@ -7,6 +7,10 @@ while the caller computes; the caller then hands it ``(plot, table, path prefix)
 while the worker draws, and waits for it at the end. The files are the same as when drawn in-process (each
 written atomically by :func:`ntk_bridge.figures.style.save`); an error of a drawing is raised to the caller
 by :meth:`Drawer.wait`, and a worker that died is replaced by drawing in the caller's process.
+
+Like every ``spawn`` worker, it imports the caller's main module: a script that starts a sweep with
+``draw_aside`` must keep its work under ``if __name__ == "__main__":`` (the ``ntk-bridge`` command, ``python -m
+ntk_bridge.cli`` and ``python -c`` need nothing), or the worker would run the script again.
 """
 from __future__ import annotations
 
