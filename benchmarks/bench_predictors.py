@@ -259,10 +259,10 @@ def main(argv=None):
                            *CF.split_f0(np.zeros((P_, tasks.n_outputs)), layout))
             times = np.asarray([[cfg.inner_time, cfg.finetune_time, cfg.outer_time]], np.float64)
             ThB, KB = np.asarray(Th)[None], np.asarray(K)[None]
-            static = P._static_config(cfg, method)
+            program = P._program(ThB, KB, data, times, layout, cfg, method)
 
             def raw_call():
-                return P._predict_batched(ThB, KB, data, times, layout, static, method)
+                return program()
 
             raw_call()
             jax_floor(jphi)

@@ -40,13 +40,9 @@ __all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnost
 CLOSED_FORM_METHODS = tuple(m for m in registry.names(closed_form=True) if not registry.get(m).closed_form_needs_steps)
 #: The :class:`PredictorConfig` fields behind each grid setting a method can depend on
 #: (:data:`ntk_bridge.methods.SETTINGS`).
-SETTING_FIELDS = {
-    "inner_time": ("inner_time", "inner_steps", "inner_l2"),
-    "finetune_time": ("finetune_time", "finetune_steps"),
-    "outer_time": ("outer_time", "outer_steps"),
-    "mtl_data": ("mtl_data", "mtl_heads"),
-    "test_head": ("test_head",),
-}
+SETTING_FIELDS = {"inner_time": ("inner_time", "inner_steps", "inner_l2"),
+                  "finetune_time": ("finetune_time", "finetune_steps"), "outer_time": ("outer_time", "outer_steps"),
+                  "mtl_data": ("mtl_data", "mtl_heads"), "test_head": ("test_head",)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,19 +138,28 @@ class Prediction(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("layout", "cfg", "method"))
-def _predict_batched(Theta, K, d: Data, times, layout: Layout, cfg: PredictorConfig, method: str):
-    """One method's closed form, vmapped over a leading batch axis of ``Theta``, ``K`` (depths) and of
-    ``times`` ``[B, 3]``. One program per method (and static config): the methods of a sweep cell
-    compile once each, and a method that does not depend on a setting (ANIL on ``mtl_data``, say)
-    is not recomputed for it."""
-    fn = functools.partial(CLOSED_FORMS[method], layout=layout, cfg=cfg)
-    return jax.vmap(lambda th, k, t: fn(th, k, d, times=Times(t[0], t[1], t[2])), in_axes=(0, 0, 0))(Theta, K, times)
+def _predict_batched(Theta, K, G, d: Data, times, layout: Layout, cfg: PredictorConfig, method: str | None):
+    """One method's closed form vmapped over a leading batch axis of ``Theta``, ``K`` (depths) and ``times``
+    ``[B, 3]``: one program per method and static config (a setting the method does not depend on is not in
+    it). ANIL and MAML share one (``method=None``: :class:`GBMLOuter`'s dense form, inner kernel ``G``)."""
+    def one(th, k, g, t):
+        t = Times(t[0], t[1], t[2])
+        return (GBMLOuter(th, k, g, d, layout, cfg, t).dense() if method is None
+                else CLOSED_FORMS[method](th, k, d, layout=layout, cfg=cfg, times=t))
+    return jax.vmap(one, in_axes=(0, 0, None if G is None else 0, 0))(Theta, K, G, times)
+
+
+def _program(Theta, K, data: Data, times, layout: Layout, cfg: PredictorConfig, method: str):
+    """The call of :func:`_predict_batched` computing ``method`` (GBML's inner kernel chosen here)."""
+    inner = registry.get(method).inner_kernel if registry.get(method).role == "gbml" else None
+    G = None if inner is None else (K if inner == "K" else Theta)
+    return functools.partial(_predict_batched, Theta, K, G, data, times, layout, _static_config(cfg, method),
+                             method if G is None else None)
 
 
 def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:
-    """The static part of a config for one method: times are passed traced, so one compilation
-    serves them all, and settings the method does not read are reset to their defaults, so that
-    one compilation serves every value of them."""
+    """The static part of a config for one method: the times are traced (one compilation serves them all),
+    the settings the method does not read at their defaults (one serves every value of them)."""
     return dataclasses.replace(_relevant(cfg, method), inner_time=0.0, finetune_time=0.0, outer_time=0.0)
 
 
@@ -225,8 +230,7 @@ def predict_from_kernels(
     outer = solvers.choose(solver, layout, configs)
     by_structure = [m for m in methods if outer.structured and _has_structured_form(registry.get(m), configs[0])]
     jitted = [m for m in methods if not registry.get(m).closed_form_needs_steps and m not in by_structure]
-    raw = jax.device_get(concurrently({m: functools.partial(_predict_batched, Theta, K, data, times, layout,
-                                                            _static_config(configs[0], m), m) for m in jitted}))
+    raw = jax.device_get(concurrently({m: _program(Theta, K, data, times, layout, configs[0], m) for m in jitted}))
     residuals = {}
     for m in by_structure:
         raw[m], residuals[m] = _predict_structured(Theta, K, data, times, layout, configs, registry.get(m), outer)

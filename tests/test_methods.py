@@ -161,3 +161,22 @@ def test_each_trainer_on_the_linearised_network_equals_its_discrete_closed_form(
                 assert 1e-4 < gap < 0.5, (method, gap)
     moved = run.linearized["maml"][0] - run.linearized["baseline"][0]
     assert np.max(np.abs(moved)) > 1e-2  # meta-training changed the predictions
+
+
+def test_anil_and_maml_share_one_program_and_give_their_own_closed_forms(problem):
+    """ANIL and MAML are one compiled program with the inner kernel an argument; each equals its own closed
+    form (:data:`CLOSED_FORMS`) jitted alone, bit for bit."""
+    from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
+    from ntk_bridge.predictors import _predict_batched
+
+    tasks, Th, K, f0 = problem
+    cfg = PredictorConfig(inner_time=0.3, finetune_time=0.5)
+    _predict_batched.clear_cache()
+    got = predict_from_kernels(Th, K, tasks, cfg, ("anil", "maml"), f0=f0)
+    assert _predict_batched._cache_size() == 1
+    d = Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
+             *split_f0(np.asarray(f0).reshape(tasks.layout.n_points, -1), tasks.layout))
+    for m in ("anil", "maml"):
+        alone = jax.jit(lambda th, k, t: CLOSED_FORMS[m](th, k, d, tasks.layout, cfg, Times(*t))[0])(
+            Th, K, np.array([0.3, 0.5, cfg.outer_time]))
+        np.testing.assert_array_equal(got[m].values, np.asarray(alone))
