@@ -216,19 +216,19 @@ def sweep(
 @app.command("figures", epilog=epilog("figures"))
 @user_errors
 def figures_command(
-    quick: bool = typer.Option(False, "--quick", help="Small grids (a few minutes on 2 cores) instead of the "
-                                                      "full ones (about 20 minutes for the sweep figures, "
-                                                      "75 for the few-shot comparison).", rich_help_panel="Grid"),
+    quick: bool = typer.Option(False, "--quick", help="Small grids (a few minutes on 2 cores) instead of the full ones "
+                               "(about 20 minutes for the sweep figures, 75 for the few-shot comparison).",
+                               rich_help_panel="Grid"),
     out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them.",
                             rich_help_panel="Output"),
     only: Optional[str] = typer.Option(None, help="Comma list of figures to make (default: all): gap_vs_depth, "
-                                                  "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
-                                                  "finite_gap_vs_depth, fewshot, conv_gap_vs_depth, "
-                                                  "feature_learning_vs_width, finite_regimes_vs_width.",
-                                  rich_help_panel="Grid"),
-    runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps "
-                                                  "(default runs/figures/quick or runs/figures/full).",
-                                  rich_help_panel="Output"),
+                                       "gap_vs_inner_time, kernel_degeneracy, distance_vs_width, "
+                                       "finite_gap_vs_depth, fewshot, conv_gap_vs_depth, feature_learning_vs_width, "
+                                       "finite_regimes_vs_width.", rich_help_panel="Grid"),
+    runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps (default runs/figures/quick "
+                                       "or runs/figures/full).", rich_help_panel="Output"),
+    jobs: int = typer.Option(1, help="Worker processes making figures side by side (each figure's runs in one of "
+                             "them; the files are the same).", rich_help_panel="Execution"),
 ):
     """Regenerate every figure in figures/ (PNG, PDF and the CSV each is drawn from)."""
     import time
@@ -238,13 +238,13 @@ def figures_command(
     from ntk_bridge.runs import RunFolder
 
     names = parse_choices(only, "--only", tuple(FIGURES)) if only else None
+    require(jobs >= 1, "--jobs must be >= 1")
     RunFolder(out).check_writable()
     _device_once(None)()
     out_console, err_console = _consoles()
     started = time.time()
     with RunFolder(out).writing("the figures"):  # the sweeps behind them are cached: the rerun resumes
-        written = make_figures(out=out, quick=quick, only=names, run_root=runs,
-                               log=lambda m: err_console.print(f"[bold]{m}[/]"))
+        written = make_figures(out, quick, names, runs, lambda m: err_console.print(f"[bold]{m}[/]"), jobs)
     for name, paths in written.items():
         out_console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
     out_console.print(f"done in {time.time() - started:.0f} s")

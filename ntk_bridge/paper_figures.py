@@ -252,17 +252,55 @@ FIGURES: dict[str, Callable] = {
 }
 
 
+#: Figures that share a run folder, made one after the other in one process under ``--jobs`` (the second
+#: then finds the first one's cells); the longest (the few-shot comparison) first, so that it starts at once.
+_TOGETHER = (("fewshot",), ("distance_vs_width", "finite_gap_vs_depth"))
+
+
+def _make(names: tuple, quick: bool, run_root: str, out: str) -> dict[str, list[str]]:
+    """Make ``names`` one after the other (one worker's share under ``--jobs``)."""
+    g = grids(quick)
+    return {name: FIGURES[name](g, run_root, out) for name in names}
+
+
+def _groups(names: list[str]) -> list[tuple]:
+    """``names`` in groups for the workers: those of :data:`_TOGETHER` together, each other figure alone."""
+    groups = [tuple(n for n in group if n in names) for group in _TOGETHER]
+    grouped = {n for group in groups for n in group}
+    return [group for group in groups if group] + [(n,) for n in names if n not in grouped]
+
+
 def make_figures(out: str = "figures", quick: bool = False, only: list[str] | None = None,
-                 run_root: str | None = None, log: Callable[[str], None] = print) -> dict[str, list[str]]:
-    """Regenerate the figures (all, or ``only`` those named) into ``out``; returns their paths."""
+                 run_root: str | None = None, log: Callable[[str], None] = print, jobs: int = 1
+                 ) -> dict[str, list[str]]:
+    """Regenerate the figures (all, or ``only`` those named) into ``out``; returns their paths. ``jobs > 1``:
+    in that many worker processes (``spawn``), each figure's sweeps and training runs in one of them, figures
+    sharing a run folder in the same one; the files are those of ``jobs=1`` (every figure is computed from its
+    own cached, deterministic runs), apart from the few-shot figure's measured times."""
     mode = "quick" if quick else "full"
     run_root = run_root or os.path.join("runs", "figures", mode)
     os.makedirs(out, exist_ok=True)
-    g = grids(quick)
-    written = {}
-    for name, fn in FIGURES.items():
-        if only and name not in only:
-            continue
-        log(f"figure {name} ({mode})")
-        written[name] = fn(g, run_root, out)
-    return written
+    names = [name for name in FIGURES if not only or name in only]
+    if jobs <= 1 or len(names) < 2:
+        g = grids(quick)
+        written = {}
+        for name in names:
+            log(f"figure {name} ({mode})")
+            written[name] = FIGURES[name](g, run_root, out)
+        return written
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    made = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_make, group, quick, run_root, out): group for group in _groups(names)}
+        log(f"figures ({mode}) in {jobs} processes: " + "; ".join(", ".join(g) for g in futures.values()))
+        try:
+            for future in as_completed(futures):
+                made.update(future.result())
+                log(f"made {', '.join(futures[future])}")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return {name: made[name] for name in names}
