@@ -67,7 +67,7 @@ def child(out_dir: str) -> None:
     import scipy.linalg  # noqa: F401
     add("import pandas, scipy.linalg", time.perf_counter() - t)
     t = time.perf_counter()
-    import ntk_bridge.figures as figures
+    import ntk_bridge.figures  # noqa: F401  (the figure tables; matplotlib itself loads only to draw)
     import ntk_bridge.kernels as kernels
     import ntk_bridge.metrics as metrics
     import ntk_bridge.predictors as predictors  # noqa: F401
@@ -76,9 +76,7 @@ def child(out_dir: str) -> None:
     import ntk_bridge.sweep.run as sweep_run
     import ntk_bridge.sweep.write as sweep_write
     add("import ntk_bridge modules", time.perf_counter() - t)
-    t = time.perf_counter()
-    figures.style.pyplot()
-    add("import matplotlib.pyplot", time.perf_counter() - t)
+    # matplotlib is not imported here: the command draws its figure in a second process (figures.drawer)
 
     def listener(event, duration, **_):
         if event.startswith("/jax/core/compile/"):
