@@ -227,8 +227,7 @@ def figures_command(
                                        "finite_regimes_vs_width.", rich_help_panel="Grid"),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps (default runs/figures/quick "
                                        "or runs/figures/full).", rich_help_panel="Output"),
-    jobs: int = typer.Option(1, help="Worker processes making figures side by side (each figure's runs in one of "
-                             "them; the files are the same).", rich_help_panel="Execution"),
+    jobs: int = typer.Option(1, help="Processes making figures side by side.", rich_help_panel="Execution"),
 ):
     """Regenerate every figure in figures/ (PNG, PDF and the CSV each is drawn from)."""
     import time
@@ -244,7 +243,8 @@ def figures_command(
     out_console, err_console = _consoles()
     started = time.time()
     with RunFolder(out).writing("the figures"):  # the sweeps behind them are cached: the rerun resumes
-        written = make_figures(out, quick, names, runs, lambda m: err_console.print(f"[bold]{m}[/]"), jobs)
+        written = make_figures(out=out, quick=quick, only=names, run_root=runs,
+                               log=lambda m: err_console.print(f"[bold]{m}[/]"), jobs=jobs)
     for name, paths in written.items():
         out_console.print(f"{name}: " + ", ".join(os.path.basename(p) for p in paths))
     out_console.print(f"done in {time.time() - started:.0f} s")
