@@ -105,7 +105,9 @@ def _belong(df: pd.DataFrame, keys: list[str], counts: list[int], fields: list[M
     missing = [n for n in names if n not in df]
     for name in names:
         if name in df:
-            wanted = np.repeat(np.array([f.get(name, _ABSENT) for f in fields] + [None], object)[:-1], counts)
+            per_cell = np.empty(len(fields), object)  # one value per cell, never broadcast into more axes
+            per_cell[:] = [f.get(name, _ABSENT) for f in fields]
+            wanted = np.repeat(per_cell, counts)
             ok &= (df[name].to_numpy(object) == wanted) | (wanted == _ABSENT)
     ends = np.cumsum(counts)
     return [bool(ok[e - c:e].all()) and not any(n in f for n in missing)
@@ -116,20 +118,30 @@ def _belong(df: pd.DataFrame, keys: list[str], counts: list[int], fields: list[M
 _ABSENT = object()
 
 
-def _read_together(head: bytes, members: list[tuple[str, int, bytes]], fields: list[Mapping[str, object]]
-                   ) -> list[pd.DataFrame | None] | None:
-    """The rows of verified cell files with the column line ``head`` (``members``: ``(key, rows, the
-    body after the column line)``), parsed as one CSV and cut at the row counts: each cell's rows. ``None``
+def _parse_cell(key: str, rows: int, body: bytes, fields: Mapping[str, object]) -> pd.DataFrame | None:
+    """The rows of one verified cell file's ``body`` (its CSV), or ``None`` if they do not parse, are not
+    ``rows`` many or do not belong to the cell (:func:`_belong`)."""
+    try:
+        df = pd.read_csv(io.BytesIO(body), keep_default_na=True)
+    except _PARSE_ERRORS:
+        return None
+    return df if len(df) == rows and _belong(df, [key], [rows], [fields])[0] else None
+
+
+def _read_together(members: list[tuple[str, int, bytes]], fields: list[Mapping[str, object]]
+                   ) -> list[pd.DataFrame] | None:
+    """The rows of verified cell files of one column line (``members``: ``(key, rows, body)``), parsed as
+    one CSV and cut at the row counts: each cell's rows. ``None``
     where that may not equal the files' own parses: a body that does not end a line, a row count that does
     not add up, a parse error, a text column holding only numbers, booleans or blanks in some file (that
     file alone would have typed it as numbers), or a cell whose rows do not belong to it (:func:`_belong`;
     its rows took part in typing the columns)."""
-    if any(rest and not rest.endswith(b"\n") for _, _, rest in members):
+    head, rests = members[0][2].partition(b"\n")[0], [body.partition(b"\n")[2] for _, _, body in members]
+    if any(rest and not rest.endswith(b"\n") for rest in rests):
         return None
     counts = [n for _, n, _ in members]
     try:
-        df = pd.read_csv(io.BytesIO(b"\n".join([head, b"".join(rest for _, _, rest in members)])),
-                         keep_default_na=True)
+        df = pd.read_csv(io.BytesIO(b"\n".join([head, b"".join(rests)])), keep_default_na=True)
     except _PARSE_ERRORS:
         return None
     if len(df) != sum(counts):
@@ -219,13 +231,7 @@ class RunFolder:
         SHA-256, its row count, and that every row belongs to the cell (its ``cell`` column is ``key``
         and each of ``fields``, ``{column: value}``, the cell's grid fields, has the cell's value)."""
         got = self._verified(key)
-        if got is None:
-            return None
-        try:
-            df = pd.read_csv(io.BytesIO(got[1]), keep_default_na=True)
-        except _PARSE_ERRORS:
-            return None
-        return df if len(df) == got[0] and _belong(df, [key], [got[0]], [fields or {}])[0] else None
+        return None if got is None else _parse_cell(key, *got, fields or {})
 
     def read_cells(self, keys: Iterable[str], fields: Mapping[str, Mapping[str, object]] | None = None
                    ) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -236,25 +242,17 @@ class RunFolder:
         column line (a sweep's cells do), they are parsed as one CSV and cut at their row counts. Where that
         one parse could type a column differently from the files' own parses (a column of text in one file
         and of numbers in another, as the ``width`` column of a sweep with ``mup`` and finite widths; a
-        damaged cell among them; files of several column lines), the files are parsed one by one."""
+        damaged cell among them; files of several column lines), each file's bytes are parsed alone."""
         fields, keys = fields or {}, list(dict.fromkeys(keys))
-        read, groups = {}, {}
-        for key in keys:
-            got = self._verified(key)
-            if got is None:
-                read[key] = None
-                continue
-            head, _, rest = got[1].partition(b"\n")
-            groups.setdefault(head, []).append((key, got[0], rest))
-        for head, members in groups.items():
-            frames = None
-            if len(groups) == 1:  # tables of several column lines concatenate as their files' own parses do
-                frames = _read_together(head, members, [fields.get(k) or {} for k, _, _ in members])
-            if frames is None:  # one file at a time
-                frames = [self.read_cell(key, fields.get(key)) for key, _, _ in members]
-            read.update((key, df) for (key, _, _), df in zip(members, frames))
-        good = {k: read[k] for k in keys if read[k] is not None}
-        return good, [k for k in keys if read[k] is None and os.path.exists(self.cell_path(k))]
+        verified = {key: self._verified(key) for key in keys}
+        members = [(key, *got) for key, got in verified.items() if got is not None]
+        heads = {body.partition(b"\n")[0] for _, _, body in members}
+        frames = _read_together(members, [fields.get(k) or {} for k, _, _ in members]) if len(heads) == 1 else None
+        if frames is None:
+            frames = [_parse_cell(key, rows, body, fields.get(key) or {}) for key, rows, body in members]
+        read = dict(zip([key for key, _, _ in members], frames))
+        good = {k: read[k] for k in keys if read.get(k) is not None}
+        return good, [k for k in keys if read.get(k) is None and os.path.exists(self.cell_path(k))]
 
     # -- the other files -----------------------------------------------------------------------
     def write_table(self, name: str, df: pd.DataFrame) -> None:

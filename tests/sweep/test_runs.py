@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ntk_bridge import runs
 from ntk_bridge.runs import RunFolder, atomic_write
 
 
@@ -91,6 +92,6 @@ def test_a_sweeps_cells_are_parsed_in_one_go(tmp_path, monkeypatch):
     for i in range(3):
         folder.write_cell(f"k{i}", pd.DataFrame({"cell": f"k{i}", "width": [float(2 ** i)] * 2, "gap": [0.1, i]}))
     expected = _one_by_one(folder, ["k0", "k1", "k2"], {})
-    monkeypatch.setattr(RunFolder, "read_cell", lambda *a: pytest.fail("read one file at a time"))
+    monkeypatch.setattr(runs, "_parse_cell", lambda *a: pytest.fail("read one file at a time"))
     good, damaged = folder.read_cells(["k0", "k1", "k2"], {f"k{i}": {"width": float(2 ** i)} for i in range(3)})
     assert damaged == [] and _table_bytes(good) == _table_bytes(expected)
