@@ -40,6 +40,7 @@ place:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import sys
@@ -141,7 +142,13 @@ def shapes_once(memo: dict | None = None):
         _SHAPES.memo = outer
 
 
-_POOL: list = []
+@functools.cache
+def _pool():
+    """The threads of :func:`concurrently`: as many as this process may use cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ThreadPoolExecutor(max(1, cores), thread_name_prefix="ntk_bridge")
 
 
 def concurrently(calls: dict) -> dict:
@@ -153,12 +160,7 @@ def concurrently(calls: dict) -> dict:
     if (len(calls) < 2 or (jax is not None and jax.config.jax_disable_jit)
             or threading.current_thread().name.startswith("ntk_bridge")):  # never wait on the pool from inside it
         return {name: call() for name, call in calls.items()}
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL.append(ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                            else os.cpu_count() or 1), thread_name_prefix="ntk_bridge"))
-    futures = {name: _POOL[0].submit(call) for name, call in calls.items()}
+    futures = {name: _pool().submit(call) for name, call in calls.items()}
     return {name: future.result() for name, future in futures.items()}
 
 
