@@ -177,13 +177,20 @@ def test_absurd_step_size_is_reported_as_diverged_not_as_numbers(small_tasks):
     assert rows[numeric].isna().all().all()
 
 
+def _trained_each_way(tasks, steps, width, methods, n_networks=1, **setting):
+    """``{value: trained networks}`` of depth 1 (not linearised), ``steps`` outer steps, for each value of the
+    one :class:`finite.TrainingConfig` field in ``setting`` (``field=(value, ...)``)."""
+    (field, values), = setting.items()
+    kern = next(kernels_by_depth(tasks.all_points(), depths=[1]))
+    cfg = finite.discretise(PredictorConfig(), kern.ntk, tasks, finite.TrainingConfig(outer_steps=steps))
+    return {value: finite.train_networks(tasks, 1, width, cfg, methods, n_networks=n_networks,
+                                         training=finite.TrainingConfig(outer_steps=steps, linearized=False,
+                                                                        **{field: value}))
+            for value in values}
+
+
 def test_float32_training_is_float32_and_close_to_float64(small_tasks):
-    kern = next(kernels_by_depth(small_tasks.all_points(), depths=[1]))
-    cfg = finite.discretise(PredictorConfig(), kern.ntk, small_tasks, finite.TrainingConfig(outer_steps=20))
-    out = {}
-    for dtype in ("float32", "float64"):
-        training = finite.TrainingConfig(outer_steps=20, dtype=dtype, linearized=False)
-        out[dtype] = finite.train_networks(small_tasks, 1, 64, cfg, ("anil",), training=training)
+    out = _trained_each_way(small_tasks, 20, 64, ("anil",), dtype=("float32", "float64"))
     a, b = out["float32"].finite["anil"], out["float64"].finite["anil"]
     assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-4
     arch = networks.architecture_for(None, 64, 1)
@@ -198,13 +205,7 @@ def test_float32_training_is_float32_and_close_to_float64(small_tasks):
 
 
 def test_vmap_and_map_batching_train_the_same_networks(small_tasks):
-    kern = next(kernels_by_depth(small_tasks.all_points(), depths=[1]))
-    cfg = finite.discretise(PredictorConfig(), kern.ntk, small_tasks, finite.TrainingConfig(outer_steps=5))
-    out = {}
-    for batching in ("vmap", "map"):
-        training = finite.TrainingConfig(outer_steps=5, linearized=False, batching=batching)
-        out[batching] = finite.train_networks(small_tasks, 1, 16, cfg, ("mtl", "maml"), n_networks=2,
-                                              training=training)
+    out = _trained_each_way(small_tasks, 5, 16, ("mtl", "maml"), n_networks=2, batching=("vmap", "map"))
     for method in ("mtl", "maml"):
         np.testing.assert_allclose(out["vmap"].finite[method], out["map"].finite[method], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(out["vmap"].history[method], out["map"].history[method], rtol=1e-10)
