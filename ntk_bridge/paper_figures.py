@@ -276,12 +276,20 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     """Regenerate the figures (all, or ``only`` those named) into ``out``; returns their paths. ``jobs > 1``:
     in that many worker processes (``spawn``), each figure's sweeps and training runs in one of them, figures
     sharing a run folder in the same one; the files are those of ``jobs=1`` (every figure is computed from its
-    own cached, deterministic runs), apart from the few-shot figure's measured times."""
+    own cached, deterministic runs), apart from the few-shot figure's measured times. The few-shot comparison's
+    training runs (methods x seeds) are spread over the workers too, before its figure is drawn from them."""
     mode = "quick" if quick else "full"
     run_root = run_root or os.path.join("runs", "figures", mode)
     os.makedirs(out, exist_ok=True)
     names = [name for name in FIGURES if not only or name in only]
-    if jobs <= 1 or len(names) < 2:
+    fewshot_dir = os.path.join(run_root, "fewshot")
+    if jobs > 1 and "fewshot" in names:
+        from ntk_bridge.fewshot import figure as fewshot
+
+        runs = fewshot.runs_to_train(fewshot_dir, quick)
+    else:
+        runs = []
+    if jobs <= 1 or (len(names) < 2 and len(runs) < 2):
         g = grids(quick)
         written = {}
         for name in names:
@@ -289,18 +297,35 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
             written[name] = FIGURES[name](g, run_root, out)
         return written
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    made = {}
+    if runs:
+        fewshot.load_data(quick)  # rendered once here, not by every worker at once
+    made, groups = {}, _groups(names)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_make, group, quick, run_root, out): group for group in _groups(names)}
-        log(f"figures ({mode}) in {jobs} processes: " + "; ".join(", ".join(g) for g in futures.values()))
+        # the few-shot comparison's training runs first, each on its own; the figure is drawn once they are saved
+        trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
+        futures = {pool.submit(_make, g, quick, run_root, out): g for g in groups if not (runs and g == ("fewshot",))}
+        log(f"figures ({mode}) in {jobs} processes: "
+            + (f"{len(runs)} few-shot training runs, then " if runs else "")
+            + "; ".join(", ".join(g) for g in futures.values()))
+        pending = set(trains) | set(futures)
         try:
-            for future in as_completed(futures):
-                made.update(future.result())
-                log(f"made {', '.join(futures[future])}")
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future in trains:
+                        future.result()
+                        log("few-shot run {} seed {} trained".format(*trains[future]))
+                        if all(f.done() for f in trains) and ("fewshot",) not in futures.values():
+                            last = pool.submit(_make, ("fewshot",), quick, run_root, out)
+                            futures[last] = ("fewshot",)
+                            pending.add(last)
+                    else:
+                        made.update(future.result())
+                        log(f"made {', '.join(futures[future])}")
         except BaseException:
-            for future in futures:
+            for future in list(trains) + list(futures):
                 future.cancel()
             raise
     return {name: made[name] for name in names}

@@ -5,7 +5,10 @@
 with every other option at its default; quick: a smoke-sized run). Both use a step cap and no time
 cap, so a rerun takes the same steps and draws the same curves. :func:`make_fewshot_figure` runs
 :func:`~ntk_bridge.fewshot.experiment.run_fewshot` into a run folder (once; an existing
-``results.csv`` is reused) and copies the figure and the tables behind it into ``out``:
+``results.csv`` is reused) and copies the figure and the tables behind it into ``out``. Its training runs
+are independent: :func:`runs_to_train` lists them and :func:`train_run` trains one into the run folder, so
+that ``ntk-bridge figures --jobs N`` trains them in N processes before :func:`make_fewshot_figure` finds
+them saved (the same rows, curves and accuracies; only the measured seconds differ from run to run):
 
 * ``fewshot_accuracy_vs_time.png`` / ``.pdf`` -- the figure;
 * ``fewshot_accuracy_vs_time.csv`` -- the validation curves it is drawn from (``curves.csv``);
@@ -14,6 +17,7 @@ cap, so a rerun takes the same steps and draws the same curves. :func:`make_fews
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -57,3 +61,34 @@ def make_fewshot_figure(run_dir: str | os.PathLike, out: str | os.PathLike, quic
         shutil.copyfile(run_dir / source, out / name)
         written.append(str(out / name))
     return written
+
+
+def runs_to_train(run_dir: str | os.PathLike, quick: bool = False) -> list[tuple[str, int]]:
+    """The ``(method, seed)`` training runs of the figure's comparison, in the order :func:`make_fewshot_figure`
+    trains them, or none when ``run_dir`` already holds its ``results.csv``."""
+    return [] if (Path(run_dir) / "results.csv").exists() else _runs(figure_config(quick)[0])
+
+
+def _runs(config: FewShotConfig) -> list[tuple[str, int]]:
+    return [(m.method, seed) for seed in config.seeds for m in config.methods]
+
+
+def load_data(quick: bool = False):
+    """The figure's dataset (rendered once into the cache, then read from it)."""
+    return figure_config(quick)[1].load()
+
+
+def train_run(run_dir: str | os.PathLike, quick: bool, method: str, seed: int) -> None:
+    """Train and test one run of the figure's comparison and save it in ``run_dir`` (a run saved there already
+    is kept): the run :func:`make_fewshot_figure` would train, under the same key, so that it finds it."""
+    from ntk_bridge.fewshot.experiment import check_out, run_experiment
+    from ntk_bridge.fewshot.store import TrainedRuns
+    from ntk_bridge.runs import RunFolder
+
+    config, data = figure_config(quick)
+    if (method, seed) not in _runs(config):
+        raise ValueError(f"the few-shot figure has no run {method!r} with seed {seed}")
+    one = dataclasses.replace(config, methods=tuple(m for m in config.methods if m.method == method), seeds=(seed,))
+    saved = TrainedRuns(check_out(run_dir))
+    with RunFolder(run_dir).writing("a finished training run"):
+        run_experiment(one, data.load(), saved=saved)

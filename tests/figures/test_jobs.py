@@ -31,3 +31,66 @@ def test_figures_made_in_two_processes_are_the_figures_made_in_one(tmp_path):
         for a, b in zip(one[name], two[name]):
             assert os.path.basename(a) == os.path.basename(b)
             assert open(a, "rb").read() == open(b, "rb").read(), a
+
+
+#: The few-shot figure's measured columns: the only ones allowed to differ between two trainings of a run.
+_MEASURED = ("seconds", "cpu_s_", "step_cost")
+
+
+def _tiny_figure_config(quick=False):
+    import dataclasses
+
+    from ntk_bridge.datasets.loaders import DataSpec
+    from ntk_bridge.fewshot.experiment import FewShotConfig
+    from ntk_bridge.fewshot.methods import default_method_config
+    from ntk_bridge.fewshot.models import ModelConfig
+
+    methods = tuple(dataclasses.replace(default_method_config(m), meta_batch=2, train_queries=2)
+                    for m in ("mtl", "anil", "protonet"))
+    return (FewShotConfig(ways=3, shots=(1,), methods=methods, seeds=(0, 1), max_steps=4, checkpoints=2,
+                          val_episodes=2, test_episodes=8, model=ModelConfig("mlp", 16, 1)), DataSpec("digits"))
+
+
+def test_fewshot_runs_trained_one_by_one_are_the_runs_the_figure_trains_in_one_go(tmp_path, monkeypatch):
+    """What ``figures --jobs N`` does with the few-shot comparison, in-process: each (method, seed) run trained on
+    its own by ``train_run`` and then found by ``make_fewshot_figure``, against the figure trained in one go."""
+    import json
+
+    import pandas as pd
+
+    from ntk_bridge.fewshot import figure as fewshot
+
+    monkeypatch.setattr(fewshot, "figure_config", _tiny_figure_config)
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    runs = fewshot.runs_to_train(split)
+    assert runs == [("mtl", 0), ("anil", 0), ("protonet", 0), ("mtl", 1), ("anil", 1), ("protonet", 1)]
+    for method, seed in reversed(runs):  # any order
+        fewshot.train_run(split, False, method, seed)
+    with pytest.raises(ValueError, match="no run 'maml'"):
+        fewshot.train_run(split, False, "maml", 0)
+    fewshot.make_fewshot_figure(split, tmp_path / "out_split", log=lambda m: None)
+    fewshot.make_fewshot_figure(whole, tmp_path / "out_whole", log=lambda m: None)
+    assert json.loads((split / "config.json").read_text())["reused_runs"] == len(runs)
+    assert "reused_runs" not in json.loads((whole / "config.json").read_text())
+    assert fewshot.runs_to_train(split) == []
+    for name in ("fewshot_results.csv", "fewshot_summary.csv", "fewshot_accuracy_vs_time.csv"):
+        a, b = pd.read_csv(tmp_path / "out_split" / name), pd.read_csv(tmp_path / "out_whole" / name)
+        assert list(a.columns) == list(b.columns)
+        exact = [c for c in a.columns if not any(m in c for m in _MEASURED)]
+        assert len(exact) > 5
+        pd.testing.assert_frame_equal(a[exact], b[exact], check_exact=True)
+
+
+@pytest.mark.slow  # the quick few-shot figure twice (about 2.5 min): pytest -m slow, in .ci/run
+def test_the_quick_fewshot_figure_trained_in_two_processes_is_the_one_trained_in_one(tmp_path):
+    import pandas as pd
+
+    one = make_figures(str(tmp_path / "one"), True, ["fewshot"], str(tmp_path / "runs1"), log=lambda m: None)
+    lines = []
+    two = make_figures(str(tmp_path / "two"), True, ["fewshot"], str(tmp_path / "runs2"), log=lines.append, jobs=2)
+    assert sum("few-shot run" in line and "trained" in line for line in lines) == 5, lines
+    for a, b in zip(one["fewshot"], two["fewshot"]):
+        if a.endswith(".csv"):
+            x, y = pd.read_csv(a), pd.read_csv(b)
+            exact = [c for c in x.columns if not any(m in c for m in _MEASURED)]
+            pd.testing.assert_frame_equal(x[exact], y[exact], check_exact=True)
