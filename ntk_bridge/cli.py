@@ -227,7 +227,7 @@ def figures_command(
                                        "finite_regimes_vs_width.", rich_help_panel="Grid"),
     runs: Optional[str] = typer.Option(None, help="Cache folder of the underlying sweeps (default runs/figures/quick "
                                        "or runs/figures/full).", rich_help_panel="Output"),
-    jobs: int = typer.Option(1, help="Processes making figures side by side.", rich_help_panel="Execution"),
+    jobs: int = typer.Option(1, help="Processes making figures and training runs side by side.", rich_help_panel="Execution"),
 ):
     """Regenerate every figure in figures/ (PNG, PDF and the CSV each is drawn from)."""
     import time

@@ -253,7 +253,8 @@ FIGURES: dict[str, Callable] = {
 
 
 #: Figures that share a run folder, made one after the other in one process under ``--jobs`` (the second
-#: then finds the first one's cells); the longest (the few-shot comparison) first, so that it starts at once.
+#: then finds the first one's cells); the longest (the few-shot comparison) first, so that it starts at once
+#: (when its training runs are still to do, they go first, one by one, and the figure after them).
 _TOGETHER = (("fewshot",), ("distance_vs_width", "finite_gap_vs_depth"))
 
 
