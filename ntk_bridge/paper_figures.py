@@ -271,26 +271,41 @@ def _groups(names: list[str]) -> list[tuple]:
     return [group for group in groups if group] + [(n,) for n in names if n not in grouped]
 
 
+def _usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def _one_core(cores) -> None:
+    """A figure worker's start: pinned to the next core of ``cores`` before JAX makes its thread pool
+    (:func:`make_figures`; where the platform cannot pin a process, the worker keeps every core)."""
+    core = cores.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+
+
 def make_figures(out: str = "figures", quick: bool = False, only: list[str] | None = None,
                  run_root: str | None = None, log: Callable[[str], None] = print, jobs: int = 1
                  ) -> dict[str, list[str]]:
-    """Regenerate the figures (all, or ``only`` those named) into ``out``; returns their paths. ``jobs > 1``:
-    in that many worker processes (``spawn``), each figure's sweeps and training runs in one of them, figures
-    sharing a run folder in the same one; the files are those of ``jobs=1`` (every figure is computed from its
-    own cached, deterministic runs), apart from the few-shot figure's measured times. The few-shot comparison's
-    training runs (methods x seeds) are spread over the workers too, before its figure is drawn from them."""
+    """Regenerate the figures (all, or ``only`` those named) into ``out``; returns their paths.
+
+    The figures are made in ``jobs`` worker processes (``spawn``), **each pinned to one core**: XLA sizes its
+    thread pool by the cores a process may use, and the networks trained for the few-shot comparison and
+    ``conv_gap_vs_depth`` round differently with different pool sizes, so one core per worker gives their
+    numbers on any machine (the closed forms' and the sweeps' do not depend on it). Only a process that may
+    use one core anyway makes them in itself when ``jobs = 1``. Each figure's sweeps and training runs happen
+    in one worker, figures sharing a run folder in the same one, and the few-shot comparison's training runs
+    (methods x seeds) one by one, before its figure is drawn from them. The files are the same for every
+    ``jobs`` (every figure is computed from its own cached, deterministic runs), apart from the few-shot
+    figure's measured times."""
     mode = "quick" if quick else "full"
     run_root = run_root or os.path.join("runs", "figures", mode)
     os.makedirs(out, exist_ok=True)
     names = [name for name in FIGURES if not only or name in only]
     fewshot_dir = os.path.join(run_root, "fewshot")
-    if jobs > 1 and "fewshot" in names:
-        from ntk_bridge.fewshot import figure as fewshot
+    from ntk_bridge.fewshot import figure as fewshot
 
-        runs = fewshot.runs_to_train(fewshot_dir, quick)
-    else:
-        runs = []
-    if jobs <= 1 or (len(names) < 2 and len(runs) < 2):
+    runs = fewshot.runs_to_train(fewshot_dir, quick) if "fewshot" in names else []
+    if jobs <= 1 and len(_usable_cores()) == 1:
         g = grids(quick)
         written = {}
         for name in names:
@@ -303,11 +318,15 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     if runs:
         fewshot.load_data(quick)  # rendered once here, not by every worker at once
     made, groups = {}, _groups(names)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    jobs, context = max(jobs, 1), multiprocessing.get_context("spawn")
+    cores = context.SimpleQueue()  # a core for each worker, in turn
+    for i in range(jobs):
+        cores.put(_usable_cores()[i % len(_usable_cores())])
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_core, initargs=(cores,)) as pool:
         # the few-shot comparison's training runs first, each on its own; the figure is drawn once they are saved
         trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
         futures = {pool.submit(_make, g, quick, run_root, out): g for g in groups if not (runs and g == ("fewshot",))}
-        log(f"figures ({mode}) in {jobs} processes: "
+        log(f"figures ({mode}) in {jobs} process{'es' if jobs > 1 else ''} of one core each: "
             + (f"{len(runs)} few-shot training runs, then " if runs else "")
             + "; ".join(", ".join(g) for g in futures.values()))
         pending = set(trains) | set(futures)
@@ -317,7 +336,8 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
                 for future in done:
                     if future in trains:
                         future.result()
-                        log("few-shot run {} seed {} trained".format(*trains[future]))
+                        log("few-shot run {} seed {} trained ({} of {})".format(
+                            *trains[future], sum(f.done() for f in trains), len(trains)))
                         if all(f.done() for f in trains) and ("fewshot",) not in futures.values():
                             last = pool.submit(_make, ("fewshot",), quick, run_root, out)
                             futures[last] = ("fewshot",)

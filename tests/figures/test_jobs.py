@@ -94,3 +94,30 @@ def test_the_quick_fewshot_figure_trained_in_two_processes_is_the_one_trained_in
             x, y = pd.read_csv(a), pd.read_csv(b)
             exact = [c for c in x.columns if not any(m in c for m in _MEASURED)]
             pd.testing.assert_frame_equal(x[exact], y[exact], check_exact=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="the platform cannot pin a process")
+def test_figure_workers_are_pinned_to_one_core_each():
+    """XLA sizes its thread pool by a process's cores, and the trained networks' numbers depend on that size:
+    a figure worker starts on one core (``make_figures``' initializer)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ntk_bridge import paper_figures
+
+    context = multiprocessing.get_context("spawn")
+    cores = context.SimpleQueue()
+    core = paper_figures._usable_cores()[-1]
+    cores.put(core)
+    with ProcessPoolExecutor(1, mp_context=context, initializer=paper_figures._one_core, initargs=(cores,)) as pool:
+        assert pool.submit(os.sched_getaffinity, 0).result() == {core}
+
+
+def test_one_job_on_one_core_makes_the_figures_in_this_process(monkeypatch, tmp_path):
+    from ntk_bridge import paper_figures
+
+    made_in = []
+    monkeypatch.setitem(paper_figures.FIGURES, "kernel_degeneracy", lambda g, runs, out: made_in.append(os.getpid()) or [])
+    monkeypatch.setattr(paper_figures, "_usable_cores", lambda: [3])
+    made = paper_figures.make_figures(str(tmp_path), True, ["kernel_degeneracy"], str(tmp_path / "runs"), log=print)
+    assert made == {"kernel_degeneracy": []} and made_in == [os.getpid()]
