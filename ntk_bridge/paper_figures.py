@@ -301,11 +301,8 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     run_root = run_root or os.path.join("runs", "figures", mode)
     os.makedirs(out, exist_ok=True)
     names = [name for name in FIGURES if not only or name in only]
-    fewshot_dir = os.path.join(run_root, "fewshot")
-    from ntk_bridge.fewshot import figure as fewshot
-
-    runs = fewshot.runs_to_train(fewshot_dir, quick) if "fewshot" in names else []
-    if jobs <= 1 and len(_usable_cores()) == 1:
+    cores = _usable_cores()
+    if jobs <= 1 and len(cores) == 1:
         g = grids(quick)
         written = {}
         for name in names:
@@ -315,14 +312,18 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from ntk_bridge.fewshot import figure as fewshot
+
+    fewshot_dir = os.path.join(run_root, "fewshot")
+    runs = fewshot.runs_to_train(fewshot_dir, quick) if "fewshot" in names else []
     if runs:
         fewshot.load_data(quick)  # rendered once here, not by every worker at once
     made, groups = {}, _groups(names)
     jobs, context = max(jobs, 1), multiprocessing.get_context("spawn")
-    cores = context.SimpleQueue()  # a core for each worker, in turn
+    queue = context.SimpleQueue()  # a core for each worker, in turn
     for i in range(jobs):
-        cores.put(_usable_cores()[i % len(_usable_cores())])
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_core, initargs=(cores,)) as pool:
+        queue.put(cores[i % len(cores)])
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_core, initargs=(queue,)) as pool:
         # the few-shot comparison's training runs first, each on its own; the figure is drawn once they are saved
         trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
         futures = {pool.submit(_make, g, quick, run_root, out): g for g in groups if not (runs and g == ("fewshot",))}
