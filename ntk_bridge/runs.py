@@ -18,6 +18,9 @@ file (``tempfile.mkstemp`` alone would leave them ``0600``).
 sweeps started into one folder do not both compute every cell: the second waits, then finds the
 first one's cells and computes only what is still missing.
 
+**Nothing left behind.** A writer killed mid-write (``kill -9``, a power loss) can leave its temporary
+file; the next run removes such files once it holds the lock (:meth:`RunFolder.remove_leftovers`).
+
 **Self-verifying cells.** A cell file starts with one line ``# ntk_bridge cell v1 rows=N
 sha256=H`` followed by the CSV of its rows; ``H`` is the SHA-256 of the CSV bytes. A file that is
 empty, cut short, altered or unparseable fails :meth:`RunFolder.read_cell` and counts as missing, so
@@ -204,6 +207,23 @@ class RunFolder:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove the temporary files a killed writer left (:func:`atomic_write`'s ``.<name>.<random>.tmp``)
+        from the folder and ``cells/``; return their paths. Call it only while holding :meth:`lock`: every
+        writer of a run folder holds it, so none of these files is being written."""
+        gone = []
+        for folder in (self.path, self.cells):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        gone.append(os.path.join(folder, name))
+        return gone
 
     # -- cells ---------------------------------------------------------------------------------
     def cell_path(self, key: str) -> str:

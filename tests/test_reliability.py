@@ -107,6 +107,21 @@ def test_kill_9_mid_sweep_then_rerun_is_the_fresh_result(tmp_path):
     assert not [p for p in (out / "cells").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path, fresh):
+    # what a kill between atomic_write's mkstemp and its rename leaves (the race above hits it only sometimes)
+    assert main([*CLI_SMALL, "--out", str(tmp_path)]) == 0
+    cells = sorted((tmp_path / "cells").glob("*.csv"))
+    left = [tmp_path / "cells" / f".{cells[0].name}.k1ll3d.tmp", tmp_path / ".results.csv.x9z8y7.tmp"]
+    for path in left:
+        path.write_bytes(cells[0].read_bytes()[:40])
+    cells[1].unlink()  # and one cell still to compute
+    keep = tmp_path / "cells" / "notes.tmp"  # not a name atomic_write gives: not ours to remove
+    keep.write_text("mine")
+    assert main([*CLI_SMALL, "--out", str(tmp_path)]) == 0
+    assert not any(p.exists() for p in left) and keep.read_text() == "mine"
+    assert pd.read_csv(tmp_path / "results.csv").to_csv(index=False) == fresh
+
+
 # -- a full disk ---------------------------------------------------------------------------------
 
 def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, fresh, monkeypatch, capsys):

@@ -167,6 +167,7 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
             stack.enter_context(s.folder.lock(
                 on_wait=lambda d=s.job.run_dir: progress.note(f"another sweep is writing to {d}; waiting for it")))
         for s in sweeps:
+            s.folder.remove_leftovers()  # a killed run's temporary files; every writer holds the lock
             s.done, s.damaged = s.folder.read_cells(dict.fromkeys(s.keys),
                                                     {k: dataclasses.asdict(c) for c, k in zip(s.cells, s.keys)})
             if s.damaged:
