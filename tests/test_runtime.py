@@ -146,3 +146,56 @@ def test_shapes_once_works_out_each_layers_shapes_once_and_changes_nothing(monke
     traced.clear()
     pass_(1)
     assert len(traced) == 2 * 3 * 2  # outside the block: traced on every call again
+
+
+# -- a heap that keeps what it frees ------------------------------------------------------------
+
+_GLIBC = sys.platform.startswith("linux") and hasattr(os, "confstr") and "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+
+_REFAULTS = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from ntk_bridge import runtime
+    if sys.argv[1] == "steady":
+        assert runtime.steady_heap()
+    np.core.multiarray._set_madvise_hugepage(False)  # 4 KiB pages, as XLA's buffers get
+    np.ones(80 << 17)  # 80 MiB, freed at once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    np.ones(80 << 17)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+@pytest.mark.skipif(not _GLIBC, reason="steady_heap acts on glibc's malloc only")
+def test_steady_heap_reuses_a_freed_large_block_instead_of_mapping_it_again():
+    faults = {mode: int(subprocess.run([sys.executable, "-c", _REFAULTS, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("plain", "steady")}
+    assert faults["plain"] > 15_000  # 20,480 pages mapped and zeroed afresh
+    assert faults["steady"] < 1_000, faults  # the same pages again
+
+
+_TRAIN = textwrap.dedent("""
+    import dataclasses, os, sys
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core either way: XLA's threads round differently
+    from ntk_bridge import runtime
+    if sys.argv[1] == "steady":
+        assert runtime.steady_heap()
+    from ntk_bridge.datasets.loaders import DataSpec
+    from ntk_bridge.fewshot.experiment import FewShotConfig, run_experiment
+    from ntk_bridge.fewshot.methods import default_method_config
+    from ntk_bridge.fewshot.models import ModelConfig
+    methods = tuple(dataclasses.replace(default_method_config(m), meta_batch=2, train_queries=2) for m in ("mtl", "maml"))
+    config = FewShotConfig(ways=3, shots=(1,), methods=methods, seeds=(0,), max_steps=6, checkpoints=2, val_episodes=2,
+                           test_episodes=8, model=ModelConfig("mlp", 16, 1))
+    results = run_experiment(config, DataSpec("digits").load()).results
+    exact = [c for c in results.columns if not any(m in c for m in ("seconds", "cpu_s_", "step_cost"))]
+    print(results[exact].to_csv(index=False))
+""")
+
+
+@pytest.mark.skipif(not _GLIBC or not hasattr(os, "sched_setaffinity"), reason="glibc and Linux affinity only")
+def test_steady_heap_changes_no_trained_number():
+    out = {mode: subprocess.run([sys.executable, "-c", _TRAIN, mode], capture_output=True, text=True, check=True).stdout
+           for mode in ("plain", "steady")}
+    assert len(out["plain"].split()) == 4 and "maml" in out["plain"]  # header, the baseline, two methods
+    assert out["steady"] == out["plain"]
