@@ -271,22 +271,6 @@ def _groups(names: list[str]) -> list[tuple]:
     return [group for group in groups if group] + [(n,) for n in names if n not in grouped]
 
 
-def _usable_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-
-
-def _one_core(cores) -> None:
-    """A figure worker's start: pinned to the next core of ``cores`` before JAX makes its thread pool
-    (:func:`make_figures`; where the platform cannot pin a process, the worker keeps every core), with a heap
-    that keeps what it frees (:func:`ntk_bridge.runtime.steady_heap`: a quarter off each training step)."""
-    from ntk_bridge.runtime import steady_heap
-
-    core = cores.get()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
-    steady_heap()
-
-
 def make_figures(out: str = "figures", quick: bool = False, only: list[str] | None = None,
                  run_root: str | None = None, log: Callable[[str], None] = print, jobs: int = 1
                  ) -> dict[str, list[str]]:
@@ -305,16 +289,16 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     run_root = run_root or os.path.join("runs", "figures", mode)
     os.makedirs(out, exist_ok=True)
     names = [name for name in FIGURES if not only or name in only]
-    cores = _usable_cores()
-    if jobs <= 1 and len(cores) == 1:
+    from ntk_bridge import runtime
+
+    if jobs <= 1 and len(runtime.usable_cores()) == 1:
         g = grids(quick)
         written = {}
         for name in names:
             log(f"figure {name} ({mode})")
             written[name] = FIGURES[name](g, run_root, out)
         return written
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from ntk_bridge.fewshot import figure as fewshot
 
@@ -323,11 +307,8 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     if runs:
         fewshot.load_data(quick)  # rendered once here, not by every worker at once
     made, groups = {}, _groups(names)
-    jobs, context = max(jobs, 1), multiprocessing.get_context("spawn")
-    queue = context.SimpleQueue()  # a core for each worker, in turn
-    for i in range(jobs):
-        queue.put(cores[i % len(cores)])
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_core, initargs=(queue,)) as pool:
+    jobs = max(jobs, 1)
+    with runtime.one_core_pool(jobs) as pool:  # one core's numbers on any machine, a heap that keeps what it frees
         # the few-shot comparison's training runs first, each on its own; the figure is drawn once they are saved
         trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
         futures = {pool.submit(_make, g, quick, run_root, out): g for g in groups if not (runs and g == ("fewshot",))}

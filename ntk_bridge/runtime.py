@@ -34,6 +34,11 @@ place:
 * **BLAS threads.** JAX's CPU ``eigh`` and ``solve`` call scipy's LAPACK, whose OpenBLAS rounds
   differently with different thread counts. :func:`blas_threads` fixes the count (threadpoolctl)
   for a block of work; sweeps record it in ``config.json`` and in every cell's cache key.
+* **Worker processes of one core each** (:func:`one_core_pool`). XLA sizes its CPU thread pool by the cores a
+  process may use, and a network trained with one thread rounds differently from one trained with two: the
+  few-shot networks' steps to their plateau and accuracies move with the machine. A worker pinned to one core
+  before JAX starts gives one core's numbers on any machine (those of ``taskset -c 1``), so ``ntk-bridge figures``
+  and ``ntk-bridge fewshot --jobs N`` train there. The closed forms and the sweeps do not depend on it.
 * **A heap that keeps what it frees** (:func:`steady_heap`, glibc only). XLA's CPU runtime allocates each
   execution's working memory anew and frees it after; glibc serves a block above 32 MiB (and, on a thread
   with its own arena, above 64 MiB at most) by ``mmap`` and returns it at ``free``, so every training step
@@ -41,7 +46,7 @@ place:
   training process's time went to page faults. One arena, no ``mmap`` and no trimming keep the freed
   blocks for the next step. Nothing numerical changes (the same runs give the same numbers, bit for bit,
   ``tests/test_runtime.py``); memory stays at its peak until the process ends, so only processes that
-  train networks call it (the figure workers, ``ntk-bridge fewshot``).
+  train networks on one core call it (the workers of :func:`one_core_pool`, ``ntk-bridge fewshot`` on one core).
 * **Compilation cache.** :func:`enable_compilation_cache` points JAX's persistent compilation cache
   at ``<cache>/jax`` (:func:`cache_dir`), so a second run of a given shape does not recompile.
 """
@@ -56,7 +61,7 @@ import threading
 import types
 
 __all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "cache_dir", "enable_compilation_cache",
-           "blas_threads", "current_blas_threads", "steady_heap", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
+           "blas_threads", "current_blas_threads", "steady_heap", "usable_cores", "one_core_pool", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
 #: thread is the fastest here: a sweep's matrices are 100-300 points square, where a second OpenBLAS
@@ -170,6 +175,34 @@ def concurrently(calls: dict) -> dict:
         return {name: call() for name, call in calls.items()}
     futures = {name: _pool().submit(call) for name, call in calls.items()}
     return {name: future.result() for name, future in futures.items()}
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may use (all of them where the platform cannot say)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def _one_core(cores) -> None:
+    """A worker's start (:func:`one_core_pool`): pinned to the next core of the queue ``cores`` before JAX makes its
+    thread pool (where the platform cannot pin a process, the worker keeps every core), with :func:`steady_heap`."""
+    core = cores.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    steady_heap()
+
+
+def one_core_pool(jobs: int):
+    """A ``ProcessPoolExecutor`` of ``jobs`` fresh (``spawn``) worker processes, each pinned to one core, the cores
+    of this process taken in turn, with a heap that keeps what it frees (see the module docstring). Code that
+    submits to it must be importable by the workers (a script needs an ``if __name__ == "__main__":`` guard)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context, cores = multiprocessing.get_context("spawn"), usable_cores()
+    queue = context.SimpleQueue()  # a core for each worker, in turn
+    for i in range(max(jobs, 1)):
+        queue.put(cores[i % len(cores)])
+    return ProcessPoolExecutor(max(jobs, 1), mp_context=context, initializer=_one_core, initargs=(queue,))
 
 
 def _enable_x64() -> None:

@@ -7,6 +7,7 @@ typer and constants are imported at module level (``ntk-bridge --help`` imports 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -121,6 +122,7 @@ def fewshot_command(
     meta_batch: Optional[int] = fewshot_option("meta_batch"),
     set_: List[str] = fewshot_option("set_"),
     quick: bool = fewshot_option("quick"),
+    jobs: Optional[int] = fewshot_option("jobs"),
     yes: bool = fewshot_option("yes"),
     out: Optional[Path] = fewshot_option("out"),
 ) -> None:
@@ -148,7 +150,7 @@ def fewshot_command(
     _positive(budget_minutes, "budget-minutes", 0)
     for value, name in ((test_episodes, "test-episodes"), (test_queries, "test-queries"), (val_episodes, "val-episodes"),
                         (checkpoints, "checkpoints"), (patience, "patience"), (channels, "channels"), (blocks, "blocks"),
-                        (meta_batch, "meta-batch")):
+                        (meta_batch, "meta-batch"), (jobs, "jobs")):
         _positive(value, name)
     _positive(train_queries, "train-queries", 0)
     _positive(test_episodes, "test-episodes", 2)
@@ -156,10 +158,10 @@ def fewshot_command(
         raise UserError("give a step cap (--max-steps) or a time cap (--budget-minutes)")
     shot_values = parse_int_list(shots, "shots")
     names = parse_methods(methods)
-    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) == 1:  # under taskset -c N, as documented
-        from ntk_bridge.runtime import steady_heap
+    from ntk_bridge import runtime
 
-        steady_heap()  # a quarter off each training step on one core (none measured with two threads)
+    if jobs is None and len(runtime.usable_cores()) == 1:  # under taskset -c N, as documented
+        runtime.steady_heap()  # a quarter off each training step on one core (none measured with two threads)
 
     from ntk_bridge.datasets.loaders import DataSpec
     from ntk_bridge.fewshot.experiment import FewShotConfig, check_out
@@ -186,7 +188,7 @@ def fewshot_command(
         from ntk_bridge.fewshot.cost import episodes_estimate
 
         said = _check_long(config, episodes_estimate(config, episodes), yes)
-        _run(config, episodes, out, tasks_of=(tasks_of, sweep, record), estimate=said)
+        _run(config, episodes, out, tasks_of=(tasks_of, sweep, record), estimate=said, jobs=jobs)
         return
     config = FewShotConfig(
         ways=ways, shots=shot_values, methods=tuple(method_configs),
@@ -207,7 +209,45 @@ def fewshot_command(
     said = _check_long(config, dataset_estimate(config, (size, size, image_channels), samples), yes)
     out = out or Path("ntk_bridge_runs") / f"fewshot-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     check_out(out)
-    _run(config, spec, out, estimate=said)
+    _run(config, spec, out, estimate=said, jobs=jobs)
+
+
+def _in_workers(config, spec, out: Path, jobs: int, final, bar, display):
+    """``--jobs N``: every training run in N worker processes of one core each
+    (:func:`ntk_bridge.runtime.one_core_pool`), each saved as it ends, then ``final`` (the tables, which find every
+    run saved) in a worker too: a run's key includes the BLAS threads, which the workers share."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from ntk_bridge.datasets.loaders import DataSpec
+    from ntk_bridge.fewshot import experiment
+    from ntk_bridge.runtime import one_core_pool
+
+    data = spec
+    if isinstance(spec, DataSpec):  # rendered once here, and every error about the data before a worker starts
+        spec.check()
+        data = spec.load(display.rendering)
+    experiment.check_shapes(config, data)
+    display.loaded(data)
+    runs = [(shots, seed, m.method) for shots in config.shots for seed in config.seeds for m in config.methods]
+    jobs = min(jobs, len(runs))
+    task = bar.add_task(f"{len(runs)} training runs in {jobs} process{'es' if jobs > 1 else ''} of one core each",
+                        total=len(runs), loss="-", val="-")
+    with one_core_pool(jobs) as pool:
+        pending = {pool.submit(experiment.train_one, config, spec, out, *run) for run in runs}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    row = future.result()
+                    bar.advance(task)
+                    bar.console.print(f"{row['method']:8s} {config.ways}-way {row['shots']}-shot seed {row['seed']}: "
+                                      f"val {row['final_val_accuracy']:.1f}%, test {row['accuracy']:.1f}% "
+                                      f"({row['stopped']}, {row['status']})")
+            return pool.submit(final).result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def _check_long(config, est: dict, yes: bool) -> str:
@@ -224,7 +264,8 @@ def _check_long(config, est: dict, yes: bool) -> str:
             "(the plateau rule usually stops a run sooner)")
 
 
-def _run(config, spec, out: Path, tasks_of: tuple | None = None, estimate: str | None = None) -> None:
+def _run(config, spec, out: Path, tasks_of: tuple | None = None, estimate: str | None = None,
+         jobs: int | None = None) -> None:
     from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -254,7 +295,8 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None, estimate: str |
 
         def loaded(self, data):
             # the data are read and match the options: every user error is behind us, training begins
-            print(device_line(current_blas_threads()), file=sys.stderr, flush=True)
+            if jobs is None:  # with --jobs the workers train, one core each (the progress bar says so)
+                print(device_line(current_blas_threads()), file=sys.stderr, flush=True)
             if estimate:
                 print(estimate, file=sys.stderr, flush=True)
             if tasks_of is not None:
@@ -292,15 +334,17 @@ def _run(config, spec, out: Path, tasks_of: tuple | None = None, estimate: str |
                        f"({row['stopped']}, {row['status']})")
 
     name = spec.name
-    with bar:
-        if tasks_of is None:
-            tables = experiment.run_fewshot(config, spec, out, Display(), record={"command": sys.argv})
-        else:
-            from ntk_bridge.fewshot.on_tasks import closed_form_table
+    if tasks_of is None:
+        final = functools.partial(experiment.run_fewshot, config, spec, out, record={"command": sys.argv})
+    else:
+        from ntk_bridge.fewshot.on_tasks import closed_form_table
 
-            tables, comparison = experiment.run_on_tasks(config, spec, tasks_of[1], tasks_of[2], out, Display(),
-                                              record={"command": sys.argv}, run=str(tasks_of[0]))
-            name = f"{spec.name} tasks of {tasks_of[0]}"
+        final = functools.partial(experiment.run_on_tasks, config, spec, tasks_of[1], tasks_of[2], out,
+                                  record={"command": sys.argv}, run=str(tasks_of[0]))
+        name = f"{spec.name} tasks of {tasks_of[0]}"
+    with bar:
+        done = final(Display()) if jobs is None else _in_workers(config, spec, out, jobs, final, bar, Display())
+    tables, comparison = (done, None) if tasks_of is None else done
     summary = summary_table(tables.summary)
     for shot, group in summary.groupby("shots", sort=False):
         table = Table(title=f"{name} {config.ways}-way {shot}-shot: {config.test_episodes} test episodes per seed; "

@@ -344,6 +344,25 @@ def config_for(episodes: TaskEpisodes, **settings) -> FewShotConfig:
                          test_queries=episodes.queries, val_episodes=episodes.val.n_episodes, **settings)
 
 
+def train_one(config: FewShotConfig, data: DataSpec | TaskEpisodes, out: Path | str, shots: int, seed: int,
+              method: str) -> dict:
+    """Train and test the ``(method, shots, seed)`` run of ``config`` on ``data`` and save it in the run folder
+    ``out`` (a run saved there already is reused); returns its ``results.csv`` row. The run :func:`run_experiment`
+    would train for ``config``, under the same key, so that :func:`run_fewshot` of ``config`` into ``out`` finds
+    it: one worker's share of ``ntk-bridge fewshot --jobs N``."""
+    from ntk_bridge.fewshot.store import TrainedRuns
+    from ntk_bridge.runs import RunFolder
+
+    chosen = tuple(m for m in config.methods if m.method == method)
+    if not chosen or seed not in config.seeds or shots not in config.shots:
+        raise ValueError(f"the configuration has no run {method!r} {shots}-shot seed {seed}")
+    one = dataclasses.replace(config, methods=chosen, seeds=(seed,), shots=(shots,))
+    loaded = data.load() if isinstance(data, DataSpec) else data
+    with RunFolder(out).writing("a finished training run"):
+        results = run_experiment(one, loaded, saved=TrainedRuns(check_out(out))).results
+    return results[results["method"] == method].iloc[0].to_dict()
+
+
 def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, sweep_record: dict, out: Path | str,
                  progress=None, record: dict | None = None, figure: bool = True, run: str | None = None):
     """Train and test ``config``'s methods on a task set's ``episodes``
@@ -360,5 +379,5 @@ def run_on_tasks(config, episodes: TaskEpisodes, sweep: pd.DataFrame | None, swe
 
 
 __all__ = ["FewShotConfig", "ExperimentTables", "Progress", "run_experiment", "run_fewshot",
-           "config_for", "run_on_tasks",
+           "config_for", "run_on_tasks", "train_one",
            "check_shapes", "check_out", "write_tables", "RESULT_COLUMNS"]

@@ -17,7 +17,6 @@ them saved (the same rows, curves and accuracies; only the measured seconds diff
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -81,14 +80,9 @@ def load_data(quick: bool = False):
 def train_run(run_dir: str | os.PathLike, quick: bool, method: str, seed: int) -> None:
     """Train and test one run of the figure's comparison and save it in ``run_dir`` (a run saved there already
     is kept): the run :func:`make_fewshot_figure` would train, under the same key, so that it finds it."""
-    from ntk_bridge.fewshot.experiment import check_out, run_experiment
-    from ntk_bridge.fewshot.store import TrainedRuns
-    from ntk_bridge.runs import RunFolder
+    from ntk_bridge.fewshot.experiment import train_one
 
     config, data = figure_config(quick)
     if (method, seed) not in _runs(config):
         raise ValueError(f"the few-shot figure has no run {method!r} with seed {seed}")
-    one = dataclasses.replace(config, methods=tuple(m for m in config.methods if m.method == method), seeds=(seed,))
-    saved = TrainedRuns(check_out(run_dir))
-    with RunFolder(run_dir).writing("a finished training run"):
-        run_experiment(one, data.load(), saved=saved)
+    train_one(config, data, run_dir, config.shots[0], seed, method)

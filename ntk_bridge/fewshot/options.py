@@ -98,6 +98,10 @@ class FewShotOptions:
     # execution and output
     quick: bool = option("--quick", "Smoke run: sets " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
                          + " (max_classes for kanji only).", False, panel="Execution")
+    jobs: int | None = option("--jobs", "Train the runs (methods x shots x seeds) in N worker processes of one core "
+                              "each, side by side; the numbers are one core's on any machine, the same for every N and "
+                              "as under taskset -c 1 (XLA's threads round differently with more cores). Default: in "
+                              "this process, on the cores it may use.", None, panel="Execution", metavar="N")
     yes: bool = option("--yes", "Start even when the few-shot run is estimated to take more than an hour (without it "
                        "such a run is refused, with the estimate; the estimate counts every run to its caps).", False,
                        panel="Execution")

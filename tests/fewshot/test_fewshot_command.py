@@ -153,7 +153,7 @@ def test_a_run_estimated_over_an_hour_needs_yes_and_nothing_trains_before(tmp_pa
     assert "would take about" in lines[0] and "--yes" in lines[0] and "100,000,000 steps" in lines[0], lines
     assert not (tmp_path / "huge" / "results.csv").exists() and "Traceback" not in stdout + stderr
     started = []
-    monkeypatch.setattr(command, "_run", lambda config, spec, out, estimate=None: started.append(estimate))
+    monkeypatch.setattr(command, "_run", lambda config, spec, out, estimate=None, jobs=None: started.append(estimate))
     code, _, stderr = run(capsys, [*huge, "--yes"])
     assert code == 0 and len(started) == 1 and started[0].startswith("estimate: at most about"), stderr
     assert "days" in started[0]
@@ -283,3 +283,53 @@ def test_a_damaged_saved_run_is_trained_again_never_trusted(tmp_path, capsys, mo
         assert "damaged: trained again" in " ".join(stderr.split()), stderr
         pd.testing.assert_frame_equal(_deterministic(pd.read_csv(out / "results.csv")), _deterministic(first))
         assert mtl.read_bytes() != damage(good)  # saved again, whole
+
+
+# -- --jobs N: the runs in worker processes of one core each -------------------------------------
+
+def test_runs_trained_one_by_one_are_found_by_the_whole_comparison(tmp_path, monkeypatch):
+    """What ``--jobs N`` does, in this process: each run trained on its own by ``train_one`` (any order), then
+    ``run_fewshot`` of the whole configuration finds every one and trains nothing."""
+    from ntk_bridge.datasets.loaders import DataSpec
+    from ntk_bridge.fewshot.experiment import FewShotConfig, run_fewshot, train_one
+    from ntk_bridge.fewshot.models import ModelConfig
+
+    methods = (default_method_config("protonet", meta_batch=2, train_queries=2),)
+    config = FewShotConfig(ways=3, shots=(1, 2), methods=methods, seeds=(0, 1), max_steps=3, checkpoints=1,
+                           val_episodes=2, test_episodes=8, model=ModelConfig("mlp", 8, 1))
+    spec, split, whole = DataSpec("digits"), tmp_path / "split", tmp_path / "whole"
+    runs = [(2, 1), (1, 0), (2, 0), (1, 1)]  # (shots, seed), any order
+    rows = [train_one(config, spec, split, shots, seed, "protonet") for shots, seed in runs]
+    assert [(r["method"], r["shots"], r["seed"]) for r in rows] == [("protonet", *run) for run in runs]
+    for bad in ((1, 0, "maml"), (3, 0, "protonet"), (1, 2, "protonet")):
+        with pytest.raises(ValueError, match="has no run"):
+            train_one(config, spec, split, *bad)
+    calls = _counting_train(monkeypatch)
+    a = run_fewshot(config, spec, split, figure=False)
+    assert calls == [] and json.loads((split / "config.json").read_text())["reused_runs"] == 4
+    b = run_fewshot(config, spec, whole, figure=False)
+    assert len(calls) == 4  # the whole comparison in one go, in a fresh folder
+    for name in ("results", "curves", "episodes", "summary"):
+        pd.testing.assert_frame_equal(_deterministic(getattr(a, name)), _deterministic(getattr(b, name)))
+
+
+def test_jobs_below_one_is_one_line_exit_2(tmp_path, capsys):
+    code, _, err = run(capsys, [*TINY, "--jobs", "0", "--out", str(tmp_path / "run")])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "--jobs" in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # three worker processes start, each imports JAX (about 40 s on 2 cores): pytest -m slow, in .ci/run
+def test_the_numbers_are_the_same_for_every_number_of_jobs(tmp_path, capsys):
+    got = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        code, stdout, stderr = run(capsys, [*RESUME, "--jobs", str(jobs), "--out", str(out)])
+        assert code == 0, stderr
+        assert f"4 training runs in {jobs} process" in stderr and stderr.count("-way 1-shot seed") >= 4, stderr
+        assert json.loads((out / "config.json").read_text())["reused_runs"] == 4  # the tables found every run
+        assert "ProtoNet" in stdout
+        got[jobs] = {n: _deterministic(pd.read_csv(out / n)) for n in ("results.csv", "curves.csv", "episodes.csv")}
+    for name in got[1]:
+        pd.testing.assert_frame_equal(got[1][name], got[2][name])

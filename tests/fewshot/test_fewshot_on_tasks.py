@@ -207,6 +207,21 @@ def test_tasks_of_a_sweep_writes_the_paired_comparison(conv_run, tmp_path, capsy
     assert "closed form" in stdout
 
 
+@pytest.mark.slow  # two worker processes start and import JAX (about 20 s on 2 cores): pytest -m slow, in .ci/run
+def test_tasks_of_with_jobs_trains_in_workers_and_writes_the_same_comparison(conv_run, tmp_path, capsys):
+    argv = ["fewshot", "--tasks-of", str(conv_run), "--methods", "mtl,protonet", "--body", "mlp", "--channels", "16",
+            "--blocks", "1", "--max-steps", "4", "--checkpoints", "2", "--meta-batch", "2", "--val-tasks", "2"]
+    tables = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        code, stdout, stderr = _run(capsys, [*argv, "--jobs", str(jobs), "--out", str(out)])
+        assert code == 0 and "closed form" in stdout and "training runs in" in stderr, stdout + stderr
+        assert json.loads((out / "config.json").read_text())["reused_runs"] == 2
+        tables[jobs] = pd.read_csv(out / "closed_forms.csv")
+    pd.testing.assert_frame_equal(tables[1], tables[2])  # one core's numbers for every number of workers
+    assert set(tables[1]["network"]) == {"mtl", "protonet", "nn-pixels"}
+
+
 @pytest.mark.parametrize("args,match", [
     (["--tasks-of", "/nonexistent/run"], "--tasks-of"),
     (["--val-tasks", "2"], "--val-tasks applies to --tasks-of only"),
@@ -366,7 +381,7 @@ def test_tasks_of_a_run_estimated_over_an_hour_needs_yes(conv_run, tmp_path, cap
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "would take about" in lines[0] and "--yes" in lines[0], stderr
     started = []
-    monkeypatch.setattr(command, "_run", lambda config, episodes, out, tasks_of=None, estimate=None:
+    monkeypatch.setattr(command, "_run", lambda config, episodes, out, tasks_of=None, estimate=None, jobs=None:
                         started.append(estimate))
     code, _, stderr = _run(capsys, [*argv, "--yes"])
     assert code == 0 and len(started) == 1 and "for 1 training run to its caps" in started[0], stderr

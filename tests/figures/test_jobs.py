@@ -103,21 +103,31 @@ def test_figure_workers_are_pinned_to_one_core_each():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from ntk_bridge import paper_figures
+    from ntk_bridge import runtime
 
     context = multiprocessing.get_context("spawn")
     cores = context.SimpleQueue()
-    core = paper_figures._usable_cores()[-1]
+    core = runtime.usable_cores()[-1]
     cores.put(core)
-    with ProcessPoolExecutor(1, mp_context=context, initializer=paper_figures._one_core, initargs=(cores,)) as pool:
+    with ProcessPoolExecutor(1, mp_context=context, initializer=runtime._one_core, initargs=(cores,)) as pool:
         assert pool.submit(os.sched_getaffinity, 0).result() == {core}
+    with runtime.one_core_pool(2) as pool:  # the pool make_figures and fewshot --jobs use: the cores in turn
+        got = sorted(min(a) for a in pool.map(_affinity_after, [2, 2]))
+    assert got == sorted(runtime.usable_cores()[:2] if len(runtime.usable_cores()) > 1 else runtime.usable_cores() * 2)
+
+
+def _affinity_after(seconds):
+    import time
+
+    time.sleep(seconds)  # both workers busy at once, so each task lands on its own worker
+    return os.sched_getaffinity(0)
 
 
 def test_one_job_on_one_core_makes_the_figures_in_this_process(monkeypatch, tmp_path):
-    from ntk_bridge import paper_figures
+    from ntk_bridge import paper_figures, runtime
 
     made_in = []
     monkeypatch.setitem(paper_figures.FIGURES, "kernel_degeneracy", lambda g, runs, out: made_in.append(os.getpid()) or [])
-    monkeypatch.setattr(paper_figures, "_usable_cores", lambda: [3])
+    monkeypatch.setattr(runtime, "usable_cores", lambda: [3])
     made = paper_figures.make_figures(str(tmp_path), True, ["kernel_degeneracy"], str(tmp_path / "runs"), log=print)
     assert made == {"kernel_degeneracy": []} and made_in == [os.getpid()]
