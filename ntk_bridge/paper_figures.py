@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -257,11 +258,25 @@ FIGURES: dict[str, Callable] = {
 #: (when its training runs are still to do, they go first, one by one, and the figure after them).
 _TOGETHER = (("fewshot",), ("distance_vs_width", "finite_gap_vs_depth"))
 
+#: Figures whose work comes in one long piece (minutes in full mode, ``docs/figures.md``): under ``--jobs`` they
+#: start before the few-shot comparison's fifteen training runs, which then fill the workers evenly, the short
+#: figures last. Started after the runs, the long pieces left one worker idle for minutes at the end.
+_LONG = ("distance_vs_width", "finite_regimes_vs_width", "feature_learning_vs_width", "conv_gap_vs_depth")
 
-def _make(names: tuple, quick: bool, run_root: str, out: str) -> dict[str, list[str]]:
-    """Make ``names`` one after the other (one worker's share under ``--jobs``)."""
-    g = grids(quick)
-    return {name: FIGURES[name](g, run_root, out) for name in names}
+
+def _order(groups: list[tuple], fewshot_runs: bool) -> tuple[list[tuple], list[tuple]]:
+    """``(long, short)``: the groups submitted before the few-shot training runs (those with a figure of
+    :data:`_LONG`) and after them, the few-shot figure left out while its runs are still to train."""
+    todo = [g for g in groups if not (fewshot_runs and g == ("fewshot",))]
+    long = [g for g in todo if set(g) & set(_LONG)]
+    return long, [g for g in todo if g not in long]
+
+
+def _make(names: tuple, quick: bool, run_root: str, out: str) -> tuple[dict[str, list[str]], float]:
+    """Make ``names`` one after the other (one worker's share under ``--jobs``); returns their paths and the
+    seconds it took."""
+    started, g = time.perf_counter(), grids(quick)
+    return {name: FIGURES[name](g, run_root, out) for name in names}, time.perf_counter() - started
 
 
 def _groups(names: list[str]) -> list[tuple]:
@@ -309,28 +324,32 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     made, groups = {}, _groups(names)
     jobs = max(jobs, 1)
     with runtime.one_core_pool(jobs) as pool:  # one core's numbers on any machine, a heap that keeps what it frees
-        # the few-shot comparison's training runs first, each on its own; the figure is drawn once they are saved
+        # the long figures first, then the few-shot comparison's training runs, each on its own, then the short
+        # figures; the few-shot figure is drawn once its runs are saved
+        long, short = _order(groups, bool(runs))
+        futures = {pool.submit(_make, g, quick, run_root, out): g for g in long}
         trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
-        futures = {pool.submit(_make, g, quick, run_root, out): g for g in groups if not (runs and g == ("fewshot",))}
+        futures.update({pool.submit(_make, g, quick, run_root, out): g for g in short})
         log(f"figures ({mode}) in {jobs} process{'es' if jobs > 1 else ''} of one core each: "
-            + (f"{len(runs)} few-shot training runs, then " if runs else "")
-            + "; ".join(", ".join(g) for g in futures.values()))
+            + "; ".join(", ".join(g) for g in long) + ("; " if long else "")
+            + (f"{len(runs)} few-shot training runs; " if runs else "")
+            + "; ".join(", ".join(g) for g in futures.values() if g not in long))
         pending = set(trains) | set(futures)
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in trains:
-                        future.result()
-                        log("few-shot run {} seed {} trained ({} of {})".format(
-                            *trains[future], sum(f.done() for f in trains), len(trains)))
+                        log("few-shot run {} seed {} trained in {:.0f} s ({} of {})".format(
+                            *trains[future], future.result(), sum(f.done() for f in trains), len(trains)))
                         if all(f.done() for f in trains) and ("fewshot",) not in futures.values():
                             last = pool.submit(_make, ("fewshot",), quick, run_root, out)
                             futures[last] = ("fewshot",)
                             pending.add(last)
                     else:
-                        made.update(future.result())
-                        log(f"made {', '.join(futures[future])}")
+                        paths, seconds = future.result()
+                        made.update(paths)
+                        log(f"made {', '.join(futures[future])} in {seconds:.0f} s")
         except BaseException:
             for future in list(trains) + list(futures):
                 future.cancel()

@@ -77,12 +77,17 @@ def load_data(quick: bool = False):
     return figure_config(quick)[1].load()
 
 
-def train_run(run_dir: str | os.PathLike, quick: bool, method: str, seed: int) -> None:
+def train_run(run_dir: str | os.PathLike, quick: bool, method: str, seed: int) -> float:
     """Train and test one run of the figure's comparison and save it in ``run_dir`` (a run saved there already
-    is kept): the run :func:`make_fewshot_figure` would train, under the same key, so that it finds it."""
+    is kept): the run :func:`make_fewshot_figure` would train, under the same key, so that it finds it. Returns
+    the seconds it took (wall clock)."""
+    import time
+
     from ntk_bridge.fewshot.experiment import train_one
 
+    started = time.perf_counter()
     config, data = figure_config(quick)
     if (method, seed) not in _runs(config):
         raise ValueError(f"the few-shot figure has no run {method!r} with seed {seed}")
     train_one(config, data, run_dir, config.shots[0], seed, method)
+    return time.perf_counter() - started

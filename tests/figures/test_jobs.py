@@ -15,6 +15,18 @@ def test_groups_put_the_fewshot_comparison_first_and_shared_run_folders_together
     assert _groups(["finite_gap_vs_depth", "gap_vs_depth"]) == [("finite_gap_vs_depth",), ("gap_vs_depth",)]
 
 
+def test_the_long_figures_go_before_the_fewshot_runs_and_the_short_ones_after():
+    from ntk_bridge.paper_figures import _LONG, _order
+
+    groups = _groups(list(FIGURES))
+    long, short = _order(groups, fewshot_runs=True)
+    assert ("fewshot",) not in long + short  # drawn once its runs are saved
+    assert sorted(n for g in long + short for n in g) == sorted(set(FIGURES) - {"fewshot"})
+    assert {n for g in long for n in g} >= set(_LONG) and not {n for g in short for n in g} & set(_LONG)
+    assert ("distance_vs_width", "finite_gap_vs_depth") in long  # a run folder's figures stay together
+    assert ("fewshot",) in _order(groups, fewshot_runs=False)[1]  # its runs saved already: a short figure
+
+
 def test_jobs_below_one_is_one_line_exit_2(capsys, tmp_path):
     assert main(["figures", "--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
