@@ -322,11 +322,11 @@ def make_figures(out: str = "figures", quick: bool = False, only: list[str] | No
     if runs:
         fewshot.load_data(quick)  # rendered once here, not by every worker at once
     made, groups = {}, _groups(names)
-    jobs = max(jobs, 1)
+    # the long figures first, then the few-shot comparison's training runs, each on its own, then the short
+    # figures; the few-shot figure is drawn once its runs are saved
+    long, short = _order(groups, bool(runs))
+    jobs = max(1, min(jobs, len(long) + len(runs) + len(short)))  # no worker without work
     with runtime.one_core_pool(jobs) as pool:  # one core's numbers on any machine, a heap that keeps what it frees
-        # the long figures first, then the few-shot comparison's training runs, each on its own, then the short
-        # figures; the few-shot figure is drawn once its runs are saved
-        long, short = _order(groups, bool(runs))
         futures = {pool.submit(_make, g, quick, run_root, out): g for g in long}
         trains = {pool.submit(fewshot.train_run, fewshot_dir, quick, m, seed): (m, seed) for m, seed in runs}
         futures.update({pool.submit(_make, g, quick, run_root, out): g for g in short})

@@ -160,8 +160,7 @@ def _pool():
     """The threads of :func:`concurrently`: as many as this process may use cores."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ThreadPoolExecutor(max(1, cores), thread_name_prefix="ntk_bridge")
+    return ThreadPoolExecutor(max(1, len(usable_cores())), thread_name_prefix="ntk_bridge")
 
 
 def concurrently(calls: dict) -> dict:
