@@ -16,7 +16,7 @@ The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/archi
 
 1. ground -- errors, runtime, run folders, ranges, fields, the settings' allowed values (``settings``),
    the grid's axes (``axes``), the method registry, task sets, the image data (``ntk_bridge.datasets``),
-   provenance, the settings' descriptions (``config``);
+   provenance, the settings' descriptions (``config``), jitted programs kept on disk (``programs``);
 2. tables -- task families, the results schema and statuses (``metrics``), statistics
    (``results``), figures drawn from tables (``figures``);
 3. kernels -- kernels, outer operators, outer solvers, the closed forms' outer problems (``outer``), closed
@@ -25,7 +25,7 @@ The package is built in floors, from the ground up (:data:`FLOORS`; ``docs/archi
    of each other;
 5. runs -- what a configuration describes, built (``build``), the budget, the sweep's record, the
    sweep, the verdict, the report, the bridge between the wings (``bridge``), the paper's figures;
-6. commands -- the command line (``cli``, ``fewshot.command``).
+6. commands -- the command line (``cli``, how its process ends: ``leave``, ``fewshot.command``).
 
 A module imports only from its floor or below (``tests/test_structure.py`` checks every import,
 at module level or inside a function).
@@ -46,13 +46,13 @@ __all__ = ["UserError", "__version__", "FLOORS", "floor_of"]
 #: imports only from its floor or below.
 FLOORS = (
     ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "settings", "axes", "methods",
-                "tasks", "datasets", "blocked", "convnets", "provenance", "config")),
+                "tasks", "datasets", "blocked", "convnets", "provenance", "config", "programs")),
     ("tables", ("families", "metrics", "results", "figures")),
     ("kernels", ("kernels", "layer_keys", "operators", "solvers", "outer", "closed_forms", "predictors",
                  "diagnostics")),
     ("wings", ("finite", "fewshot")),
     ("runs", ("build", "budget", "record", "sweep", "verify", "report", "distributed", "bridge", "paper_figures")),
-    ("commands", ("cli", "fewshot.command")),
+    ("commands", ("cli", "leave", "fewshot.command")),
 )
 
 

@@ -21,6 +21,7 @@ from ntk_bridge.clihelp import epilog, plain_flags, renamed_flag, yes_option
 from ntk_bridge.config import FiniteConfig, GridConfig, ModelConfig, NumericsConfig, SweepConfig, TaskConfig, cli_option
 from ntk_bridge.errors import UserError, require
 from ntk_bridge.fewshot.options import RENAMED as FEWSHOT_RENAMED
+from ntk_bridge.leave import leave
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Check, by computation, that MTL and gradient-based meta-learning (ANIL, MAML) "
@@ -361,10 +362,8 @@ def _click_exceptions():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code.
-
-    Usage errors (unknown options, bad choices) become one ``error:`` line and code 2, as
-    ``UserError`` does inside the commands.
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code. Usage errors
+    (unknown options, bad choices) become one ``error:`` line and code 2, as ``UserError`` does in the commands.
     """
     exceptions = _click_exceptions()
     hint = renamed_flag(sys.argv[1:] if argv is None else list(argv), RENAMED)
@@ -392,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script ``ntk-bridge``."""
-    sys.exit(main())
+    """The console script ``ntk-bridge`` (ends without the interpreter's teardown: :mod:`ntk_bridge.leave`)."""
+    leave(main())
 
 
 if __name__ == "__main__":

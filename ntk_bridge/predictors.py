@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from ntk_bridge import methods as registry
-from ntk_bridge import solvers
+from ntk_bridge import programs, solvers
 from ntk_bridge.errors import require
 from ntk_bridge.closed_forms import CLOSED_FORMS, Data, Times, split_f0
 from ntk_bridge.operators import Dynamics, Solve
@@ -34,6 +34,8 @@ from ntk_bridge.settings import ALL, LEARNED, MTL_DATA_VALUES, TEST_HEADS
 
 __all__ = ["CLOSED_FORM_METHODS", "SETTING_FIELDS", "PredictorConfig", "Diagnostics", "Prediction", "predict",
            "predict_from_kernels"]
+
+programs.register(Data, Solve)  # the closed-form programs' input and output types, kept on disk (:mod:`ntk_bridge.programs`)
 
 #: Methods with an infinite-width closed form for every config (FO-MAML's needs discrete steps: it
 #: is computed when asked for by name).
@@ -153,8 +155,8 @@ def _program(Theta, K, data: Data, times, layout: Layout, cfg: PredictorConfig, 
     """The call of :func:`_predict_batched` computing ``method`` (GBML's inner kernel chosen here)."""
     inner = registry.get(method).inner_kernel if registry.get(method).role == "gbml" else None
     G = None if inner is None else (K if inner == "K" else Theta)
-    return functools.partial(_predict_batched, Theta, K, G, data, times, layout, _static_config(cfg, method),
-                             method if G is None else None)
+    static = dict(layout=layout, cfg=_static_config(cfg, method), method=method if G is None else None)
+    return functools.partial(programs.call, _predict_batched, (Theta, K, G, data, times), static)
 
 
 def _static_config(cfg: PredictorConfig, method: str) -> PredictorConfig:

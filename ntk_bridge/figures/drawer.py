@@ -8,6 +8,11 @@ while the worker draws, and waits for it at the end. The files are the same as w
 written atomically by :func:`ntk_bridge.figures.style.save`); an error of a drawing is raised to the caller
 by :meth:`Drawer.wait`, and a worker that died is replaced by drawing in the caller's process.
 
+The worker talks to the caller over one pipe (no queue, no semaphore), and :meth:`Drawer.close` ends it at
+once (``SIGKILL``: it is idle then, or drawing something nobody waits for any more, and every file it writes
+is written atomically): leaving costs nothing, where a process pool's orderly shutdown made the command wait
+about 0.3 s for the worker's interpreter to tear itself down.
+
 Like every ``spawn`` worker, it imports the caller's main module: a script that starts a sweep with
 ``draw_aside`` must keep its work under ``if __name__ == "__main__":`` (the ``ntk-bridge`` command, ``python -m
 ntk_bridge.cli`` and ``python -c`` need nothing), or the worker would run the script again.
@@ -15,8 +20,6 @@ ntk_bridge.cli`` and ``python -c`` need nothing), or the worker would run the sc
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 import pandas as pd
@@ -24,44 +27,89 @@ import pandas as pd
 __all__ = ["Drawer"]
 
 
-def _ready() -> None:
-    """The worker's start: matplotlib (Agg) and the figure modules imported before the first drawing."""
+def _serve(conn) -> None:
+    """The worker: matplotlib (Agg) and the figure modules imported first, then ``(plot, table, prefix)``
+    drawn in the order received, each answered ``(True, None)`` or ``(False, error)``; ``None`` or a closed
+    pipe ends it."""
     from ntk_bridge import figures
 
     figures.style.pyplot()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        plot, table, prefix = job
+        try:
+            plot(table, prefix)
+            answer = (True, None)
+        except Exception as exc:  # raised to the caller by wait()
+            answer = (False, exc)
+        try:
+            conn.send(answer)
+        except Exception:  # an error that does not pickle: its text
+            conn.send((False, RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
 
 
 class Drawer:
-    """One worker process drawing figures (see the module docstring); a context manager that shuts the
-    worker down on leaving, also on an error or an interrupt."""
+    """One worker process drawing figures (see the module docstring); a context manager that ends the
+    worker on leaving, also on an error or an interrupt."""
 
     def __init__(self) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_ready)
-        self._pool.submit(int)  # start the worker now: it imports while the caller computes
-        self._pending: list = []
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, theirs = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(theirs,), daemon=True, name="ntk_bridge-drawer")
+        self._process.start()  # it imports while the caller computes
+        theirs.close()
+        self._pending: list = []  # (plot, table, prefix, handed to the worker)
+        self._broken = False
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id."""
+        return self._process.pid
 
     def draw(self, plot: Callable[[pd.DataFrame, str], object], table: pd.DataFrame, path_prefix: str) -> None:
         """Have ``plot(table, path_prefix)`` run in the worker (``plot`` a module-level function)."""
-        try:
-            future = self._pool.submit(plot, table, path_prefix)
-        except BrokenProcessPool:
-            future = None
-        self._pending.append((plot, table, path_prefix, future))
+        sent = False
+        if not self._broken:
+            try:
+                self._conn.send((plot, table, path_prefix))
+                sent = True
+            except OSError:  # the worker died
+                self._broken = True
+        self._pending.append((plot, table, path_prefix, sent))
 
     def wait(self) -> None:
         """Wait for every drawing handed over; raise the first one's error. A drawing the worker could not
         make because it died (killed, out of memory) is made here instead."""
         pending, self._pending = self._pending, []
-        for plot, table, path_prefix, future in pending:
-            try:
-                if future is None:
-                    raise BrokenProcessPool
-                future.result()
-            except BrokenProcessPool:
+        error = None
+        for plot, table, path_prefix, sent in pending:
+            ok, exc = self._answer() if sent else (None, None)
+            if ok is None:  # never handed over, or the worker died before answering
                 plot(table, path_prefix)
+            elif not ok and error is None:
+                error = exc
+        if error is not None:
+            raise error
+
+    def _answer(self):
+        if self._broken:
+            return None, None
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._broken = True
+            return None, None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._conn.close()
 
     def __enter__(self) -> "Drawer":
         return self

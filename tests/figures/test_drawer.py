@@ -37,9 +37,7 @@ def test_an_error_of_a_drawing_is_raised_by_wait(tmp_path):
 
 def test_a_dead_worker_is_replaced_by_drawing_here(tmp_path, table):
     with Drawer() as drawer:
-        drawer._pool.submit(int).result()  # the worker is up
-        for pid in list(drawer._pool._processes):
-            os.kill(pid, signal.SIGKILL)
+        os.kill(drawer.pid, signal.SIGKILL)
         drawer.draw(figs.plot_gap_vs_depth, table, str(tmp_path / "after"))
         drawer.wait()
     figs.plot_gap_vs_depth(table, str(tmp_path / "here"))
@@ -60,3 +58,18 @@ def test_a_sweep_drawn_aside_writes_what_it_writes_in_place(tmp_path, monkeypatc
     assert started == [1]
     for name in ("results.csv", "gap_vs_depth.png", "gap_vs_depth.pdf", "gap_vs_depth.csv"):
         assert (tmp_path / "aside" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+def test_leaving_ends_the_worker_at_once_and_a_later_drawing_is_still_made(tmp_path, table):
+    import time
+
+    drawer = Drawer()
+    drawer.draw(figs.plot_gap_vs_depth, table, str(tmp_path / "first"))
+    drawer.wait()
+    pid = drawer.pid
+    t = time.perf_counter()
+    drawer.close()
+    assert time.perf_counter() - t < 0.2
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone, and reaped
+    assert _files(tmp_path / "first")["csv"]
