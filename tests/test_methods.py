@@ -171,9 +171,12 @@ def test_anil_and_maml_share_one_program_and_give_their_own_closed_forms(problem
 
     tasks, Th, K, f0 = problem
     cfg = PredictorConfig(inner_time=0.3, finetune_time=0.5)
+    from ntk_bridge import programs
+
     _predict_batched.clear_cache()
+    programs._LOADED.clear()
     got = predict_from_kernels(Th, K, tasks, cfg, ("anil", "maml"), f0=f0)
-    assert _predict_batched._cache_size() == 1
+    assert len(programs._LOADED) + _predict_batched._cache_size() == 1  # exported (kept on disk), or jitted
     d = Data(tasks.train_support_y, tasks.train_query_y, tasks.test_support_y,
              *split_f0(np.asarray(f0).reshape(tasks.layout.n_points, -1), tasks.layout))
     for m in ("anil", "maml"):
