@@ -60,7 +60,7 @@ import sys
 import threading
 import types
 
-__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "cache_dir", "enable_compilation_cache",
+__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "started", "cache_dir", "enable_compilation_cache",
            "blas_threads", "current_blas_threads", "steady_heap", "usable_cores", "one_core_pool", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
@@ -174,6 +174,19 @@ def concurrently(calls: dict) -> dict:
         return {name: call() for name, call in calls.items()}
     futures = {name: _pool().submit(call) for name, call in calls.items()}
     return {name: future.result() for name, future in futures.items()}
+
+
+def started(calls: dict):
+    """Start ``calls`` (``{name: function of no arguments}``) on :func:`concurrently`'s threads and return a
+    function that waits for them and returns ``{name: result}``, so that the caller can do other work (its
+    Python, while XLA computes without the GIL) in between; in the calling thread at once where
+    :func:`concurrently` would not use the threads (``jax.disable_jit()``, a call from inside the pool)."""
+    jax = sys.modules.get("jax")
+    if (jax is not None and jax.config.jax_disable_jit) or threading.current_thread().name.startswith("ntk_bridge"):
+        done = {name: call() for name, call in calls.items()}
+        return lambda: done
+    futures = {name: _pool().submit(call) for name, call in calls.items()}
+    return lambda: {name: future.result() for name, future in futures.items()}
 
 
 def usable_cores() -> list[int]:

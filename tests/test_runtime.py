@@ -199,3 +199,31 @@ def test_steady_heap_changes_no_trained_number():
            for mode in ("plain", "steady")}
     assert len(out["plain"].split()) == 4 and "maml" in out["plain"]  # header, the baseline, two methods
     assert out["steady"] == out["plain"]
+
+
+def test_started_calls_run_on_the_threads_and_give_what_the_calls_give():
+    import threading
+
+    from ntk_bridge import runtime
+
+    names = {}
+
+    def call(i):
+        names[i] = threading.current_thread().name
+        return i * i
+
+    waiting = runtime.started({i: (lambda i=i: call(i)) for i in range(4)})
+    assert waiting() == {0: 0, 1: 1, 2: 4, 3: 9}
+    assert all(n.startswith("ntk_bridge") for n in names.values())
+
+    def boom():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        runtime.started({"a": boom})()  # an error of a call is raised by the wait
+    import jax
+
+    names.clear()
+    with jax.disable_jit():
+        assert runtime.started({1: lambda: call(1)})() == {1: 1}
+    assert names[1] == threading.current_thread().name  # the calling thread's setting kept

@@ -34,6 +34,7 @@ def _serve(conn) -> None:
     from ntk_bridge import figures
 
     figures.style.pyplot()
+    figures.style.split_formats = True  # PNG and PDF at once: this process has nothing else to do
     while True:
         try:
             job = conn.recv()

@@ -63,23 +63,55 @@ def table_csv(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, float_format="%.6g")
 
 
-def save(fig, path_prefix: str, table: pd.DataFrame | None = None, dpi: float | None = None) -> list[str]:
-    """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``, each file written
-    atomically (a reader sees the old file or the new one), at ``dpi`` (the figure's own by default);
-    the figure is closed, also on an error; returns the paths."""
-    plt = pyplot()
+#: Whether :func:`save` writes the PDF in a forked child while it writes the PNG (the drawing worker of a
+#: sweep, :mod:`ntk_bridge.figures.drawer`, turns it on: the two renderings then take the time of one).
+split_formats = False
+
+
+def _savefig(fig, path: str, dpi) -> None:
     import io
 
     from ntk_bridge.runs import atomic_write
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.rsplit(".", 1)[1], bbox_inches="tight", dpi=dpi,
+                metadata={"CreationDate": None} if path.endswith(".pdf") else None)
+    atomic_write(path, buf.getvalue())
+
+
+def _aside(fig, path: str, dpi) -> int | None:
+    """The process id of a forked child writing ``fig`` to ``path``, or ``None`` where forking is not safe
+    (another thread is running, no ``fork``)."""
+    import threading
+
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return None
+    pid = os.fork()
+    if pid == 0:  # the child: write, and leave without running anything of the parent's
+        code = 1
+        try:
+            _savefig(fig, path, dpi)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def save(fig, path_prefix: str, table: pd.DataFrame | None = None, dpi: float | None = None) -> list[str]:
+    """Save ``fig`` as PNG and PDF (and ``table`` as CSV) under ``path_prefix``, each file written
+    atomically (a reader sees the old file or the new one), at ``dpi`` (the figure's own by default);
+    the figure is closed, also on an error; returns the paths. With :data:`split_formats`, the PDF is
+    written by a forked child meanwhile (the same bytes; written here if the child fails)."""
+    plt = pyplot()
+    from ntk_bridge.runs import atomic_write
+
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
-    paths = [f"{path_prefix}.png", f"{path_prefix}.pdf"]
+    png, pdf = paths = [f"{path_prefix}.png", f"{path_prefix}.pdf"]
     try:
-        for p in paths:
-            buf = io.BytesIO()
-            fig.savefig(buf, format=p.rsplit(".", 1)[1], bbox_inches="tight", dpi=dpi,
-                        metadata={"CreationDate": None} if p.endswith(".pdf") else None)
-            atomic_write(p, buf.getvalue())
+        child = _aside(fig, pdf, dpi) if split_formats else None
+        _savefig(fig, png, dpi)
+        if child is None or os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
+            _savefig(fig, pdf, dpi)
     finally:
         plt.close(fig)
     if table is not None:

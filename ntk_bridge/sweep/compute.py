@@ -24,7 +24,7 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
                   rcond: float, solvers: dict, solver: str) -> Iterator[tuple[str, pd.DataFrame]]:
     """Stream ``(key, rows)`` for infinite-width ``cells`` (their cache ``keys``): one kernel pass of
     ``architecture`` over the layers gives every depth; each depth's cells are computed as soon as its kernels
-    exist. ``methods``: those asked for (MTL and the baseline are always reported); ``rcond``: the ridge floor;
+    exist, and its rows are made while the next depth's calls compute. ``methods``: those asked for (MTL and the baseline are always reported); ``rcond``: the ridge floor;
     ``solvers``: ``{(outer_time, mtl_data): solver}`` as resolved when the sweep planned, else ``solver``.
 
     Each method is one jitted call per (depth, settings) (compiled once per task layout and method): XLA's batched
@@ -42,6 +42,7 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
     by_depth: dict[int, list[tuple[Cell, str]]] = {}
     for c, k in zip(cells, keys):
         by_depth.setdefault(c.depth, []).append((c, k))
+    pending = None  # the depth whose calls are computing: its cells, and the wait for its calls
     for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=architecture):
         calls, uses = {}, []  # {memo: the call computing it}, [(cell, key, {method: memo})]
         for cell, key in by_depth[kern.depth]:
@@ -52,16 +53,27 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
                     predict_from_kernels, kern.ntk, kern.readout, tasks, cell.predictor_config(rcond), (m,),
                     solver=solvers.get((cell.outer_time, cell.mtl_data), solver)))
             uses.append((cell, key, memos))
-        computed = runtime.concurrently(calls)  # the first depth's calls compile side by side
-        for cell, key, memos in uses:
-            res = {m: computed[memo][m] for m, memo in memos.items()}
-            constants = dict({axis.column: getattr(cell, axis.column) for axis in AXES}, seed=0,
-                             dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"), tasks=tasks.name,
-                             task_seed=cell.task_seed, mode="mean", cell=key)
-            yield key, metrics.prediction_rows(
-                {m: res[m].values[None] for m in reported},
-                {m: [metrics.status_of(res[m].diagnostics)] for m in reported},
-                tasks.test_query_y, ["mean"], constants, diagnostics={m: res[m].diagnostics for m in reported})
+        waiting = runtime.started(calls)  # the first depth's calls compile side by side
+        if pending is not None:  # the previous depth's rows are made while this depth's calls compute
+            yield from _depth_rows(*pending, tasks, reported)
+        pending = (uses, waiting)
+    if pending is not None:
+        yield from _depth_rows(*pending, tasks, reported)
+
+
+def _depth_rows(uses, waiting, tasks: TaskSet, reported) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``(key, rows)`` of the cells of one depth (``uses``: ``[(cell, key, {method: memo})]``) once its calls
+    (``waiting``: :func:`ntk_bridge.runtime.started`) are computed."""
+    computed = waiting()
+    for cell, key, memos in uses:
+        res = {m: computed[memo][m] for m, memo in memos.items()}
+        constants = dict({axis.column: getattr(cell, axis.column) for axis in AXES}, seed=0,
+                         dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"), tasks=tasks.name,
+                         task_seed=cell.task_seed, mode="mean", cell=key)
+        yield key, metrics.prediction_rows(
+            {m: res[m].values[None] for m in reported},
+            {m: [metrics.status_of(res[m].diagnostics)] for m in reported},
+            tasks.test_query_y, ["mean"], constants, diagnostics={m: res[m].diagnostics for m in reported})
 
 
 def finite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, architecture, methods: Sequence[str],

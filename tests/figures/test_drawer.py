@@ -73,3 +73,23 @@ def test_leaving_ends_the_worker_at_once_and_a_later_drawing_is_still_made(tmp_p
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # gone, and reaped
     assert _files(tmp_path / "first")["csv"]
+
+
+def test_the_pdf_written_by_a_forked_child_is_the_pdf_written_here(tmp_path, table, monkeypatch):
+    from ntk_bridge.figures import style
+
+    figs.plot_gap_vs_depth(table, str(tmp_path / "here"))
+    monkeypatch.setattr(style, "split_formats", True)
+    figs.plot_gap_vs_depth(table, str(tmp_path / "split"))
+    assert _files(tmp_path / "split") == _files(tmp_path / "here")
+    # a child that fails leaves the PDF to the parent
+    parent, real = os.getpid(), style._savefig
+
+    def failing_in_the_child(fig, path, dpi):
+        if os.getpid() != parent:
+            raise OSError("disk full")
+        real(fig, path, dpi)
+
+    monkeypatch.setattr(style, "_savefig", failing_in_the_child)
+    figs.plot_gap_vs_depth(table, str(tmp_path / "fallback"))
+    assert _files(tmp_path / "fallback") == _files(tmp_path / "here")
