@@ -31,6 +31,8 @@ place:
 * **Programs compiled side by side.** :func:`concurrently` makes the jitted calls of several methods
   on a few threads: JAX traces under the GIL but XLA compiles and runs without it, so the first call
   of each program (the compilation, most of a cold main job's predictor time) uses every core.
+  :func:`started` starts such calls and returns the wait for them, so the caller's own Python (the sweep's
+  rows and cell files of the previous depth) runs while XLA computes.
 * **BLAS threads.** JAX's CPU ``eigh`` and ``solve`` call scipy's LAPACK, whose OpenBLAS rounds
   differently with different thread counts. :func:`blas_threads` fixes the count (threadpoolctl)
   for a block of work; sweeps record it in ``config.json`` and in every cell's cache key.
