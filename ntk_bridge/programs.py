@@ -55,16 +55,9 @@ def register(*types) -> None:
 def folder() -> str | None:
     """Where the programs are kept, or ``None`` when they are not (``NTK_BRIDGE_JAX_CACHE=0``, or the folder
     cannot be created)."""
-    from ntk_bridge.runtime import cache_dir
+    from ntk_bridge.runtime import program_cache
 
-    if os.environ.get("NTK_BRIDGE_JAX_CACHE", "1") == "0":
-        return None
-    path = cache_dir("programs")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return None
-    return path
+    return program_cache("programs")
 
 
 @functools.cache

@@ -62,7 +62,7 @@ import sys
 import threading
 import types
 
-__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "started", "cache_dir", "enable_compilation_cache",
+__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "started", "cache_dir", "program_cache", "enable_compilation_cache",
            "blas_threads", "current_blas_threads", "steady_heap", "usable_cores", "one_core_pool", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
@@ -264,17 +264,26 @@ def cache_dir(*parts: str) -> str:
     return os.path.join(root, *parts)
 
 
+def program_cache(name: str) -> str | None:
+    """``cache_dir(name)``, created, for programs kept across processes (JAX's compiled ones, ntk_bridge's
+    exported ones: :mod:`ntk_bridge.programs`); ``None`` when ``NTK_BRIDGE_JAX_CACHE=0`` or it cannot be created."""
+    if os.environ.get("NTK_BRIDGE_JAX_CACHE", "1") == "0":
+        return None
+    folder = cache_dir(name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
 def enable_compilation_cache() -> str | None:
     """Point JAX's persistent compilation cache at ``cache_dir('jax')`` (every program, however
     quick to compile). Returns the folder, or ``None`` when it cannot be created (then JAX compiles
     as usual) or ``NTK_BRIDGE_JAX_CACHE=0``. JAX keys entries by program, JAX/XLA version, backend and
     flags, so a stale entry is never used; loading one gives the same executable, bit for bit."""
-    if os.environ.get("NTK_BRIDGE_JAX_CACHE", "1") == "0":
-        return None
-    folder = cache_dir("jax")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
+    folder = program_cache("jax")
+    if folder is None:
         return None
     import jax
 
