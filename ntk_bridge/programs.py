@@ -21,6 +21,9 @@ SHA-256 of its contents and is written atomically (:func:`ntk_bridge.runs.atomic
 unreadable file is exported again and rewritten. ``NTK_BRIDGE_JAX_CACHE=0`` turns this off together with
 the compilation cache (every call is then a plain ``jax.jit`` call).
 
+**The CPU only.** On another backend (a GPU) every call is a plain ``jax.jit`` call, as before: loading
+exported programs there (cuSOLVER's kernels instead of LAPACK's) has not been tested.
+
 **LAPACK.** A loaded program's ``eigh`` and ``solve`` are calls into jaxlib's LAPACK kernels, whose function
 pointers jaxlib fills in only while it lowers such an operation: before the first loaded program runs, a
 2 x 2 ``eigh`` is lowered (not run), or the kernels would be called through null pointers.
@@ -152,13 +155,12 @@ def _exported(fn, args: tuple, static: dict, where: str):
 
 def call(fn, args: tuple, static: dict):
     """``fn(*args, **static)`` for a ``jax.jit``-ed ``fn`` whose ``static`` arguments are static: through the
-    exported program kept on disk (see the module docstring), else as a plain call."""
-    where = folder()
+    exported program kept on disk (see the module docstring) on the CPU, else as a plain call."""
+    import jax
+
+    where = folder() if jax.default_backend() == "cpu" else None
     exp = None if where is None else _exported(fn, args, static, where)
     if exp is None:
         return fn(*args, **static)
-    import jax
-
-    if jax.default_backend() == "cpu":
-        _lapack_ready()
+    _lapack_ready()
     return exp.call(*args)

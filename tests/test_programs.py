@@ -86,3 +86,18 @@ def test_a_file_that_does_not_verify_is_not_loaded(tmp_path):
     path.write_bytes(b"")
     assert programs._load(str(path)) is None
     assert programs._load(str(tmp_path / "absent.bin")) is None
+
+
+def test_on_another_backend_a_call_is_a_plain_jit_call(monkeypatch, tmp_path):
+    import jax
+
+    monkeypatch.setenv("NTK_BRIDGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    before = dict(programs._LOADED)
+
+    @jax.jit
+    def double(x):
+        return 2 * x
+
+    assert float(programs.call(double, (np.ones(()),), {})) == 2.0
+    assert programs._LOADED == before and _files(tmp_path) == []
