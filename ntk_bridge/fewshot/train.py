@@ -146,6 +146,14 @@ def make_outer_step(config: MethodConfig, net: FewShotNet, optimizer: optax.Grad
     return step
 
 
+def snapshot(params: Params) -> Params:
+    """A copy of ``params`` in numpy arrays that own their memory. ``jax.device_get`` alone is not a copy on
+    the CPU: its arrays can view the device buffers, and a step whose executable JAX loaded from its persistent
+    compilation cache writes its donated inputs in place even then (jax 0.5.3), so a best-checkpoint snapshot
+    taken that way became the later parameters (``tests/fewshot/test_train.py``)."""
+    return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(params))
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_step(config: MethodConfig, net: FewShotNet, ways: int, max_steps: int | None, batch_spec: tuple) -> tuple:
     """``(optimizer, compiled outer step)`` for batches of ``batch_spec`` (``((shape, dtype), ...)``),
@@ -246,7 +254,7 @@ def train(
     params = method.init_params(net, jax.random.PRNGKey(run.seed))
     rng = np.random.default_rng([run.seed, 1])
     score = episode_scorer(net, config)
-    result = TrainResult(params=jax.device_get(params))
+    result = TrainResult(params=snapshot(params))
     explode = float("inf")  # set from the first step's loss
 
     tic = time.perf_counter()
@@ -289,7 +297,7 @@ def train(
             n_since = 0
             if val_acc > best_acc:  # NaN (non-finite outputs) never counts as better
                 best_acc, since_best = val_acc, 0
-                result.params = jax.device_get(params)
+                result.params = snapshot(params)
             elif not diverged:
                 since_best += 1
             if on_checkpoint is not None and not diverged:

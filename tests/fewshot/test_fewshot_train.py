@@ -103,3 +103,68 @@ def test_comparison_tables_seeds_and_time_to_accuracy(digits):
     assert isinstance(tables.curves, pd.DataFrame)
     with pytest.raises(UserError):
         FewShotConfig(methods=(), max_steps=5)
+
+
+# -- best-checkpoint snapshots and JAX's persistent compilation cache ---------------------------------------
+
+_DONATED = r"""
+import sys
+import numpy as np
+import ntk_bridge, jax, jax.numpy as jnp
+from ntk_bridge.fewshot.train import snapshot
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+step = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x + 1.0, p), donate_argnums=(0,))
+params = step({"w": jnp.zeros((64, 64)), "b": jnp.zeros(64)})
+kept = snapshot(params)
+for _ in range(3):
+    params = step(params)
+print("KEPT", float(kept["w"][0, 0]), float(kept["b"][0]))
+"""
+
+
+def test_a_snapshot_survives_later_donated_steps_also_of_a_program_loaded_from_the_cache(tmp_path):
+    """A donated step whose executable comes from JAX's persistent cache writes in place even where
+    jax.device_get's arrays view the buffer (jax 0.5.3): the best-checkpoint snapshot must own its memory."""
+    import subprocess
+    import sys
+
+    for run in ("compiles and writes the cache", "loads the step from the cache"):
+        p = subprocess.run([sys.executable, "-c", _DONATED, str(tmp_path / "jax")], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "KEPT 1.0 1.0" in p.stdout, (run, p.stdout)
+
+
+_FEWSHOT = r"""
+import os, sys
+import ntk_bridge
+from ntk_bridge import runtime
+if __name__ == "__main__":
+    if sys.argv[1] == "cache":
+        runtime.enable_compilation_cache()
+    from ntk_bridge.cli import main
+    sys.exit(main(["fewshot", "--dataset", "digits", "--ways", "3", "--max-steps", "90", "--test-episodes", "30",
+                   "--val-episodes", "6", "--checkpoints", "6", "--methods", "mtl,anil", "--shots", "1",
+                   "--train-seeds", "1", "--channels", "8", "--out", sys.argv[2]]))
+"""
+
+
+@pytest.mark.slow
+def test_test_accuracies_do_not_depend_on_whether_the_steps_came_from_the_compilation_cache(tmp_path):
+    """The few-shot comparison tests the best-validation parameters whether its compiled steps were compiled in
+    the process or loaded from JAX's persistent cache (a figures worker enables the cache for its sweeps)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_FEWSHOT)
+    env = dict(os.environ, NTK_BRIDGE_CACHE=str(tmp_path / "cache"))
+    tables = {}
+    for name, mode in (("plain", "plain"), ("writes", "cache"), ("loads", "cache")):
+        p = subprocess.run([sys.executable, str(script), mode, str(tmp_path / name)], capture_output=True, text=True,
+                           env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        tables[name] = pd.read_csv(tmp_path / name / "episodes.csv")
+    assert tables["writes"].equals(tables["plain"]) and tables["loads"].equals(tables["plain"])
