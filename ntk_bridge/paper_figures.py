@@ -123,18 +123,6 @@ def conv_network_settings(quick: bool) -> dict:
                 max_steps=60 if quick else 1000, checkpoints=4 if quick else 20)
 
 
-def _trained_on(run: str, fingerprint: str) -> bool:
-    """Whether the few-shot run folder ``run`` is finished and was trained on the task set ``fingerprint``."""
-    import json
-
-    try:
-        with open(os.path.join(run, "config.json")) as f:
-            done = json.load(f)["dataset"].get("tasks_fingerprint") == fingerprint
-    except (OSError, ValueError, KeyError):
-        return False
-    return done and os.path.exists(os.path.join(run, "episodes.csv"))
-
-
 def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     """Gap to MTL and accuracy against depth for fc / conv / resnet kernels on kanji episodes, and
     the few-shot networks trained and tested on the same episodes."""
@@ -148,9 +136,9 @@ def _fig_conv_gap_vs_depth(g: Grids, run_root: str, out: str) -> list[str]:
     frames = {arch: run_sweep(cfg, runs[arch], figures=False) for arch, cfg in g.conv.items()}
     networks = os.path.join(run_root, "conv_gap_vs_depth_networks")
     episodes, sweep, record = load_run_tasks(runs["conv"])
-    if not _trained_on(networks, episodes.fingerprint):  # trained once (a step cap: reruns agree)
-        run_on_tasks(config_for(episodes, **g.conv_networks), episodes, sweep, record, networks, figure=False,
-                     run=runs["conv"])
+    # each run trained once and saved (ntk_bridge.fewshot.store: keyed by settings, data, versions and format)
+    run_on_tasks(config_for(episodes, **g.conv_networks), episodes, sweep, record, networks, figure=False,
+                 run=runs["conv"])
     trained = pd.read_csv(os.path.join(networks, "episodes.csv"))
     styles = _network_styles(trained["method"].unique())
     table = conv_gap_vs_depth_table(frames, chance=1.0 / 5, networks=trained, order=list(styles))

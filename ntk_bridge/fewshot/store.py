@@ -32,8 +32,10 @@ import numpy as np
 
 __all__ = ["TrainedRuns", "run_key", "data_digest", "FORMAT", "FOLDER"]
 
-#: Format of a saved run (part of every key: a new format never reads an old file).
-FORMAT = 1
+#: Format of a saved run (part of every key: a new format never reads an old file). 2: format 1's runs may
+#: have tested later parameters than their best-validation ones (a compiled step loaded from JAX's persistent
+#: cache overwrote the snapshot, :func:`ntk_bridge.fewshot.train.snapshot`), so none of them is reused.
+FORMAT = 2
 #: The folder of saved runs inside a few-shot run folder.
 FOLDER = "trained"
 _HEADER = re.compile(rb"^# ntk_bridge trained run (\d+) sha256 ([0-9a-f]{64})\n")
