@@ -4,7 +4,8 @@ Each figure is computed into a resumable run folder under ``runs/figures/<mode>/
 cache: a rerun reuses finished cells), then drawn from its table and written as
 ``figures/<name>.png``, ``.pdf`` and ``.csv`` (the table it was drawn from). ``--quick`` uses smaller
 grids (a few minutes on 2 cores); the full mode denser ones (the sweep figures about 17 minutes on 2
-cores, the few-shot comparison, five methods to their plateaus over three seeds, about 75 minutes).
+cores, the few-shot comparison, five methods to their plateaus over three seeds, about 45 minutes of one
+core; all of it about 30 minutes with ``--jobs 2`` on 2 cores).
 """
 from __future__ import annotations
 
