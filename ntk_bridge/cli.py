@@ -218,7 +218,7 @@ def sweep(
 @user_errors
 def figures_command(
     quick: bool = typer.Option(False, "--quick", help="Small grids (a few minutes on 2 cores) instead of the full ones "
-                               "(about 30 minutes on 2 cores with --jobs 2, 45 on one).",
+                               "(about 30 minutes with --jobs 2 on 2 cores, an hour in one process).",
                                rich_help_panel="Grid"),
     out: str = typer.Option("figures", help="Folder for the PNG/PDF figures and the CSV tables behind them.",
                             rich_help_panel="Output"),
