@@ -95,9 +95,7 @@ def child(out_dir: str) -> None:
         if stack:
             stack[-1][2] += dt
 
-    def wrap(owner, attr, name):
-        fn = getattr(owner, attr)
-
+    def timed(fn, name):
         def wrapper(*a, **k):
             enter(name)
             try:
@@ -105,7 +103,10 @@ def child(out_dir: str) -> None:
             finally:
                 leave()
 
-        setattr(owner, attr, wrapper)
+        return wrapper
+
+    def wrap(owner, attr, name):
+        setattr(owner, attr, timed(getattr(owner, attr), name))
 
     def wrap_gen(owner, attr, name):
         fn = getattr(owner, attr)
@@ -129,19 +130,8 @@ def child(out_dir: str) -> None:
     # the closed forms of a depth are computed on a few threads while the main thread makes the previous depth's
     # rows and cell files (runtime.started): what is timed is the main thread's wait for them
     real_started = runtime.started
-
-    def started(calls):
-        waiting = real_started(calls)
-
-        def timed_wait():
-            enter("wait for the closed forms (computed on threads beside the rows)")
-            try:
-                return waiting()
-            finally:
-                leave()
-        return timed_wait
-
-    runtime.started = started
+    runtime.started = lambda calls: timed(real_started(calls),
+                                          "wait for the closed forms (computed on threads beside the rows)")
     from ntk_bridge.figures import drawer as figure_drawer
 
     wrap(figure_drawer.Drawer, "wait", "wait for the figure (drawn in a second process)")

@@ -170,12 +170,9 @@ def concurrently(calls: dict) -> dict:
     many threads as this process may use cores when there are several (see the module docstring); an
     exception of a call is raised here. In the calling thread alone under ``jax.disable_jit()``, a setting
     of that thread which the others would not see."""
-    jax = sys.modules.get("jax")
-    if (len(calls) < 2 or (jax is not None and jax.config.jax_disable_jit)
-            or threading.current_thread().name.startswith("ntk_bridge")):  # never wait on the pool from inside it
+    if len(calls) < 2:
         return {name: call() for name, call in calls.items()}
-    futures = {name: _pool().submit(call) for name, call in calls.items()}
-    return {name: future.result() for name, future in futures.items()}
+    return started(calls)()
 
 
 def started(calls: dict):
@@ -184,7 +181,8 @@ def started(calls: dict):
     Python, while XLA computes without the GIL) in between; in the calling thread at once where
     :func:`concurrently` would not use the threads (``jax.disable_jit()``, a call from inside the pool)."""
     jax = sys.modules.get("jax")
-    if (jax is not None and jax.config.jax_disable_jit) or threading.current_thread().name.startswith("ntk_bridge"):
+    if ((jax is not None and jax.config.jax_disable_jit)
+            or threading.current_thread().name.startswith("ntk_bridge")):  # never wait on the pool from inside it
         done = {name: call() for name, call in calls.items()}
         return lambda: done
     futures = {name: _pool().submit(call) for name, call in calls.items()}

@@ -24,8 +24,9 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
                   rcond: float, solvers: dict, solver: str) -> Iterator[tuple[str, pd.DataFrame]]:
     """Stream ``(key, rows)`` for infinite-width ``cells`` (their cache ``keys``): one kernel pass of
     ``architecture`` over the layers gives every depth; each depth's cells are computed as soon as its kernels
-    exist, and its rows are made while the next depth's calls compute. ``methods``: those asked for (MTL and the baseline are always reported); ``rcond``: the ridge floor;
-    ``solvers``: ``{(outer_time, mtl_data): solver}`` as resolved when the sweep planned, else ``solver``.
+    exist, and its rows are made while the next depth's calls compute. ``methods``: those asked for (MTL and the
+    baseline are always reported); ``rcond``: the ridge floor; ``solvers``: ``{(outer_time, mtl_data): solver}``
+    as resolved when the sweep planned, else ``solver``.
 
     Each method is one jitted call per (depth, settings) (compiled once per task layout and method): XLA's batched
     kernels round differently for different batch sizes, and a cell's numbers must not depend on which other cells
