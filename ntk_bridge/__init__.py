@@ -46,7 +46,8 @@ __all__ = ["UserError", "__version__", "FLOORS", "floor_of"]
 #: imports only from its floor or below.
 FLOORS = (
     ("ground", ("ntk_bridge", "errors", "runtime", "runs", "ranges", "fields", "clihelp", "settings", "axes", "methods",
-                "tasks", "datasets", "blocked", "convnets", "provenance", "config", "programs")),
+                "tasks", "datasets", "blocked", "convnets", "provenance", "config", "programs",
+                "csvtext")),
     ("tables", ("families", "metrics", "results", "figures")),
     ("kernels", ("kernels", "layer_keys", "operators", "solvers", "outer", "closed_forms", "predictors",
                  "diagnostics")),

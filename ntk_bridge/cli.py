@@ -7,6 +7,7 @@ bad option answer without loading JAX.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -182,28 +183,26 @@ def sweep(
                             linearized=linearized),
         numerics=NumericsConfig(blas_threads=blas_threads, solver=solver))
     from ntk_bridge import budget, runtime
-    from ntk_bridge.sweep import run_sweep
+    from ntk_bridge.figures.drawer import ASIDE_SECONDS, Drawer
 
-    budget.check_feasible(config, yes=yes)  # from the sizes alone, before any task is built or read
-    runtime.check_blas_threads(config.numerics.blas_threads)
-    task_set = build.task_set(config)  # a malformed task file fails here, before anything is written
+    est = budget.check_feasible(config, yes=yes)  # from the sizes alone, before any task is built or read
+    with contextlib.ExitStack() as stack:  # left in reverse: the progress bar, the executor, the drawer
+        # the figures' drawing process, started before the imports and the task set below, which its start overlaps
+        drawer = stack.enter_context(Drawer()) if figures and est["seconds"] >= ASIDE_SECONDS else None
+        runtime.check_blas_threads(config.numerics.blas_threads)
+        from ntk_bridge.sweep import run_sweep
 
-    executor = None
-    if scheduler or workers:
-        from ntk_bridge.distributed import DaskExecutor
-        executor = DaskExecutor(address=scheduler, n_workers=workers)
-    out_console, err_console = _consoles()
-    progress = _SweepProgress(err_console, before_start=_device_once(config.numerics.blas_threads))
-    tables: list = []
-    try:
-        try:
-            df = run_sweep(config, out, executor, progress, figures, _command_line(ctx), release_memory=True,
-                           tasks=task_set, report=tables.extend, draw_aside=True)
-        finally:
-            progress.stop()
-    finally:
-        if executor is not None:
-            executor.close()
+        task_set = build.task_set(config)  # a malformed task file fails here, before anything is written
+        executor = None
+        if scheduler or workers:
+            from ntk_bridge.distributed import DaskExecutor
+            executor = stack.enter_context(contextlib.closing(DaskExecutor(address=scheduler, n_workers=workers)))
+        out_console, err_console = _consoles()
+        progress = _SweepProgress(err_console, before_start=_device_once(config.numerics.blas_threads))
+        stack.callback(progress.stop)
+        tables: list = []
+        df = run_sweep(config, out, executor, progress, figures, _command_line(ctx), release_memory=True,
+                       tasks=task_set, report=tables.extend, drawer=drawer)
 
     from ntk_bridge.report import flagged_line
 

@@ -136,7 +136,7 @@ def compute_remote(unit: Unit, tasks: TaskSet, versions) -> list[tuple[str, list
                          for a, b in zip(mine, theirs) if tuple(a) != tuple(b))
         raise UserError(f"a Dask worker has other versions than the client ({diff}); "
                         "install the same environment on the workers")
-    return list(iter_unit(unit, tasks))
+    return list(iter_unit(unit, tasks, frames=False))  # Rows where they are made: the client writes them
 
 
 def _check_address(address: str) -> None:

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from ntk_bridge import axes, methods
+from ntk_bridge.csvtext import Rows
 
 __all__ = ["Column", "COLUMNS", "NAMES", "STATUSES", "OK", "DEFINED", "status_of", "with_metrics_status",
            "with_mtl_status", "relative",
-           "rms", "accuracy", "prediction_rows", "empty_table"]
+           "rms", "accuracy", "prediction_columns", "prediction_rows", "empty_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +206,7 @@ _EMPTY_WHEN_BROKEN = ("pred_rms", "gap_to_mtl_rel", "gap_to_mtl_abs", "gap_to_ba
                       "test_accuracy")
 
 
-def prediction_rows(
+def prediction_columns(
     values: Mapping[str, np.ndarray],
     status: Mapping[str, Sequence[str]],
     y: np.ndarray | None,
@@ -214,8 +215,9 @@ def prediction_rows(
     extra: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     diagnostics: Mapping[str, object] | None = None,
     report: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The rows of one grid cell: one per (method, network, test task), in the :data:`NAMES` schema.
+) -> Rows:
+    """The rows of one grid cell, one per (method, network, test task), as columns
+    (:class:`ntk_bridge.csvtext.Rows`; :func:`prediction_rows` is their DataFrame in the :data:`NAMES` schema).
 
     Args:
       values: ``{method: [R, M, m_q, k]}`` predictions on the test queries of ``R`` networks (the
@@ -275,6 +277,11 @@ def prediction_rows(
     for c in names:
         pieces = [p[c] if c in p else np.full(len(p["method"]), np.nan) for p in parts]
         joined[c] = np.concatenate(pieces) if pieces else np.empty(0)
-    for name, value in constants.items():
-        joined[name] = [value] * total
-    return pd.DataFrame(joined, columns=NAMES) if total else pd.DataFrame(columns=NAMES)
+    joined.update(constants)  # one value of every row
+    return Rows(total, joined, NAMES)
+
+
+def prediction_rows(*args, **kwargs) -> pd.DataFrame:
+    """The rows of one grid cell (:func:`prediction_columns`, same arguments) as a DataFrame in the
+    :data:`NAMES` schema."""
+    return prediction_columns(*args, **kwargs).frame()

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from ntk_bridge.csvtext import Rows, frame_csv
 from ntk_bridge.errors import UserError
 
 __all__ = ["atomic_write", "verified_body", "RunFolder", "CELL_FORMAT"]
@@ -89,10 +90,6 @@ def verified_body(blob: bytes, header: re.Pattern, version: int, digest_group: i
     return match, body
 
 
-def _csv_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    return buf.getvalue().encode()
 
 
 _PARSE_ERRORS = (ValueError, pd.errors.ParserError, UnicodeDecodeError)
@@ -229,10 +226,11 @@ class RunFolder:
     def cell_path(self, key: str) -> str:
         return os.path.join(self.cells, f"{key}.csv")
 
-    def write_cell(self, key: str, rows: pd.DataFrame) -> None:
-        """Write one cell's rows (a DataFrame in the results schema) atomically, with its header."""
+    def write_cell(self, key: str, rows: pd.DataFrame | Rows) -> None:
+        """Write one cell's rows atomically, with its header: a DataFrame in the results schema, or
+        :class:`~ntk_bridge.csvtext.Rows` in that schema."""
         os.makedirs(self.cells, exist_ok=True)
-        body = _csv_bytes(rows)
+        body = rows.csv() if isinstance(rows, Rows) else frame_csv(rows)
         header = f"# ntk_bridge cell v{CELL_FORMAT} rows={len(rows)} sha256={hashlib.sha256(body).hexdigest()}\n"
         atomic_write(self.cell_path(key), header.encode() + body)
 
@@ -276,7 +274,7 @@ class RunFolder:
 
     # -- the other files -----------------------------------------------------------------------
     def write_table(self, name: str, df: pd.DataFrame) -> None:
-        atomic_write(self.file(name), _csv_bytes(df))
+        atomic_write(self.file(name), frame_csv(df))
 
     def write_json(self, name: str, payload: dict) -> None:
         atomic_write(self.file(name), json.dumps(payload, indent=2, default=str) + "\n")

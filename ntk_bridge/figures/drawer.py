@@ -20,21 +20,27 @@ ntk_bridge.cli`` and ``python -c`` need nothing), or the worker would run the sc
 from __future__ import annotations
 
 import multiprocessing
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["Drawer"]
+__all__ = ["Drawer", "ASIDE_SECONDS"]
+
+#: Estimated seconds of computation from which a sweep's figures are drawn by a :class:`Drawer`
+#: (``ntk_bridge.sweep.run_sweep(draw_aside=True)``, the command line): its start, about a second of one
+#: core, then hides behind the sweep; below it a tiny sweep would only pay for the start.
+ASIDE_SECONDS = 3.0
 
 
 def _serve(conn) -> None:
     """The worker: matplotlib (Agg) and the figure modules imported first, then ``(plot, table, prefix)``
     drawn in the order received, each answered ``(True, None)`` or ``(False, error)``; ``None`` or a closed
     pipe ends it."""
-    from ntk_bridge import figures
+    from ntk_bridge.figures import depth, style, width  # noqa: F401  (what a sweep's figures draw with)
 
-    figures.style.pyplot()
-    figures.style.split_formats = True  # PNG and PDF at once: this process has nothing else to do
+    style.pyplot()
+    style.split_formats = True  # PNG and PDF at once: this process has nothing else to do
     while True:
         try:
             job = conn.recv()

@@ -13,6 +13,7 @@ import pandas as pd
 from ntk_bridge import methods as registry
 from ntk_bridge import build, metrics, runtime
 from ntk_bridge.axes import AXES
+from ntk_bridge.csvtext import Rows
 from ntk_bridge.errors import require
 from ntk_bridge.sweep.plan import CELL_SETTINGS, Cell, Unit
 from ntk_bridge.tasks import TaskSet
@@ -21,7 +22,7 @@ __all__ = ["iter_unit", "infinite_rows", "finite_rows"]
 
 
 def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, architecture, methods: Sequence[str],
-                  rcond: float, solvers: dict, solver: str) -> Iterator[tuple[str, pd.DataFrame]]:
+                  rcond: float, solvers: dict, solver: str) -> Iterator[tuple[str, Rows]]:
     """Stream ``(key, rows)`` for infinite-width ``cells`` (their cache ``keys``): one kernel pass of
     ``architecture`` over the layers gives every depth; each depth's cells are computed as soon as its kernels
     exist, and its rows are made while the next depth's calls compute. ``methods``: those asked for (MTL and the
@@ -62,7 +63,7 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
         yield from _depth_rows(*pending, tasks, reported)
 
 
-def _depth_rows(uses, waiting, tasks: TaskSet, reported) -> Iterator[tuple[str, pd.DataFrame]]:
+def _depth_rows(uses, waiting, tasks: TaskSet, reported) -> Iterator[tuple[str, Rows]]:
     """``(key, rows)`` of the cells of one depth (``uses``: ``[(cell, key, {method: memo})]``) once its calls
     (``waiting``: :func:`ntk_bridge.runtime.started`) are computed."""
     computed = waiting()
@@ -71,7 +72,7 @@ def _depth_rows(uses, waiting, tasks: TaskSet, reported) -> Iterator[tuple[str, 
         constants = dict({axis.column: getattr(cell, axis.column) for axis in AXES}, seed=0,
                          dist_to_infinite_rel=0.0, dist_to_linearized_rel=float("nan"), tasks=tasks.name,
                          task_seed=cell.task_seed, mode="mean", cell=key)
-        yield key, metrics.prediction_rows(
+        yield key, metrics.prediction_columns(
             {m: res[m].values[None] for m in reported},
             {m: [metrics.status_of(res[m].diagnostics)] for m in reported},
             tasks.test_query_y, ["mean"], constants, diagnostics={m: res[m].diagnostics for m in reported})
@@ -102,10 +103,13 @@ def finite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, arch
     finite.release_programs()
 
 
-def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+def iter_unit(unit: Unit, tasks: TaskSet | None = None, frames: bool = True
+              ) -> Iterator[tuple[str, pd.DataFrame | Rows]]:
     """Compute a unit, yielding ``(cell key, rows)`` as each cell finishes, with the BLAS libraries
     at the sweep's thread count (:func:`ntk_bridge.runtime.blas_threads`). The unit's config is read here,
-    once: the compute functions take what they use as arguments."""
+    once: the compute functions take what they use as arguments. ``rows`` is a DataFrame in the
+    :data:`ntk_bridge.metrics.NAMES` schema; with ``frames=False``, an infinite-width cell's rows are
+    :class:`~ntk_bridge.csvtext.Rows` instead (what a sweep writes, without the DataFrame)."""
     from ntk_bridge.finite.mup_limit import limit_rows  # the muP limit's cells (width 'mup')
 
     config = unit.config
@@ -121,4 +125,5 @@ def iter_unit(unit: Unit, tasks: TaskSet | None = None) -> Iterator[tuple[str, p
         rows = finite_rows(cells, keys, tasks, arch, methods, rcond, config.finite.seeds, config.finite.finite_mode,
                            build.training(config))
     with runtime.blas_threads(config.numerics.blas_threads):
-        yield from rows
+        for key, got in rows:
+            yield key, got.frame() if frames and isinstance(got, Rows) else got

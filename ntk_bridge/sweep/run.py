@@ -19,7 +19,9 @@ from ntk_bridge import build, metrics, runtime
 from ntk_bridge import solvers as outer_solvers
 from ntk_bridge.budget import check_feasible
 from ntk_bridge.config import SweepConfig
+from ntk_bridge.csvtext import Rows
 from ntk_bridge.errors import UserError
+from ntk_bridge.figures.drawer import ASIDE_SECONDS, Drawer
 from ntk_bridge.results import results_table
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.sweep.compute import iter_unit
@@ -50,7 +52,7 @@ class Progress:
 
 def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progress | None = None,
               figures: bool = True, command: str | None = None, release_memory: bool = False,
-              tasks: TaskSet | None = None, report=None, draw_aside: bool = False) -> pd.DataFrame:
+              tasks: TaskSet | None = None, report=None, draw_aside: bool = False, drawer=None) -> pd.DataFrame:
     """Run every pending cell of ``config`` into ``run_dir`` and return the full results table.
 
     Writes ``cells/`` (one verified file per cell, as each is computed), then ``results.csv``, ``config.json``,
@@ -72,10 +74,13 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
         when they are written: the command line prints them without building them again.
       draw_aside: draw the figures in a second process started before the cells are computed
         (:class:`ntk_bridge.figures.drawer.Drawer`) when they are estimated to take at least
-        :data:`DRAW_ASIDE_SECONDS`: the command line does this; the files are the same.
+        :data:`DRAW_ASIDE_SECONDS`; the files are the same.
+      drawer: a :class:`~ntk_bridge.figures.drawer.Drawer` the caller started (and closes) to draw the figures
+        in, when cells are computed: the command line starts it before its own imports, which it then
+        overlaps.
     """
     job = SweepJob(config, run_dir, figures=figures, command=command, tasks=tasks)
-    sweep = _run_together([job], executor, progress or Progress(), release_memory, draw_aside)[0]
+    sweep = _run_together([job], executor, progress or Progress(), release_memory, draw_aside, drawer)[0]
     if report is not None:
         report(sweep.tables)
     return sweep.results
@@ -151,15 +156,15 @@ def _prepare(job: SweepJob, progress: Progress) -> _Sweep:
 
 
 #: Estimated seconds of computation from which a sweep's figures are drawn in a second process
-#: (:class:`ntk_bridge.figures.drawer.Drawer`, ``draw_aside``): its start, about a second on another core, hides
-#: behind the cells; below it a tiny sweep would only pay for the start.
-DRAW_ASIDE_SECONDS = 3.0
+#: (:class:`ntk_bridge.figures.drawer.Drawer`, ``draw_aside``; :data:`ntk_bridge.figures.drawer.ASIDE_SECONDS`).
+DRAW_ASIDE_SECONDS = ASIDE_SECONDS
 
 
 def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False,
-                  draw_aside: bool = False) -> list[_Sweep]:
+                  draw_aside: bool = False, started=None) -> list[_Sweep]:
     """Plan every sweep of ``jobs``, hold their folders' locks, compute their pending cells in one stream
-    and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several."""
+    and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several. ``started``: a
+    drawer the caller started (:func:`run_sweep`'s ``drawer``)."""
     sweeps = [_prepare(job, progress) for job in jobs]
     drawer = None
     with contextlib.ExitStack() as stack:
@@ -176,9 +181,10 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
         progress.start(sum(len(set(s.keys)) for s in sweeps), sum(len(s.done) for s in sweeps),
                        sum(len(s.damaged) for s in sweeps))
         if any(s.pending for s in sweeps):
-            if draw_aside and any(s.job.figures for s in sweeps) and sum(s.seconds for s in sweeps) >= DRAW_ASIDE_SECONDS:
-                from ntk_bridge.figures.drawer import Drawer
-
+            if started is not None:
+                drawer = started
+            elif draw_aside and any(s.job.figures for s in sweeps) and \
+                    sum(s.seconds for s in sweeps) >= DRAW_ASIDE_SECONDS:
                 drawer = stack.enter_context(Drawer())
             _compute(sweeps, executor, progress)
             for s in sweeps:
@@ -214,7 +220,7 @@ def _compute(sweeps: list[_Sweep], executor, progress: Progress) -> None:
             tasks_of[id(unit)] = s.tasks
         for _, k in pending:
             wanted.setdefault(k, []).append(s)
-    stream = (item for u in units for item in iter_unit(u, tasks_of[id(u)])) if executor is None \
+    stream = (item for u in units for item in iter_unit(u, tasks_of[id(u)], frames=False)) if executor is None \
         else executor.map_units(units)
     written = 0
     # closing() ends the stream at once on an exception (Ctrl-C): remote units are cancelled.
@@ -222,7 +228,8 @@ def _compute(sweeps: list[_Sweep], executor, progress: Progress) -> None:
         for key, rows in stream:
             for s in wanted.pop(key, ()):
                 try:
-                    s.folder.write_cell(key, pd.DataFrame(rows).reindex(columns=metrics.NAMES))
+                    s.folder.write_cell(key, rows if isinstance(rows, Rows) else
+                                        pd.DataFrame(rows).reindex(columns=metrics.NAMES))
                 except OSError as exc:
                     raise UserError(f"cannot write a cell into {s.folder.cells} ({exc.strerror or exc}); {written} "
                                     "new cell(s) are saved: free some space and rerun the same command to resume"

@@ -22,6 +22,7 @@ distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402  (comes with distributed)
 
 import ntk_bridge.distributed as nd  # noqa: E402
+from ntk_bridge.csvtext import Rows  # noqa: E402
 from ntk_bridge.errors import UserError  # noqa: E402
 from ntk_bridge.provenance import numerics_versions  # noqa: E402
 from ntk_bridge.runs import RunFolder  # noqa: E402
@@ -108,8 +109,10 @@ class Calls(Progress):
 
 
 def as_text(items) -> str:
-    """``(cell key, rows)`` pairs as CSV text, in key order (NaN-safe, exact for floats)."""
-    return "".join(k + "\n" + pd.DataFrame(rows).to_csv(index=False) for k, rows in sorted(items))
+    """``(cell key, rows)`` pairs (rows: a DataFrame, or :class:`~ntk_bridge.csvtext.Rows` from a worker) as
+    CSV text, in key order (NaN-safe, exact for floats)."""
+    frames = [(k, rows.frame() if isinstance(rows, Rows) else pd.DataFrame(rows)) for k, rows in items]
+    return "".join(k + "\n" + rows.to_csv(index=False) for k, rows in sorted(frames, key=lambda kv: kv[0]))
 
 
 def free_loopback_port() -> int:
