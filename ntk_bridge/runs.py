@@ -11,7 +11,7 @@ A run folder holds::
 **Atomic, with the user's permissions.** :func:`atomic_write` writes a temporary file in the target
 folder and renames it over the target (``os.replace``), so a reader (or a rerun after a crash) sees
 the old file or the new one, never a part. Files get the permissions the user's umask gives a new
-file (``tempfile.mkstemp`` alone would leave them ``0600``).
+file (``tempfile.mkstemp`` would leave them ``0600``).
 
 **One writer at a time.** :meth:`RunFolder.lock` takes an exclusive lock on ``<folder>/.lock``
 (``fcntl.flock``: released by the operating system when the process ends, however it ends), so two
@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import tempfile
 from typing import Callable, Iterable, Mapping
@@ -53,23 +54,36 @@ CELL_FORMAT = 1
 _HEADER = re.compile(rb"^# ntk_bridge cell v(\d+) rows=(\d+) sha256=([0-9a-f]{64})\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+#: The random part of temporary names (seeded from the system's randomness, as ``tempfile``'s).
+_NAMES = random.Random()
+
+
+def _temporary(folder: str, name: str) -> tuple[int, str]:
+    """``(fd, path)`` of a new file ``.<name>.<random>.tmp`` in ``folder``, opened for writing: created with
+    mode ``0o666``, which the umask narrows as for any new file (``tempfile.mkstemp`` would leave ``0600``)."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_NAMES.getrandbits(32):08x}.tmp")  # forks apart
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename), with
     the permissions the umask gives a new file. On any error the temporary file is removed and the
-    old ``path`` (if any) is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
+    old ``path`` (if any) is untouched. Four system calls (a sweep writes a file per cell, and each call
+    lets the other threads take the interpreter)."""
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _temporary(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -148,9 +162,11 @@ def _read_together(members: list[tuple[str, int, bytes]], fields: list[Mapping[s
         return None
     ends = np.cumsum(counts)
     for name in df.select_dtypes(exclude=["number", "bool"]).columns:  # text (``str`` or ``object``)
-        col = df[name]
-        blank = col.isna().to_numpy()
-        plain = blank | pd.to_numeric(col, errors="coerce").notna().to_numpy() | col.isin(["True", "False"]).to_numpy()
+        codes, distinct = pd.factorize(df[name])  # each distinct value tested once; a blank is code -1
+        distinct = pd.Series(distinct, dtype=object)
+        plain_value = (pd.to_numeric(distinct, errors="coerce").notna() | distinct.isin(["True", "False"])).to_numpy()
+        blank = codes < 0
+        plain = blank | np.append(plain_value, False)[codes]
         if any(c and plain[e - c:e].all() and not blank[e - c:e].all() for c, e in zip(counts, ends)):
             return None
     if not all(_belong(df, [k for k, _, _ in members], counts, fields)):
@@ -229,10 +245,13 @@ class RunFolder:
     def write_cell(self, key: str, rows: pd.DataFrame | Rows) -> None:
         """Write one cell's rows atomically, with its header: a DataFrame in the results schema, or
         :class:`~ntk_bridge.csvtext.Rows` in that schema."""
-        os.makedirs(self.cells, exist_ok=True)
         body = rows.csv() if isinstance(rows, Rows) else frame_csv(rows)
         header = f"# ntk_bridge cell v{CELL_FORMAT} rows={len(rows)} sha256={hashlib.sha256(body).hexdigest()}\n"
-        atomic_write(self.cell_path(key), header.encode() + body)
+        try:
+            atomic_write(self.cell_path(key), header.encode() + body)
+        except FileNotFoundError:  # the first cell (or cells/ removed meanwhile)
+            os.makedirs(self.cells, exist_ok=True)
+            atomic_write(self.cell_path(key), header.encode() + body)
 
     def _verified(self, key: str) -> tuple[int, bytes] | None:
         """``(rows, body)`` of the cell's file if its header and SHA-256 verify, else ``None``."""
