@@ -62,7 +62,7 @@ import sys
 import threading
 import types
 
-__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "started", "cache_dir", "program_cache", "enable_compilation_cache",
+__all__ = ["prepare", "defer_neural_tangents_experimental", "shapes_once", "concurrently", "started", "side_by_side", "cache_dir", "program_cache", "enable_compilation_cache",
            "blas_threads", "current_blas_threads", "steady_heap", "usable_cores", "one_core_pool", "check_blas_threads", "device_line", "DEFAULT_BLAS_THREADS"]
 
 #: BLAS threads for a sweep's dense linear algebra unless the user asks for another count. One
@@ -180,13 +180,19 @@ def started(calls: dict):
     function that waits for them and returns ``{name: result}``, so that the caller can do other work (its
     Python, while XLA computes without the GIL) in between; in the calling thread at once where
     :func:`concurrently` would not use the threads (``jax.disable_jit()``, a call from inside the pool)."""
-    jax = sys.modules.get("jax")
-    if ((jax is not None and jax.config.jax_disable_jit)
-            or threading.current_thread().name.startswith("ntk_bridge")):  # never wait on the pool from inside it
+    if not side_by_side():
         done = {name: call() for name, call in calls.items()}
         return lambda: done
     futures = {name: _pool().submit(call) for name, call in calls.items()}
     return lambda: {name: future.result() for name, future in futures.items()}
+
+
+def side_by_side() -> bool:
+    """Whether :func:`started` runs its calls on the threads (not under ``jax.disable_jit()``, and never from
+    inside the pool, which would wait on itself)."""
+    jax = sys.modules.get("jax")
+    return not ((jax is not None and jax.config.jax_disable_jit)
+                or threading.current_thread().name.startswith("ntk_bridge"))
 
 
 def usable_cores() -> list[int]:

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ntk_bridge import methods as registry
@@ -21,8 +22,14 @@ from ntk_bridge.tasks import TaskSet
 __all__ = ["iter_unit", "infinite_rows", "finite_rows"]
 
 
+#: Up to this many points, :func:`infinite_rows` compiles the first depth's programs on stand-in kernels while
+#: the kernel pass runs (two ``points x points`` identities; above it, their memory and their computation would
+#: cost more than the compilations' overlap saves).
+STAND_IN_POINTS = 1024
+
+
 def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, architecture, methods: Sequence[str],
-                  rcond: float, solvers: dict, solver: str) -> Iterator[tuple[str, Rows]]:
+                  rcond: float, solvers: dict, solver: str, warm_up: bool = True) -> Iterator[tuple[str, Rows]]:
     """Stream ``(key, rows)`` for infinite-width ``cells`` (their cache ``keys``): one kernel pass of
     ``architecture`` over the layers gives every depth; each depth's cells are computed as soon as its kernels
     exist, and its rows are made while the next depth's calls compute. ``methods``: those asked for (MTL and the
@@ -35,7 +42,10 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
     A method is computed once for all the cells of a depth that agree on the settings it depends on
     (:mod:`ntk_bridge.methods`: ANIL not on MTL's training set, MTL not on the inner time or the test-head protocol,
     the baseline on neither); its numbers are the same bits as when computed per cell. A depth's calls are made
-    side by side (:func:`ntk_bridge.runtime.concurrently`): at the first depth they are the compilations.
+    side by side (:func:`ntk_bridge.runtime.concurrently`). With ``warm_up`` (and at most :data:`STAND_IN_POINTS`
+    points), the first depth's calls are first made on stand-in kernels of the same shapes, started before the
+    kernel pass: their programs compile (or load) on the other cores while the kernels are computed, and the
+    real calls find them ready (the same programs, so the same bits); the stand-ins' results are dropped.
     """
     from ntk_bridge.kernels import kernels_by_depth
     from ntk_bridge.predictors import predict_from_kernels
@@ -44,18 +54,26 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
     by_depth: dict[int, list[tuple[Cell, str]]] = {}
     for c, k in zip(cells, keys):
         by_depth.setdefault(c.depth, []).append((c, k))
-    pending = None  # the depth whose calls are computing: its cells, and the wait for its calls
-    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=architecture):
+
+    def depth_calls(depth, ntk, readout):
         calls, uses = {}, []  # {memo: the call computing it}, [(cell, key, {method: memo})]
-        for cell, key in by_depth[kern.depth]:
+        for cell, key in by_depth[depth]:
             memos = {m: (m,) + tuple(getattr(cell, setting) for setting in CELL_SETTINGS
                                      if registry.get(m).depends(setting)) for m in reported}
             for m, memo in memos.items():
                 calls.setdefault(memo, functools.partial(
-                    predict_from_kernels, kern.ntk, kern.readout, tasks, cell.predictor_config(rcond), (m,),
+                    predict_from_kernels, ntk, readout, tasks, cell.predictor_config(rcond), (m,),
                     solver=solvers.get((cell.outer_time, cell.mtl_data), solver)))
             uses.append((cell, key, memos))
-        waiting = runtime.started(calls)  # the first depth's calls compile side by side
+        return calls, uses
+
+    points = len(tasks.all_points())
+    if warm_up and points <= STAND_IN_POINTS and runtime.side_by_side():
+        runtime.started(depth_calls(min(by_depth), np.eye(points), np.eye(points))[0])  # results dropped
+    pending = None  # the depth whose calls are computing: its cells, and the wait for its calls
+    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=architecture):
+        calls, uses = depth_calls(kern.depth, kern.ntk, kern.readout)
+        waiting = runtime.started(calls)
         if pending is not None:  # the previous depth's rows are made while this depth's calls compute
             yield from _depth_rows(*pending, tasks, reported)
         pending = (uses, waiting)

@@ -182,3 +182,34 @@ def test_a_rerun_with_nothing_new_does_not_redraw_the_figure(tmp_path):
     assert png.stat().st_mtime_ns == stamp
     sw.run_sweep(sw.SweepConfig.of(**dict(SMALL, depths=(1, 2, 3, 5, 6))), str(tmp_path))
     assert png.stat().st_mtime_ns != stamp  # a new depth: a new table, a new figure
+
+
+def test_the_first_depths_programs_compiled_on_stand_in_kernels_give_the_same_bits(monkeypatch):
+    """``infinite_rows`` compiles the first depth's programs on identity kernels while the kernel pass runs:
+    the rows equal those of a run without that warm-up, each computed from freshly compiled programs."""
+    import jax
+
+    import ntk_bridge.predictors as predictors
+    from ntk_bridge.sweep import compute
+
+    cfg = sw.SweepConfig.of(**SMALL)
+    tasks, cells, keys = sw.plan(cfg)
+    arch = build.architecture(cfg, tasks)
+    stand_ins, real = [], predictors.predict_from_kernels
+
+    def counted(ntk, *args, **kwargs):
+        stand_ins.append(np.array_equal(ntk, np.eye(len(ntk))))
+        return real(ntk, *args, **kwargs)
+
+    monkeypatch.setattr(predictors, "predict_from_kernels", counted)
+
+    def rows(warm_up):
+        jax.clear_caches()
+        stand_ins.clear()
+        out = [(k, r.csv()) for k, r in compute.infinite_rows(cells, keys, tasks, arch, cfg.grid.methods,
+                                                               cfg.numerics.rcond, {}, "auto", warm_up=warm_up)]
+        return out, sum(stand_ins)
+
+    (plain, none), (warmed, some) = rows(False), rows(True)
+    assert none == 0 and some > 0  # the warm-up ran, on stand-ins
+    assert warmed == plain
