@@ -182,6 +182,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self.cells = os.path.join(self.path, "cells")
+        self._cells_made = False
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -247,11 +248,10 @@ class RunFolder:
         :class:`~ntk_bridge.csvtext.Rows` in that schema."""
         body = rows.csv() if isinstance(rows, Rows) else frame_csv(rows)
         header = f"# ntk_bridge cell v{CELL_FORMAT} rows={len(rows)} sha256={hashlib.sha256(body).hexdigest()}\n"
-        try:
-            atomic_write(self.cell_path(key), header.encode() + body)
-        except FileNotFoundError:  # the first cell (or cells/ removed meanwhile)
+        if not self._cells_made:  # once: every call of a cell's write lets other threads take the interpreter
             os.makedirs(self.cells, exist_ok=True)
-            atomic_write(self.cell_path(key), header.encode() + body)
+            self._cells_made = True
+        atomic_write(self.cell_path(key), header.encode() + body)
 
     def _verified(self, key: str) -> tuple[int, bytes] | None:
         """``(rows, body)`` of the cell's file if its header and SHA-256 verify, else ``None``."""
