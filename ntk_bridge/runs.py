@@ -104,8 +104,6 @@ def verified_body(blob: bytes, header: re.Pattern, version: int, digest_group: i
     return match, body
 
 
-
-
 _PARSE_ERRORS = (ValueError, pd.errors.ParserError, UnicodeDecodeError)
 
 

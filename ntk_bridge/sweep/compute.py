@@ -67,11 +67,12 @@ def infinite_rows(cells: Sequence[Cell], keys: Sequence[str], tasks: TaskSet, ar
             uses.append((cell, key, memos))
         return calls, uses
 
-    points = len(tasks.all_points())
-    if warm_up and points <= STAND_IN_POINTS and runtime.side_by_side():
-        runtime.started(depth_calls(min(by_depth), np.eye(points), np.eye(points))[0])  # results dropped
+    points = tasks.all_points()
+    if warm_up and len(points) <= STAND_IN_POINTS and runtime.side_by_side():
+        stand_in = np.eye(len(points))
+        runtime.started(depth_calls(min(by_depth), stand_in, stand_in)[0])  # results dropped
     pending = None  # the depth whose calls are computing: its cells, and the wait for its calls
-    for kern in kernels_by_depth(tasks.all_points(), depths=sorted(by_depth), architecture=architecture):
+    for kern in kernels_by_depth(points, depths=sorted(by_depth), architecture=architecture):
         calls, uses = depth_calls(kern.depth, kern.ntk, kern.readout)
         waiting = runtime.started(calls)
         if pending is not None:  # the previous depth's rows are made while this depth's calls compute

@@ -21,7 +21,7 @@ from ntk_bridge.budget import check_feasible
 from ntk_bridge.config import SweepConfig
 from ntk_bridge.csvtext import Rows
 from ntk_bridge.errors import UserError
-from ntk_bridge.figures.drawer import ASIDE_SECONDS, Drawer
+from ntk_bridge.figures import drawer as drawing
 from ntk_bridge.results import results_table
 from ntk_bridge.runs import RunFolder
 from ntk_bridge.sweep.compute import iter_unit
@@ -74,7 +74,7 @@ def run_sweep(config: SweepConfig, run_dir: str, executor=None, progress: Progre
         when they are written: the command line prints them without building them again.
       draw_aside: draw the figures in a second process started before the cells are computed
         (:class:`ntk_bridge.figures.drawer.Drawer`) when they are estimated to take at least
-        :data:`DRAW_ASIDE_SECONDS`; the files are the same.
+        :data:`ntk_bridge.figures.drawer.ASIDE_SECONDS`; the files are the same.
       drawer: a :class:`~ntk_bridge.figures.drawer.Drawer` the caller started (and closes) to draw the figures
         in, when cells are computed: the command line starts it before its own imports, which it then
         overlaps.
@@ -155,15 +155,10 @@ def _prepare(job: SweepJob, progress: Progress) -> _Sweep:
     return _Sweep(job, folder, tasks, solvers, cells, keys, started, est["seconds"])
 
 
-#: Estimated seconds of computation from which a sweep's figures are drawn in a second process
-#: (:class:`ntk_bridge.figures.drawer.Drawer`, ``draw_aside``; :data:`ntk_bridge.figures.drawer.ASIDE_SECONDS`).
-DRAW_ASIDE_SECONDS = ASIDE_SECONDS
-
-
 def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_memory: bool = False,
-                  draw_aside: bool = False, started=None) -> list[_Sweep]:
+                  draw_aside: bool = False, given=None) -> list[_Sweep]:
     """Plan every sweep of ``jobs``, hold their folders' locks, compute their pending cells in one stream
-    and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several. ``started``: a
+    and write each folder: :func:`run_sweep` for one job, :func:`run_sweeps` for several. ``given``: a
     drawer the caller started (:func:`run_sweep`'s ``drawer``)."""
     sweeps = [_prepare(job, progress) for job in jobs]
     drawer = None
@@ -181,11 +176,11 @@ def _run_together(jobs: list[SweepJob], executor, progress: Progress, release_me
         progress.start(sum(len(set(s.keys)) for s in sweeps), sum(len(s.done) for s in sweeps),
                        sum(len(s.damaged) for s in sweeps))
         if any(s.pending for s in sweeps):
-            if started is not None:
-                drawer = started
+            if given is not None:
+                drawer = given
             elif draw_aside and any(s.job.figures for s in sweeps) and \
-                    sum(s.seconds for s in sweeps) >= DRAW_ASIDE_SECONDS:
-                drawer = stack.enter_context(Drawer())
+                    sum(s.seconds for s in sweeps) >= drawing.ASIDE_SECONDS:
+                drawer = stack.enter_context(drawing.Drawer())
             _compute(sweeps, executor, progress)
             for s in sweeps:
                 s.done.update(s.folder.read_cells(k for _, k in s.pending)[0])

@@ -49,7 +49,7 @@ def test_a_sweep_drawn_aside_writes_what_it_writes_in_place(tmp_path, monkeypatc
     from ntk_bridge.figures import drawer
 
     started = []
-    monkeypatch.setattr(run, "DRAW_ASIDE_SECONDS", 0.0)
+    monkeypatch.setattr(drawer, "ASIDE_SECONDS", 0.0)
     monkeypatch.setattr(drawer.Drawer, "__init__", lambda self, real=drawer.Drawer.__init__: started.append(1)
                         or real(self))
     config = tiny_sweep[0]
